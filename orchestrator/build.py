@@ -1,0 +1,250 @@
+"""`orch build`: run the stages of a BuildPlan, each one resumable and skipped when already done.
+
+fetch -> prepare -> convert -> quantize -> verify -> modelfile -> build.json -> register
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import __version__, checkpoint, fetch, llamacpp, modelfile, register
+from orchestrator.errors import OrchError
+from orchestrator.plan import BuildPlan
+from orchestrator.state import BuildState, atomic_path, fingerprint, sha256_file, write_text
+
+PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a stage (the interruption tests kill the process there)
+DISK_MARGIN = 64 << 20
+
+
+@dataclass
+class Ui:
+    console: object = None
+    progress: object = None
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+
+
+@dataclass
+class Run:
+    """What this invocation did: stage timings and which stages were already done."""
+
+    timings: dict = field(default_factory=dict)
+    resumed: list = field(default_factory=list)
+
+
+def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
+    """Build everything the plan names and return the build record (also written to build.json)."""
+    ui = ui or Ui()
+    run = Run()
+    t0 = time.monotonic()
+    _check_writable(plan.output)
+
+    fetched = fetch.fetch(plan.source, console=ui.console)
+    run.timings["fetch"] = round(time.monotonic() - t0, 3)
+    ckpt = checkpoint.read(fetched.model_dir, chat_hint=plan.source.entry.chat if plan.source.entry else None)
+    if plan.system is not None and not ckpt.chat:
+        ui.say("[yellow]note:[/] --system on a base model only prefixes the prompt")
+    modelfile.validate_system(plan.system)
+    state_path = plan.work / "state.json"
+    if plan.force and plan.output.exists():
+        shutil.rmtree(plan.work, ignore_errors=True)
+        (plan.output / "build.json").unlink(missing_ok=True)
+    state = BuildState(state_path)
+    _check_disk(plan, ckpt, state)
+
+    plan.work.mkdir(parents=True, exist_ok=True)
+    _pause_point("fetch")
+
+    hashes = _stage(state, run, "prepare", fingerprint(str(fetched.model_dir), _stat_key(ckpt)),
+                    lambda: _prepare(plan, ckpt, fetched, ui))
+    _pause_point("prepare")
+    prepared = plan.work / "prepared"
+    if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
+        _link_prepared(ckpt, prepared)
+
+    llama = llamacpp.locate(plan.llama_cpp, console=ui.console)
+    control = [ckpt.markers.user_id, ckpt.markers.assistant_id] if ckpt.markers else []
+    base = plan.base_gguf
+    base_rec = _stage(state, run, "convert", fingerprint(hashes["files"], llama.version, plan.base_type, ckpt.normhead, control, __version__),
+                      lambda: _convert(plan, ckpt, llama, prepared, base, control, ui), outputs=[base])
+    _pause_point("convert")
+
+    artifacts = {}
+    for art in plan.artifacts:
+        path = plan.output / art.gguf
+        if path == base:
+            artifacts[art.quant] = base_rec
+            continue
+        artifacts[art.quant] = _stage(
+            state, run, f"quantize:{art.quant}", fingerprint(base_rec["sha256"], art.quant, llama.version),
+            lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, ui), outputs=[path])
+    _pause_point("quantize")
+    if base.parent == plan.work and base.exists():
+        base.unlink()  # the intermediate is no longer needed once every quantization is done
+
+    checks = {}
+    for art in plan.artifacts:
+        path = plan.output / art.gguf
+        checks[art.quant] = _stage(state, run, f"verify:{art.quant}", fingerprint(artifacts[art.quant]["sha256"], control),
+                                   lambda path=path: _verify(path, ckpt, ui))
+    _pause_point("verify")
+
+    license_text = modelfile.license_text(ckpt.path, ckpt.license_files)
+    for art in plan.artifacts:
+        spec = modelfile.ModelfileSpec(
+            gguf=art.gguf, modelfile_name=art.modelfile, ollama_name=art.ollama_name,
+            title=f"{plan.source.name} {art.quant} ({'chat' if ckpt.chat else 'base'}, Baichuan {ckpt.generation})",
+            source=plan.source.describe(), markers=ckpt.markers, parameters=ckpt.defaults.as_parameters(),
+            system=plan.system, license=license_text)
+        write_text(plan.output / art.modelfile, modelfile.render(spec))
+    _pause_point("modelfile")
+
+    record = {
+        "orch_version": __version__,
+        "source": {"kind": plan.source.kind, "spec": plan.source.describe(), "repo": plan.source.repo_id,
+                   "hub": plan.source.hub, "revision": fetched.revision, "path": str(fetched.model_dir),
+                   "files": hashes["files"]},
+        "model": ckpt.summary(),
+        "llama_cpp": llama.describe() | {"converter_fixes": base_rec["report"]},
+        "artifacts": [
+            {"file": a.gguf, "type": a.quant, "size": artifacts[a.quant]["size"], "sha256": artifacts[a.quant]["sha256"],
+             "modelfile": a.modelfile, "ollama_name": a.ollama_name, "verify": checks[a.quant]}
+            for a in plan.artifacts
+        ],
+        "timings": {"fetch": run.timings["fetch"]} | {k: state.stages[k]["seconds"] for k in state.stages} | {"total_this_run": round(time.monotonic() - t0, 3)},
+        "resumed_stages": run.resumed,
+    }
+    write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+    if plan.register:
+        record["registration"] = [
+            register.register(plan.output / a.modelfile, a.ollama_name, plan.host).__dict__ for a in plan.artifacts
+        ]
+        write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return record
+
+
+def _stage(state: BuildState, run: Run, key: str, fp: str, work, outputs: list[Path] = ()) -> dict:
+    """Run `work` unless a record with this fingerprint exists and its outputs are intact."""
+    done = state.done(key, fp)
+    if done and all(p.is_file() and p.stat().st_size == done["result"].get("size", p.stat().st_size) for p in outputs):
+        run.resumed.append(key)
+        return done["result"]
+    t = time.monotonic()
+    result = work()
+    seconds = time.monotonic() - t
+    run.timings[key] = round(seconds, 3)
+    return state.record(key, fp, result, seconds)["result"]
+
+
+def _pause_point(stage: str) -> None:
+    if os.environ.get(PAUSE_ENV) == stage:
+        print(f"orch: paused after {stage}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
+
+
+def _stat_key(ckpt) -> list:
+    return [(n, (ckpt.path / n).stat().st_size, (ckpt.path / n).stat().st_mtime_ns) for n in ckpt.needed_files()]
+
+
+def _prepare(plan: BuildPlan, ckpt, fetched, ui: Ui) -> dict:
+    """Hash the source files (checked against the hub's sha256 where it gives one) and stage them for the converter."""
+    files = {}
+    names = ckpt.needed_files()
+    total = sum((ckpt.path / n).stat().st_size for n in names)
+    task = ui.progress.add_task("hash source files", total=total) if ui.progress else None
+    for name in names:
+        digest = sha256_file(ckpt.path / name, (lambda n: ui.progress.advance(task, n)) if task is not None else None)
+        expected = fetched.expected_sha256.get(name)
+        if expected and expected != digest:
+            raise OrchError(f"{ckpt.path / name} does not match the hub's sha256 (corrupt download): delete it and run the build again")
+        files[name] = {"size": (ckpt.path / name).stat().st_size, "sha256": digest}
+    _link_prepared(ckpt, plan.work / "prepared")
+    return {"files": files}
+
+
+def _link_prepared(ckpt, prepared: Path) -> None:
+    """The converter's view of the checkpoint: symlinks to exactly the files it reads, and no code."""
+    tmp = prepared.with_name(prepared.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ckpt.needed_files():
+        (tmp / name).symlink_to((ckpt.path / name).resolve())
+    shutil.rmtree(prepared, ignore_errors=True)
+    os.replace(tmp, prepared)
+
+
+def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], ui: Ui) -> dict:
+    from orchestrator.convert import convert
+
+    base.parent.mkdir(parents=True, exist_ok=True)
+    report = convert(llama, prepared, base, plan.base_type, model_name=plan.source.name, normhead=ckpt.normhead, control_ids=control,
+                     expected_bytes=plan.estimate_bytes(ckpt.n_params, plan.base_type),
+                     log=plan.work / "logs" / "convert.log", progress=ui.progress)
+    if ckpt.normhead and not report.get("normhead_applied"):
+        raise OrchError("the converter never saw lm_head.weight, so NormHead was not applied: the checkpoint lacks an output head")
+    return _file_record(base, ui) | {"report": report}
+
+
+def _quantize(plan: BuildPlan, ckpt, base: Path, path: Path, quant: str, ui: Ui) -> dict:
+    from orchestrator.quantize import quantize
+
+    quantize(base, path, quant, expected_bytes=plan.estimate_bytes(ckpt.n_params, quant),
+             log=plan.work / "logs" / f"quantize-{quant}.log", progress=ui.progress)
+    return _file_record(path, ui)
+
+
+def _verify(path: Path, ckpt, ui: Ui) -> dict:
+    from orchestrator.verify import verify
+
+    ui.say(f"verifying {path.name}: chat markers, a few generated tokens")
+    return verify(path, layers=ckpt.layers, markers=ckpt.markers, eos_id=int(ckpt.config.get("eos_token_id", 2)))
+
+
+def _file_record(path: Path, ui: Ui) -> dict:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _check_writable(output: Path) -> None:
+    probe = output
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OrchError(f"cannot write to {output} ({probe} is not a writable directory): pass --output with a directory you can write to")
+
+
+def _check_disk(plan: BuildPlan, ckpt, state: BuildState) -> None:
+    """Refuse before writing anything when the outputs still to make cannot fit."""
+    need = 0
+    for art in plan.artifacts:
+        if not (plan.output / art.gguf).is_file():
+            need += plan.estimate_bytes(ckpt.n_params, art.quant)
+    base = plan.base_gguf
+    if base.parent == plan.work and not base.exists() and any(not (plan.output / a.gguf).is_file() for a in plan.artifacts):
+        need += plan.estimate_bytes(ckpt.n_params, plan.base_type)
+    if need == 0:
+        return
+    probe = plan.output
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need + DISK_MARGIN:
+        raise OrchError(f"not enough free disk in {probe}: the build needs about {_human(need + DISK_MARGIN)}, "
+                        f"{_human(free)} is free: free some space or pass --output on a larger disk")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"

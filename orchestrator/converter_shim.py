@@ -1,0 +1,97 @@
+"""Run llama.cpp's `convert_hf_to_gguf.py` with orch's Baichuan fixes applied in memory.
+
+Run as `python -m orchestrator.converter_shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
+The provisioned tree is never edited. Three changes, each as small as it can be:
+
+1. crash: `BaichuanModel.modify_tensors` calls itself for every tensor other
+   than W_pack (RecursionError); the call meant is the base class's.
+2. chat markers: SentencePiece user-defined pieces are written as NORMAL
+   tokens, which llama.cpp then splits into a dozen pieces even with special
+   parsing on; the marker ids (and only they) are typed CONTROL.
+3. NormHead: `lm_head.weight` is row-normalised as it streams through.
+
+The report (--report) says what upstream did before each fix, so a test
+notices the day a llama.cpp release makes a fix stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" not in argv:
+        raise SystemExit("usage: python -m orchestrator.converter_shim --llama-cpp DIR [options] -- CONVERTER ARGS")
+    split = argv.index("--")
+    p = argparse.ArgumentParser(prog="orchestrator.converter_shim")
+    p.add_argument("--llama-cpp", type=Path, required=True)
+    p.add_argument("--report", type=Path)
+    p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
+    p.add_argument("--control-token", type=int, action="append", default=[], help="token id to type CONTROL")
+    p.add_argument("--no-fixes", action="store_true", help="run upstream untouched (tests use it to prove the fixes are needed)")
+    return p.parse_args(argv[:split]), argv[split + 1:]
+
+
+def has_recursion_bug(model_cls) -> bool:
+    """True while upstream's Baichuan `modify_tensors` still calls itself instead of the base class."""
+    return "self.modify_tensors(" in inspect.getsource(model_cls.modify_tensors)
+
+
+def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict) -> None:
+    upstream_modify = model_cls.modify_tensors
+    recursion_bug = has_recursion_bug(model_cls)
+    report["upstream_recursion_bug"] = recursion_bug
+
+    def modify_tensors(self, data_torch, name, bid):
+        if normhead and name == "lm_head.weight":
+            from orchestrator.normhead import normalize_rows
+
+            data_torch = normalize_rows(data_torch)
+            report["normhead_applied"] = True
+        if not recursion_bug or (bid is not None and name == f"model.layers.{bid}.self_attn.W_pack.weight"):
+            yield from upstream_modify(self, data_torch, name, bid)
+        else:
+            yield from super(model_cls, self).modify_tensors(data_torch, name, bid)
+
+    model_cls.modify_tensors = modify_tensors
+
+    upstream_vocab = model_cls._create_vocab_sentencepiece
+
+    def create_vocab(self):
+        tokens, scores, toktypes = upstream_vocab(self)
+        before = {}
+        for tid in control_ids:
+            if not 0 <= tid < len(toktypes):
+                raise SystemExit(f"control token id {tid} is outside the vocabulary of {len(toktypes)} tokens")
+            before[str(tid)] = {"piece": tokens[tid].decode("utf-8", "replace"), "type": token_types(toktypes[tid]).name}
+            toktypes[tid] = token_types.CONTROL
+        report["upstream_marker_types"] = before
+        return tokens, scores, toktypes
+
+    model_cls._create_vocab_sentencepiece = create_vocab
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, converter_args = _parse(sys.argv[1:] if argv is None else argv)
+    root = args.llama_cpp.resolve()
+    sys.path.insert(0, str(root))
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), *converter_args]
+    import convert_hf_to_gguf as upstream  # noqa: PLC0415 (the provisioned tree is only on sys.path now)
+    from conversion import base
+    from conversion.baichuan import BaichuanModel
+
+    report: dict = {"normhead_requested": args.normhead, "normhead_applied": False, "fixes": not args.no_fixes}
+    if not args.no_fixes:
+        apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead,
+                    control_ids=args.control_token, report=report)
+    upstream.main()
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

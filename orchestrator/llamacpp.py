@@ -1,0 +1,138 @@
+"""Provision llama.cpp's converter from a pinned release, through the package registry.
+
+The llama-cpp-python sdist carries a complete llama.cpp tree, so the converter
+arrives through PyPI (or the user's PyPI mirror, via pip's own configuration)
+where GitHub is slow or unreachable. Its quantizer and runtime come from the
+same release, installed as the `llama-cpp-python` dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import paths
+from orchestrator.errors import OrchError
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+ENV_OVERRIDE = "ORCH_LLAMA_CPP"
+ENV_SDIST = "ORCH_LLAMA_CPP_SDIST"
+_NEEDED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    """A llama.cpp tree that holds `convert_hf_to_gguf.py`, and where it came from."""
+
+    root: Path
+    version: str
+    origin: str
+    sdist_sha256: str | None = None
+
+    @property
+    def converter(self) -> Path:
+        return self.root / "convert_hf_to_gguf.py"
+
+    def describe(self) -> dict:
+        return {"version": self.version, "origin": self.origin, "path": str(self.root), "sdist_sha256": self.sdist_sha256}
+
+
+def locate(override: Path | None = None, *, console=None) -> LlamaCpp:
+    """The tree named by --llama-cpp or $ORCH_LLAMA_CPP, else the cached pinned release (fetched once)."""
+    override = override or (Path(os.environ[ENV_OVERRIDE]) if os.environ.get(ENV_OVERRIDE) else None)
+    if override is not None:
+        root = Path(override).expanduser().resolve()
+        if (root / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
+            root = root / "vendor" / "llama.cpp"
+        if not (root / "convert_hf_to_gguf.py").is_file():
+            raise OrchError(f"{root} has no convert_hf_to_gguf.py: point --llama-cpp at a llama.cpp checkout")
+        return LlamaCpp(root=root, version=_tree_version(root), origin=f"local tree {root}")
+    return provision(console=console)
+
+
+def cache_dir() -> Path:
+    return paths.cache_home() / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def provision(*, console=None) -> LlamaCpp:
+    final = cache_dir()
+    meta = final / "orch-provenance.json"
+    if meta.is_file() and (final / "convert_hf_to_gguf.py").is_file():
+        info = json.loads(meta.read_text())
+        return LlamaCpp(root=final, version=info["version"], origin=info["origin"], sdist_sha256=info["sdist_sha256"])
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".provision-") as tmp:
+        tmp = Path(tmp)
+        sdist = _obtain_sdist(tmp, console)
+        digest = _sha256(sdist)
+        tree = tmp / "tree"
+        _extract(sdist, tree)
+        version = f"llama.cpp vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
+        info = {"version": version, "origin": f"PyPI sdist {sdist.name}", "sdist_sha256": digest}
+        (tree / "orch-provenance.json").write_text(json.dumps(info, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tree, final)
+    return LlamaCpp(root=final, version=version, origin=info["origin"], sdist_sha256=digest)
+
+
+def _obtain_sdist(tmp: Path, console) -> Path:
+    local = os.environ.get(ENV_SDIST)
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            raise OrchError(f"{ENV_SDIST}={local} is not a file: point it at llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")
+        return path
+    if console is not None:
+        console.print(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once)…")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "-q", "-d", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OrchError(
+            f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({last}): "
+            f"set PIP_INDEX_URL to a reachable PyPI mirror, or {ENV_SDIST} to a downloaded sdist, or --llama-cpp to a llama.cpp tree"
+        )
+    return found[0]
+
+
+def _extract(sdist: Path, dest: Path) -> None:
+    with tarfile.open(sdist) as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/", 1)
+            if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                continue
+            rel = parts[1][len("vendor/llama.cpp/"):]
+            if any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in _NEEDED) and (m.isfile() or m.isdir()):
+                m.name = rel
+                members.append(m)
+        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
+            raise OrchError(f"{sdist.name} holds no vendor/llama.cpp/convert_hf_to_gguf.py: it is not a llama-cpp-python sdist")
+        tar.extractall(dest, members=members, filter="data")
+
+
+def _tree_version(root: Path) -> str:
+    prov = root / "orch-provenance.json"
+    if prov.is_file():
+        return json.loads(prov.read_text())["version"]
+    return f"llama.cpp tree at {root}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,39 @@
+"""Stage 4: llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python), in a child process.
+
+Run as `python -m orchestrator.quantize INPUT OUTPUT TYPE`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from orchestrator.runner import run_watched
+from orchestrator.state import atomic_path
+
+
+def quantize(source: Path, final: Path, quant: str, *, expected_bytes: int, log: Path, progress=None) -> None:
+    with atomic_path(final) as tmp:
+        cmd = [sys.executable, "-m", "orchestrator.quantize", str(source), str(tmp), quant]
+        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"quantize to {quant}", log=log, progress=progress)
+
+
+def _ftype(llama_cpp, quant: str) -> int:
+    return llama_cpp.LLAMA_FTYPE_ALL_F32 if quant == "F32" else getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+
+
+def main(argv: list[str]) -> int:
+    import ctypes
+
+    import llama_cpp
+
+    source, out, quant = argv
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _ftype(llama_cpp, quant)
+    params.nthread = os.cpu_count() or 1
+    return llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""Run a long llama.cpp job in a child process, with a progress bar fed by the size of its output."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from orchestrator.errors import OrchError
+
+
+def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, log: Path, progress=None) -> None:
+    """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` drives the bar.
+
+    A child process keeps Ctrl-C and kill prompt (a C call in this process
+    would hold them until it returns) and keeps llama.cpp's memory out of ours.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    task = progress.add_task(what, total=expected_bytes) if progress is not None else None
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None:
+                if task is not None and watch.exists():
+                    progress.update(task, completed=min(watch.stat().st_size, int(expected_bytes * 0.99)))
+                time.sleep(0.2)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        raise OrchError(f"{what} failed (exit {proc.returncode}): {last_error_line(log)}; full log: {log}")
+    if task is not None:
+        progress.update(task, completed=expected_bytes)
+
+
+def last_error_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if any(w in line for w in ("Error", "error", "Exception", "failed")):
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"

@@ -1,0 +1,51 @@
+"""Stage 5: load each GGUF with llama.cpp, prove the chat markers are single tokens, generate a few tokens."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.errors import OrchError
+from orchestrator.prompt import ChatMarkers, build_chat_input
+
+SMOKE_PROMPT = "你好，请介绍一下你自己。"
+
+
+def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, eos_id: int = 2, n_tokens: int = 8) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=os.cpu_count() or 1, verbose=False)
+    try:
+        meta = llm.metadata
+        if meta.get("general.architecture") != "baichuan" or int(meta.get("baichuan.block_count", -1)) != layers:
+            raise OrchError(f"{gguf.name} is not a {layers}-layer baichuan GGUF "
+                            f"({meta.get('general.architecture')}, {meta.get('baichuan.block_count')} layers): rebuild with --force")
+
+        def encode(text: str) -> list[int]:
+            return llm.tokenize(text.encode(), add_bos=False, special=False)
+
+        found = {}
+        if markers is not None:
+            for piece, tid in ((markers.user_piece, markers.user_id), (markers.assistant_piece, markers.assistant_id)):
+                got = llm.tokenize(piece.encode(), add_bos=False, special=True)
+                if got != [tid]:
+                    raise OrchError(f"{gguf.name}: chat marker {piece} tokenises to {got[:6]}{'…' if len(got) > 6 else ''}, "
+                                    f"not the single token {tid}, so no chat template can work: rebuild with --force")
+                found[piece] = tid
+            prompt = build_chat_input([{"role": "user", "content": SMOKE_PROMPT}], encode, markers)
+        else:
+            prompt = encode(SMOKE_PROMPT)
+
+        generated: list[int] = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if token == eos_id or len(generated) >= n_tokens:
+                break
+            generated.append(token)
+        return {
+            "markers": found,
+            "prompt_tokens": len(prompt),
+            "generated_tokens": len(generated),
+            "sample": llm.detokenize(generated).decode("utf-8", errors="replace"),
+        }
+    finally:
+        llm.close()

@@ -1,0 +1,3 @@
+module orch/tests/gotemplate
+
+go 1.19
