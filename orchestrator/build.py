@@ -207,7 +207,8 @@ def _verify(path: Path, ckpt, ui: Ui) -> dict:
     from orchestrator.verify import verify
 
     ui.say(f"verifying {path.name}: chat markers, a few generated tokens")
-    return verify(path, layers=ckpt.layers, markers=ckpt.markers, eos_id=int(ckpt.config.get("eos_token_id", 2)))
+    return verify(path, layers=ckpt.layers, markers=ckpt.markers, tokenizer=ckpt.path / "tokenizer.model",
+                  eos_id=int(ckpt.config.get("eos_token_id", 2)))
 
 
 def _file_record(path: Path, ui: Ui) -> dict:

@@ -1,14 +1,18 @@
 """Run llama.cpp's `convert_hf_to_gguf.py` with orch's Baichuan fixes applied in memory.
 
 Run as `python -m orchestrator.converter_shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
-The provisioned tree is never edited. Three changes, each as small as it can be:
+The provisioned tree is never edited. Four changes, each as small as it can be:
 
 1. crash: `BaichuanModel.modify_tensors` calls itself for every tensor other
    than W_pack (RecursionError); the call meant is the base class's.
 2. chat markers: SentencePiece user-defined pieces are written as NORMAL
    tokens, which llama.cpp then splits into a dozen pieces even with special
    parsing on; the marker ids (and only they) are typed CONTROL.
-3. NormHead: `lm_head.weight` is row-normalised as it streams through.
+3. space prefix: upstream never writes `tokenizer.ggml.add_space_prefix` for
+   Baichuan, so llama.cpp assumes SentencePiece's dummy prefix and puts a "▁"
+   before the first text and after every marker; a tokenizer trained without
+   the dummy prefix gets the flag written as False.
+4. NormHead: `lm_head.weight` is row-normalised as it streams through.
 
 The report (--report) says what upstream did before each fix, so a test
 notices the day a llama.cpp release makes a fix stale.
@@ -73,6 +77,29 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
         return tokens, scores, toktypes
 
     model_cls._create_vocab_sentencepiece = create_vocab
+
+    upstream_set_vocab = model_cls.set_vocab
+
+    def set_vocab(self):
+        upstream_set_vocab(self)
+        key = "tokenizer.ggml.add_space_prefix"
+        written = [kv[key].value for kv in self.gguf_writer.kv_data if key in kv]
+        report["upstream_add_space_prefix"] = written[0] if written else None
+        dummy_prefix = adds_dummy_prefix(self.dir_model / "tokenizer.model")
+        report["tokenizer_adds_dummy_prefix"] = dummy_prefix
+        if not dummy_prefix:
+            self.gguf_writer.remove_key(key)
+            self.gguf_writer.add_add_space_prefix(False)
+
+    model_cls.set_vocab = set_vocab
+
+
+def adds_dummy_prefix(tokenizer_model: Path) -> bool:
+    """Whether SentencePiece puts "▁" before a text, read from its behaviour (no protobuf needed)."""
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_file=str(tokenizer_model))
+    return "".join(sp.encode("a", out_type=str)).startswith("\u2581")
 
 
 def main(argv: list[str] | None = None) -> None:

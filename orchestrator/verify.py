@@ -11,7 +11,9 @@ from orchestrator.prompt import ChatMarkers, build_chat_input
 SMOKE_PROMPT = "你好，请介绍一下你自己。"
 
 
-def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, eos_id: int = 2, n_tokens: int = 8) -> dict:
+def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: Path | None = None, eos_id: int = 2,
+           n_tokens: int = 8) -> dict:
+    """Refuse a GGUF that is not the model, cannot produce its chat markers, or tokenises prompts differently."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=os.cpu_count() or 1, verbose=False)
@@ -21,9 +23,6 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, eos_id: int 
             raise OrchError(f"{gguf.name} is not a {layers}-layer baichuan GGUF "
                             f"({meta.get('general.architecture')}, {meta.get('baichuan.block_count')} layers): rebuild with --force")
 
-        def encode(text: str) -> list[int]:
-            return llm.tokenize(text.encode(), add_bos=False, special=False)
-
         found = {}
         if markers is not None:
             for piece, tid in ((markers.user_piece, markers.user_id), (markers.assistant_piece, markers.assistant_id)):
@@ -32,9 +31,11 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, eos_id: int 
                     raise OrchError(f"{gguf.name}: chat marker {piece} tokenises to {got[:6]}{'…' if len(got) > 6 else ''}, "
                                     f"not the single token {tid}, so no chat template can work: rebuild with --force")
                 found[piece] = tid
-            prompt = build_chat_input([{"role": "user", "content": SMOKE_PROMPT}], encode, markers)
+            prompt = llm.tokenize(f"{markers.user_piece}{SMOKE_PROMPT}{markers.assistant_piece}".encode(), add_bos=False, special=True)
         else:
-            prompt = encode(SMOKE_PROMPT)
+            prompt = llm.tokenize(SMOKE_PROMPT.encode(), add_bos=False, special=False)
+        if tokenizer is not None:
+            _same_as_sentencepiece(gguf, prompt, tokenizer, markers)
 
         generated: list[int] = []
         for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
@@ -49,3 +50,16 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, eos_id: int 
         }
     finally:
         llm.close()
+
+
+def _same_as_sentencepiece(gguf: Path, got: list[int], tokenizer: Path, markers: ChatMarkers | None) -> None:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_file=str(tokenizer))
+    if markers is not None:
+        want = build_chat_input([{"role": "user", "content": SMOKE_PROMPT}], sp.encode, markers)
+    else:
+        want = sp.encode(SMOKE_PROMPT)
+    if got != want:
+        raise OrchError(f"{gguf.name}: a prompt tokenises to {got[:8]}… in llama.cpp but {want[:8]}… in the model's own "
+                        "tokenizer, so the model would read every prompt differently: rebuild with --force")

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny checkpoints, the pinned llama.cpp tree, real builds made once per session.
+
+Every test runs with its own XDG cache and data homes, so nothing a user has
+built is touched; only the provisioned llama.cpp tree is shared (through
+$ORCH_LLAMA_CPP), because fetching it once per test would be waste.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator import llamacpp
+from orchestrator.tiny import make_tiny_checkpoint
+
+from support import orch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def llama_tree() -> Path:
+    """llama.cpp's converter, provisioned the way `orch build` does it (pip sdist, cached)."""
+    return llamacpp.locate(None).root
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch, llama_tree):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv(llamacpp.ENV_OVERRIDE, str(llama_tree))
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing listens: builds must say so and go on
+    monkeypatch.delenv("ORCH_DEBUG_PAUSE_AFTER", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """make_tiny_checkpoint(layers, fmt=..., ...) once per distinct set of arguments."""
+    made: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("checkpoints")
+
+    def make(layers: int = 32, **kw) -> Path:
+        key = (layers, *sorted(kw.items()))
+        if key not in made:
+            name = f"baichuan-{layers}L-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
+            made[key] = make_tiny_checkpoint(root / name.rstrip("-"), layers, **kw)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, checkpoint, llama_tree):
+    """`orch build DIR --quant ...` run once per (layers, quants); returns the output directory."""
+    done: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("builds")
+
+    def build(layers: int = 32, quants: str = "f32,f16,q8_0,q4_K_M") -> Path:
+        key = (layers, quants)
+        if key not in done:
+            out = root / f"{layers}L-{quants.replace(',', '-')}"
+            env = os.environ | {"XDG_CACHE_HOME": str(root / "cache"), "XDG_DATA_HOME": str(root / "data"),
+                                llamacpp.ENV_OVERRIDE: str(llama_tree), "OLLAMA_HOST": "http://127.0.0.1:9"}
+            orch("build", str(checkpoint(layers)), "--quant", quants, "--no-register", "-o", str(out), env=env)
+            done[key] = out
+        return done[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def go_render(tmp_path_factory) -> Path:
+    """The Go program that executes a Modelfile TEMPLATE as Ollama does (text/template)."""
+    go = shutil.which("go")
+    assert go, "Go is required for the chat template test: apt-get install golang-go (scripts/test does it)"
+    out = tmp_path_factory.mktemp("go") / "render"
+    env = os.environ | {"GOFLAGS": "-mod=mod", "GOCACHE": str(out.parent / "gocache"), "GOPATH": str(out.parent / "gopath")}
+    subprocess.run([go, "build", "-o", str(out), "."], cwd=ROOT / "tests" / "gotemplate", check=True, env=env)
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,76 @@
+"""Helpers the tests share: run the real `orch` command, read logits through llama.cpp, compare with the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ORCH = Path(sys.executable).with_name("orch")
+
+
+def orch(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed `orch` console script, as a user would."""
+    proc = subprocess.run([str(ORCH), *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orch {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def llama(gguf: Path, *, n_ctx: int = 512):
+    """llama.cpp with an f32 KV cache, so that differences come from the weights, not the cache."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0, n_threads=os.cpu_count() or 1,
+                 verbose=False, seed=0)
+
+
+def gguf_logits(gguf: Path, sequences: list[list[int]]) -> list[np.ndarray]:
+    llm = llama(gguf)
+    try:
+        out = []
+        for seq in sequences:
+            llm.reset()
+            llm.eval(seq)
+            out.append(np.array(llm.scores[: len(seq)], dtype=np.float64))
+        return out
+    finally:
+        llm.close()
+
+
+@dataclass
+class Fidelity:
+    """How a GGUF's logits compare with the reference forward pass."""
+
+    min_cosine: float
+    positions: int
+    top1_mismatches: int  # positions whose top-1 differs with a clear margin
+    near_tie_flips: int  # positions whose top-1 differs within 5 % of the logit spread
+
+    def passes(self, *, allow_near_ties: bool) -> bool:
+        return self.min_cosine >= 0.999 and self.top1_mismatches == 0 and (allow_near_ties or self.near_tie_flips == 0)
+
+
+def compare(got: list[np.ndarray], want: list[np.ndarray]) -> Fidelity:
+    cosines, mismatches, ties, positions = [], 0, 0, 0
+    for g, w in zip(got, want):
+        for gi, wi in zip(g, w):
+            positions += 1
+            cosines.append(float(gi @ wi / (np.linalg.norm(gi) * np.linalg.norm(wi))))
+            a, b = int(gi.argmax()), int(wi.argmax())
+            if a != b:
+                gap = abs(wi[b] - wi[a])
+                if gap < 0.05 * (wi.max() - wi.min()):
+                    ties += 1
+                else:
+                    mismatches += 1
+    return Fidelity(min(cosines), positions, mismatches, ties)
+
+
+def build_record(out: Path) -> dict:
+    return json.loads((out / "build.json").read_text())

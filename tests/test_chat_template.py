@@ -1,0 +1,84 @@
+"""The Modelfile's TEMPLATE, rendered as Ollama renders it and tokenised by the GGUF, gives Baichuan2's exact prompt ids."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import sentencepiece as spm
+from llama_cpp import Llama
+
+from orchestrator.prompt import ChatMarkers, build_chat_input
+from orchestrator.tiny import ASSISTANT_PIECE, USER_PIECE
+
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": "你好，请介绍一下你自己。"}],
+    "several turns": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "和北京比呢？"},
+        {"role": "assistant", "content": "北京更大。"},
+        {"role": "user", "content": "Thanks!"},
+    ],
+    "system and one turn": [
+        {"role": "system", "content": "You are a concise assistant. 请用中文回答。"},
+        {"role": "user", "content": "Hello"},
+    ],
+    "system and several turns": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+    ],
+}
+
+
+def template_of(modelfile: str) -> str:
+    return re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.S | re.M).group(1)
+
+
+def render(go_render, template: str, messages: list[dict], system: str = "") -> str:
+    req = {"template": template, "system": system, "messages": messages}
+    return subprocess.run([str(go_render)], input=json.dumps(req), capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def model(built, checkpoint):
+    out = built(32)
+    gguf = next(out.glob("*.Q4_K_M.gguf"))
+    llm = Llama(model_path=str(gguf), n_ctx=64, vocab_only=True, verbose=False)
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32) / "tokenizer.model"))
+    markers = ChatMarkers(sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE), USER_PIECE, ASSISTANT_PIECE)
+    yield {"llm": llm, "sp": sp, "markers": markers, "modelfile": gguf.with_suffix(".Modelfile").read_text()}
+    llm.close()
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_rendered_template_tokenises_like_baichuan2(model, go_render, name):
+    messages = CONVERSATIONS[name]
+    llm = model["llm"]
+    prompt = render(go_render, template_of(model["modelfile"]), messages)
+    add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+    got = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+    want = build_chat_input(messages, model["sp"].encode, model["markers"])
+    assert got == want, f"rendered prompt {prompt!r}"
+
+
+def test_modelfile_system_prompt_comes_first(model, go_render):
+    """A SYSTEM line in the Modelfile reaches the prompt as Baichuan2's system text does."""
+    messages = CONVERSATIONS["one turn"]
+    prompt = render(go_render, template_of(model["modelfile"]), messages, system="你是百川大模型。")
+    got = model["llm"].tokenize(prompt.encode(), add_bos=False, special=True)
+    assert got == build_chat_input([{"role": "system", "content": "你是百川大模型。"}, *messages], model["sp"].encode, model["markers"])
+
+
+def test_modelfile_stops_at_the_user_marker_and_carries_defaults(model):
+    text = model["modelfile"]
+    assert f'PARAMETER stop "{USER_PIECE}"' in text
+    params = dict(re.findall(r"^PARAMETER (\w+) (\S+)$", text, re.M))
+    assert params == {"stop": f'"{USER_PIECE}"', "temperature": "0.3", "top_k": "5", "top_p": "0.85",
+                      "repeat_penalty": "1.05", "num_ctx": "4096"} | ({"num_predict": params["num_predict"]} if "num_predict" in params else {})
+    assert re.search(r"^FROM \./\S+\.Q4_K_M\.gguf$", text, re.M)
+    assert re.search(r'^LICENSE """', text, re.M)

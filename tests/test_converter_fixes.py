@@ -1,0 +1,67 @@
+"""orch carries the smallest fixes to llama.cpp's converter; these tests fail loudly the day upstream makes one stale."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from gguf import GGUFReader
+
+from orchestrator import llamacpp
+from orchestrator.convert import converter_command
+from orchestrator.tiny import ASSISTANT_PIECE, USER_PIECE
+from support import build_record
+
+NORMAL, CONTROL = 1, 3
+
+
+def test_upstream_converter_still_crashes_on_baichuan(checkpoint, llama_tree, tmp_path):
+    cmd = converter_command(llamacpp.locate(llama_tree), checkpoint(32), tmp_path / "out.gguf", "F16", model_name="t",
+                            normhead=False, control_ids=[], report=tmp_path / "r.json")
+    cmd.insert(cmd.index("--"), "--no-fixes")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "RecursionError" in proc.stderr, (
+        "llama.cpp's converter no longer crashes on Baichuan: the crash fix in orchestrator/converter_shim.py "
+        "is stale; drop it and update this test"
+    )
+
+
+def test_build_report_records_what_upstream_got_wrong(built):
+    report = build_record(built(32))["llama_cpp"]["converter_fixes"]
+    assert report["upstream_recursion_bug"] is True
+    assert report["normhead_applied"] is True
+    types = {v["piece"]: v["type"] for v in report["upstream_marker_types"].values()}
+    assert set(types) == {USER_PIECE, ASSISTANT_PIECE}
+    assert all(t != "CONTROL" for t in types.values()), (
+        f"upstream now types the chat markers {types}: the marker fix in orchestrator/converter_shim.py is stale"
+    )
+
+
+def test_only_the_markers_become_control_tokens(built, checkpoint):
+    """The markers become CONTROL; the other reserved pieces keep the type upstream gives them."""
+    import sentencepiece as spm
+
+    out = built(32)
+    reader = GGUFReader(next(out.glob("*.F16.gguf")))
+    field = reader.fields["tokenizer.ggml.token_type"]
+    types = np.array([field.parts[i][0] for i in field.data])
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32) / "tokenizer.model"))
+    markers = {sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE)}
+    control = set(np.flatnonzero(types == CONTROL).tolist())
+    assert control == markers | {sp.bos_id(), sp.eos_id()}
+    reserved = {sp.piece_to_id(f"<reserved_{n}>") for n in range(100, 112)} - markers
+    assert all(types[i] == NORMAL for i in reserved)
+
+
+def test_upstream_still_leaves_the_space_prefix_unset(built):
+    """Upstream writes no add_space_prefix for Baichuan, so llama.cpp would put "▁" after every marker."""
+    report = build_record(built(32))["llama_cpp"]["converter_fixes"]
+    assert report["tokenizer_adds_dummy_prefix"] is False
+    assert report["upstream_add_space_prefix"] is None, (
+        "upstream now writes tokenizer.ggml.add_space_prefix for Baichuan: the space-prefix fix in "
+        "orchestrator/converter_shim.py may be stale"
+    )
+    reader = GGUFReader(next(built(32).glob("*.F16.gguf")))
+    field = reader.fields["tokenizer.ggml.add_space_prefix"]
+    assert bool(field.parts[field.data[0]][0]) is False

@@ -1,0 +1,68 @@
+"""The built GGUF must compute what Baichuan2 computes: logits against an independent numpy float64 forward pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from orchestrator import llamacpp
+from orchestrator.convert import converter_command
+from reference import Reference
+from support import compare, gguf_logits
+
+
+def sequences(model_dir) -> list[list[int]]:
+    """Several token sequences: real text through the checkpoint's tokenizer, and random ids."""
+    sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    texts = ["The quick brown fox jumps over the lazy dog.", "北京是中国的首都，也是一座历史悠久的城市。"]
+    rng = np.random.default_rng(7)
+    random = [rng.integers(3, sp.vocab_size(), size=n).tolist() for n in (24, 40)]
+    return [[1, *sp.encode(t)] for t in texts] + random
+
+
+@pytest.fixture(scope="module")
+def reference_logits(checkpoint):
+    cache = {}
+
+    def get(layers: int):
+        if layers not in cache:
+            model_dir = checkpoint(layers)
+            ref = Reference(model_dir, normhead=True)
+            seqs = sequences(model_dir)
+            cache[layers] = (seqs, [ref.logits(s) for s in seqs])
+        return cache[layers]
+
+    return get
+
+
+@pytest.mark.parametrize("layers", [32, 40], ids=["7B-shape-rope", "13B-shape-alibi"])
+@pytest.mark.parametrize("quant", ["F32", "F16"])
+def test_built_gguf_matches_reference(built, reference_logits, layers, quant):
+    out = built(layers)
+    seqs, want = reference_logits(layers)
+    got = gguf_logits(next(out.glob(f"*.{quant}.gguf")), seqs)
+    result = compare(got, want)
+    print(f"{layers}L {quant}: {result}")
+    assert result.passes(allow_near_ties=quant == "F16"), result
+    if quant == "F32":
+        assert result.near_tie_flips == 0, result
+
+
+@pytest.mark.parametrize("layers", [32, 40], ids=["7B-shape-rope", "13B-shape-alibi"])
+def test_without_normhead_the_same_check_fails(checkpoint, reference_logits, llama_tree, tmp_path, layers):
+    """Converted with only the crash and marker fixes, the checkpoint answers differently: NormHead matters."""
+    model_dir = checkpoint(layers)
+    gguf = tmp_path / "no-normhead.F32.gguf"
+    tree = llamacpp.locate(llama_tree)
+    cmd = converter_command(tree, model_dir, gguf, "F32", model_name="no-normhead", normhead=False,
+                            control_ids=[9, 10], report=tmp_path / "report.json")
+    subprocess.run(cmd, check=True, capture_output=True)
+    seqs, want = reference_logits(layers)
+    result = compare(gguf_logits(gguf, seqs), want)
+    print(f"{layers}L without NormHead: {result}")
+    assert not result.passes(allow_near_ties=True), result
+    assert result.min_cosine < 0.99, result
