@@ -73,8 +73,18 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     llama = llamacpp.locate(plan.llama_cpp, console=ui.console)
     control = [ckpt.markers.user_id, ckpt.markers.assistant_id] if ckpt.markers else []
     base = plan.base_gguf
-    base_rec = _stage(state, run, "convert", fingerprint(hashes["files"], llama.version, plan.base_type, ckpt.normhead, control, __version__),
-                      lambda: _convert(plan, ckpt, llama, prepared, base, control, ui), outputs=[base])
+    convert_fp = fingerprint(hashes["files"], llama.version, plan.base_type, ckpt.normhead, control, __version__)
+
+    def quantize_fp(art, base_sha: str) -> str:
+        return fingerprint(base_sha, art.quant, llama.version)
+
+    derived = [a for a in plan.artifacts if plan.output / a.gguf != base]
+    prior = state.done("convert", convert_fp)
+    # the intermediate is deleted once every type is quantized; it is needed again only if one is missing
+    base_needed = prior is None or not all(
+        _is_done(state, f"quantize:{a.quant}", quantize_fp(a, prior["result"]["sha256"]), [plan.output / a.gguf]) for a in derived)
+    base_rec = _stage(state, run, "convert", convert_fp, lambda: _convert(plan, ckpt, llama, prepared, base, control, ui),
+                      outputs=[base] if base_needed else [])
     _pause_point("convert")
 
     artifacts = {}
@@ -83,9 +93,8 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         if path == base:
             artifacts[art.quant] = base_rec
             continue
-        artifacts[art.quant] = _stage(
-            state, run, f"quantize:{art.quant}", fingerprint(base_rec["sha256"], art.quant, llama.version),
-            lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, ui), outputs=[path])
+        artifacts[art.quant] = _stage(state, run, f"quantize:{art.quant}", quantize_fp(art, base_rec["sha256"]),
+                                      lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, ui), outputs=[path])
     _pause_point("quantize")
     if base.parent == plan.work and base.exists():
         base.unlink()  # the intermediate is no longer needed once every quantization is done
@@ -134,15 +143,19 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
 
 def _stage(state: BuildState, run: Run, key: str, fp: str, work, outputs: list[Path] = ()) -> dict:
     """Run `work` unless a record with this fingerprint exists and its outputs are intact."""
-    done = state.done(key, fp)
-    if done and all(p.is_file() and p.stat().st_size == done["result"].get("size", p.stat().st_size) for p in outputs):
+    if _is_done(state, key, fp, outputs):
         run.resumed.append(key)
-        return done["result"]
+        return state.done(key, fp)["result"]
     t = time.monotonic()
     result = work()
     seconds = time.monotonic() - t
     run.timings[key] = round(seconds, 3)
     return state.record(key, fp, result, seconds)["result"]
+
+
+def _is_done(state: BuildState, key: str, fp: str, outputs: list[Path]) -> bool:
+    done = state.done(key, fp)
+    return bool(done) and all(p.is_file() and p.stat().st_size == done["result"].get("size", p.stat().st_size) for p in outputs)
 
 
 def _pause_point(stage: str) -> None:

@@ -1,0 +1,88 @@
+"""Kill a real `orch build` process with SIGKILL at each stage boundary, run it again, and get the same artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import ORCH, orch
+
+STAGES = ["fetch", "prepare", "convert", "quantize", "verify", "modelfile"]
+QUANTS = "q8_0,q4_K_M"
+
+
+def final_files(out: Path) -> dict[str, str]:
+    """Every file under its final name in the build directory (bookkeeping under .orch aside), with its sha256."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def artifacts(out: Path) -> dict[str, str]:
+    return {k: v for k, v in final_files(out).items() if k != "build.json"}
+
+
+def start(model_dir: Path, out: Path, log: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen([str(ORCH), "build", str(model_dir), "--quant", QUANTS, "--no-register", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=os.environ | env)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"orch build exited {proc.returncode} before the kill point"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.05)
+
+
+def resume(model_dir: Path, out: Path) -> dict:
+    proc = orch("build", str(model_dir), "--quant", QUANTS, "--no-register", "-o", str(out), "--json")
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "build"
+    resume(checkpoint(32), out)
+    return artifacts(out)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_after_each_stage_resumes_to_the_same_artifacts(checkpoint, uninterrupted, tmp_path, stage):
+    out, log = tmp_path / "build", tmp_path / "stderr.log"
+    proc = start(checkpoint(32), out, log, ORCH_DEBUG_PAUSE_AFTER=stage)
+    try:
+        wait_for(lambda: f"paused after {stage}" in log.read_text(), proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert "build.json" not in final_files(out) if out.exists() else True
+
+    record = resume(checkpoint(32), out)
+    assert artifacts(out) == uninterrupted
+    done_before = STAGES[1:STAGES.index(stage) + 1]
+    for s in ("prepare", "convert", "quantize", "verify"):
+        resumed = any(r == s or r.startswith(s + ":") for r in record["resumed_stages"])
+        assert resumed == (s in done_before), f"{s}: resumed_stages={record['resumed_stages']}"
+
+
+def test_killed_mid_conversion_leaves_no_file_under_a_final_name(checkpoint, uninterrupted, tmp_path):
+    out, log = tmp_path / "build", tmp_path / "stderr.log"
+    proc = start(checkpoint(32), out, log)
+    partials = lambda: [p for p in out.rglob("*.partial") if p.is_file() and p.stat().st_size > 1 << 20]  # noqa: E731
+    try:
+        wait_for(lambda: out.exists() and partials(), proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not list(out.rglob("*.gguf")), "a GGUF appeared under its final name before it was complete"
+    assert final_files(out) == {}
+
+    resume(checkpoint(32), out)
+    assert artifacts(out) == uninterrupted
+    assert not list(out.rglob("*.partial"))
