@@ -46,6 +46,9 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     run = Run()
     t0 = time.monotonic()
     _check_writable(plan.output)
+    remote = plan.source.kind in ("catalog", "repo")
+    if remote:  # a download can be long: say what it is for before it starts
+        _announce(plan, ui)
 
     fetched = fetch.fetch(plan.source, console=ui.console)
     run.timings["fetch"] = round(time.monotonic() - t0, 3)
@@ -59,6 +62,8 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         (plan.output / "build.json").unlink(missing_ok=True)
     state = BuildState(state_path)
     _check_disk(plan, ckpt, state)
+    if not remote:
+        _announce(plan, ui)
 
     plan.work.mkdir(parents=True, exist_ok=True)
     _pause_point("fetch")
@@ -139,6 +144,10 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         ]
         write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return record
+
+
+def _announce(plan: BuildPlan, ui: Ui) -> None:
+    ui.say(f"Building [bold]{plan.source.name}[/] ({', '.join(plan.quants)}) from {plan.source.describe()}\n  into {plan.output}")
 
 
 def _stage(state: BuildState, run: Run, key: str, fp: str, work, outputs: list[Path] = ()) -> dict:

@@ -128,8 +128,6 @@ def _run_with_progress(the_plan, quiet: bool) -> dict:
     from orchestrator.build import Ui, run_build
 
     console = _console(stderr=True)
-    console.print(f"Building [bold]{the_plan.source.name}[/] ({', '.join(the_plan.quants)}) from {the_plan.source.describe()}")
-    console.print(f"  into {the_plan.output}")
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False, disable=quiet) as progress:
         return run_build(the_plan, Ui(console=console, progress=progress))

@@ -61,7 +61,7 @@ def tiny_checkpoint(layers: int = 32) -> Path:
 def _huggingface(source: Source) -> Fetched:
     try:
         from huggingface_hub import HfApi, snapshot_download
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
     except ImportError:  # pragma: no cover - a dependency
         raise OrchError("huggingface_hub is not installed: pip install huggingface_hub") from None
     api = HfApi()
@@ -73,15 +73,28 @@ def _huggingface(source: Source) -> Fetched:
         raise OrchError(f"{source.repo_id} was not found on the hub (or is private: set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise OrchError(f"revision {source.revision!r} of {source.repo_id} does not exist: check --revision") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise OrchError(f"cannot reach Hugging Face ({type(e).__name__}): set HF_ENDPOINT to a mirror, "
-                        "or use --source modelscope, or download the model and pass its directory") from None
+    except Exception as e:  # HTTP errors and whatever the transport raises when the hub is unreachable
+        raise _unreachable("Hugging Face", e) from None
     names = [s.rfilename for s in info.siblings or []]
     files = select_files(names)
     _check_listing(source, files)
     expected = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.rfilename in files and s.lfs}
-    local = snapshot_download(source.repo_id, revision=info.sha, allow_patterns=files)
+    try:
+        local = snapshot_download(source.repo_id, revision=info.sha, allow_patterns=files)
+    except Exception as e:
+        raise _unreachable("Hugging Face", e, downloading=True) from None
     return Fetched(Path(local), info.sha, expected)
+
+
+def _unreachable(hub: str, e: Exception, *, downloading: bool = False) -> OrchError:
+    detail = str(e).splitlines()[0] if str(e) else "no detail"
+    if hub == "Hugging Face":
+        fix = "set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com), or use --source modelscope, or pass a downloaded directory"
+    else:
+        fix = "check the model id and your network, or use --source hf, or pass a downloaded directory"
+    if downloading:
+        fix = "run the same command again to resume, or " + fix
+    return OrchError(f"{hub} failed{' while downloading' if downloading else ''} ({type(e).__name__}: {detail}): {fix}")
 
 
 def _modelscope(source: Source) -> Fetched:
@@ -93,12 +106,15 @@ def _modelscope(source: Source) -> Fetched:
     try:
         listing = HubApi().get_model_files(source.repo_id, revision=source.revision or "master", recursive=True)
     except Exception as e:  # modelscope raises many types for network and lookup failures
-        raise OrchError(f"cannot list {source.repo_id} on ModelScope ({type(e).__name__}: {e}): check the id and your network") from None
+        raise _unreachable("ModelScope", e) from None
     names = [f["Path"] for f in listing if f.get("Type") != "tree"]
     files = select_files(names)
     _check_listing(source, files)
     expected = {f["Path"]: f["Sha256"] for f in listing if f.get("Path") in files and f.get("Sha256")}
-    local = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=files)
+    try:
+        local = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=files)
+    except Exception as e:
+        raise _unreachable("ModelScope", e, downloading=True) from None
     return Fetched(Path(local), source.revision or "master", expected)
 
 
