@@ -185,13 +185,16 @@ def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
 
     sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
     ids = int(gen_cfg["user_token_id"]), int(gen_cfg["assistant_token_id"])
-    for tid in ids:
+    for key, tid in zip(("user_token_id", "assistant_token_id"), ids):
         if not 0 <= tid < sp.vocab_size():
-            raise OrchError(f"generation_config.json names token {tid}, outside the tokenizer's {sp.vocab_size()} pieces: "
+            raise OrchError(f"generation_config.json {key} {tid} is outside the tokenizer's {sp.vocab_size()} pieces: "
                             "the tokenizer.model does not belong to this model")
-        if not sp.is_control(tid) and sp.encode(sp.id_to_piece(tid)) != [tid]:
-            raise OrchError(f"chat marker {tid} ({sp.id_to_piece(tid)!r}) is not a single reserved piece in tokenizer.model: "
-                            "the tokenizer.model does not belong to this model")
+        piece = sp.id_to_piece(tid)
+        # typed CONTROL in the GGUF, so it must be a reserved piece, never text the model also writes
+        reserved = piece.startswith("<") and piece.endswith(">") and len(piece) > 2
+        if not reserved or (not sp.is_control(tid) and sp.encode(piece) != [tid]):
+            raise OrchError(f"generation_config.json {key} {tid} is {piece!r}, not a single reserved piece like <reserved_106> "
+                            "in tokenizer.model: fix generation_config.json or use the model's own tokenizer.model")
     return ChatMarkers(ids[0], ids[1], sp.id_to_piece(ids[0]), sp.id_to_piece(ids[1]))
 
 

@@ -60,10 +60,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog
         return
     from rich.table import Table
 
-    table = Table(title="orch models  (sizes are estimates of the GGUF files)", title_justify="left")
+    from rich import box
+
+    table = Table(title="orch models  (GGUF sizes are estimates)", title_justify="left", box=box.SIMPLE_HEAD)
     for col, just in (("name", "left"), ("params", "right"), ("kind", "left"), ("graph", "left"), ("q4_K_M", "right"),
-                      ("q8_0", "right"), ("f16", "right"), ("repo (Hugging Face and ModelScope)", "left")):
-        table.add_column(col, justify=just)
+                      ("q8_0", "right"), ("f16", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    table.add_column("repo (Hugging Face, ModelScope)", overflow="fold", min_width=16)
     for r in rows:
         tiny = r["name"] == "tiny"
         gb = (lambda v: "<0.1 GB" if tiny else f"{v} GB")

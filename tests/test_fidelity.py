@@ -66,3 +66,17 @@ def test_without_normhead_the_same_check_fails(checkpoint, reference_logits, lla
     print(f"{layers}L without NormHead: {result}")
     assert not result.passes(allow_near_ties=True), result
     assert result.min_cosine < 0.99, result
+
+
+def test_baichuan1_builds_without_normhead_and_matches_its_reference(checkpoint, tmp_path):
+    """Baichuan 1 has no NormHead: orch detects the generation and leaves lm_head as stored."""
+    from support import build_record, orch
+
+    model_dir = checkpoint(32, generation=1)
+    out = tmp_path / "b1"
+    orch("build", str(model_dir), "--quant", "f32", "--no-register", "-o", str(out))
+    record = build_record(out)
+    assert (record["model"]["generation"], record["model"]["normhead"]) == (1, False)
+    seqs = sequences(model_dir)
+    result = compare(gguf_logits(next(out.glob("*.F32.gguf")), seqs), [Reference(model_dir, normhead=False).logits(s) for s in seqs])
+    assert result.passes(allow_near_ties=False), result

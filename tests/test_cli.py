@@ -1,0 +1,117 @@
+"""The orch command as a user meets it: help, the catalog, a full `orch build tiny`, re-runs, names, inspect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
+
+from support import build_record, orch
+
+HEAVY = ("torch", "llama_cpp", "transformers", "huggingface_hub", "modelscope", "sentencepiece", "gguf", "numpy")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_help_and_models_import_nothing_heavy():
+    """`orch --help` and `orch models` stay instant because torch and llama.cpp are imported only where used."""
+    code = ("import sys\nfrom orchestrator.cli import app\n"
+            "for argv in (['--help'], ['build', '--help'], ['models']):\n"
+            "    try:\n        app(argv)\n    except SystemExit:\n        pass\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_shows_commands_and_examples():
+    out = orch("--help").stdout
+    for command in ("models", "build", "inspect"):
+        assert command in out
+    build_help = orch("build", "--help").stdout
+    for option in ("--source", "--revision", "--quant", "--output", "--name", "--system", "--no-register", "--force", "--json"):
+        assert option in build_help
+    assert "orch build baichuan2-13b-chat --source modelscope" in build_help
+
+
+def test_models_lists_the_catalog_with_both_hubs():
+    rows = {r["name"]: r for r in json.loads(orch("models", "--json").stdout)}
+    for size in ("7b", "13b"):
+        for kind in ("base", "chat"):
+            row = rows[f"baichuan2-{size}-{kind}"]
+            assert row["huggingface"] == row["modelscope"] == f"baichuan-inc/Baichuan2-{size.upper()}-{kind.capitalize()}"
+            assert row["layers"] == (32 if size == "7b" else 40)
+    assert "tiny" in rows
+    table = orch("models").stdout
+    assert "baichuan2-13b-chat" in table and "tiny" in table
+
+
+def test_build_tiny_end_to_end(isolated_home):
+    """`orch build tiny`: a verified Q4_K_M, its Modelfile and build.json; no Ollama here, which it says without failing."""
+    proc = orch("build", "tiny")
+    out = isolated_home / "data" / "orch" / "builds" / "tiny"
+    assert "skipped" in proc.stdout and "no Ollama" in proc.stdout
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["build.json", "tiny.Q4_K_M.Modelfile", "tiny.Q4_K_M.gguf"]
+
+    record = build_record(out)
+    art = record["artifacts"][0]
+    assert art["sha256"] == sha256(out / "tiny.Q4_K_M.gguf") and art["size"] == (out / "tiny.Q4_K_M.gguf").stat().st_size
+    assert art["ollama_name"] == "tiny:q4_K_M" and art["verify"]["generated_tokens"] > 0
+    src = Path(record["source"]["path"])
+    assert record["source"]["files"]["tokenizer.model"]["sha256"] == sha256(src / "tokenizer.model")
+    assert "llama-cpp-python 0.3.36" in record["llama_cpp"]["version"]
+    assert {"fetch", "prepare", "convert", "quantize:Q4_K_M", "verify:Q4_K_M"} <= set(record["timings"])
+    assert record["registration"][0]["status"] == "skipped"
+    assert "ollama create tiny:q4_K_M -f" in record["registration"][0]["message"]
+
+    info = json.loads(orch("inspect", str(out / "tiny.Q4_K_M.gguf"), "--json").stdout)
+    assert (info["architecture"], info["layers"], info["positions"], info["quant"]) == ("baichuan", 32, "rope", "Q4_K_M")
+    assert info["chat_markers"] == {"<reserved_106>": 9, "<reserved_107>": 10}
+    assert info["add_bos_token"] is False
+    assert "chat markers" in orch("inspect", str(out / "tiny.Q4_K_M.gguf")).stdout
+
+    again = json.loads(orch("build", "tiny", "--json").stdout)
+    assert set(again["resumed_stages"]) >= {"prepare", "convert", "quantize:Q4_K_M", "verify:Q4_K_M"}
+    assert again["artifacts"][0]["sha256"] == art["sha256"]
+
+    forced = json.loads(orch("build", "tiny", "--force", "--json").stdout)
+    assert forced["resumed_stages"] == [] and forced["artifacts"][0]["sha256"] == art["sha256"]
+
+
+def test_name_system_and_several_types_on_the_13b_shape(checkpoint, tmp_path):
+    out = tmp_path / "mybot"
+    record = json.loads(orch("build", str(checkpoint(40)), "--name", "mybot:v1", "--system", "你是一个乐于助人的助手。",
+                             "--quant", "q4_K_M,q8_0", "--no-register", "-o", str(out), "--json").stdout)
+    names = {a["type"]: a["ollama_name"] for a in record["artifacts"]}
+    assert names == {"Q4_K_M": "mybot:v1", "Q8_0": "mybot:v1-q8_0"}
+    assert record["model"]["positions"] == "alibi" and record["model"]["layers"] == 40
+    for a in record["artifacts"]:
+        text = (out / a["modelfile"]).read_text()
+        assert f"FROM ./{a['file']}" in text
+        assert 'SYSTEM """你是一个乐于助人的助手。"""' in text
+    info = json.loads(orch("inspect", str(out / record["artifacts"][1]["file"]), "--json").stdout)
+    assert (info["positions"], info["quant"]) == ("alibi", "Q8_0")
+
+
+def test_sharded_safetensors_convert_to_the_same_tensors_as_bin(checkpoint, built, tmp_path):
+    """Same weights shipped as three safetensors shards instead of one pickle: the same GGUF tensors."""
+    sharded = checkpoint(32, fmt="safetensors", shards=3)
+    out = tmp_path / "st"
+    orch("build", str(sharded), "--quant", "f32", "--no-register", "-o", str(out))
+    a = {t.name: np.array(t.data) for t in GGUFReader(next(out.glob("*.F32.gguf"))).tensors}
+    b = {t.name: np.array(t.data) for t in GGUFReader(next(built(32).glob("*.F32.gguf"))).tensors}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_inspect_refuses_a_file_that_is_not_gguf(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"not a gguf at all" * 10)
+    proc = orch("inspect", str(bogus), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
