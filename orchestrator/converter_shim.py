@@ -37,6 +37,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
     p.add_argument("--control-token", type=int, action="append", default=[], help="token id to type CONTROL")
     p.add_argument("--no-fixes", action="store_true", help="run upstream untouched (tests use it to prove the fixes are needed)")
+    p.add_argument("--crash-fix-only", action="store_true", help="fix only the crash: upstream as it would be without its bug "
+                   "(the benchmark's baseline)")
     return p.parse_args(argv[:split]), argv[split + 1:]
 
 
@@ -45,7 +47,7 @@ def has_recursion_bug(model_cls) -> bool:
     return "self.modify_tensors(" in inspect.getsource(model_cls.modify_tensors)
 
 
-def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict) -> None:
+def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict, crash_only: bool = False) -> None:
     upstream_modify = model_cls.modify_tensors
     recursion_bug = has_recursion_bug(model_cls)
     report["upstream_recursion_bug"] = recursion_bug
@@ -62,6 +64,8 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
             yield from super(model_cls, self).modify_tensors(data_torch, name, bid)
 
     model_cls.modify_tensors = modify_tensors
+    if crash_only:
+        return
 
     upstream_vocab = model_cls._create_vocab_sentencepiece
 
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"normhead_requested": args.normhead, "normhead_applied": False, "fixes": not args.no_fixes}
     if not args.no_fixes:
         apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead,
-                    control_ids=args.control_token, report=report)
+                    control_ids=args.control_token, report=report, crash_only=args.crash_fix_only)
     upstream.main()
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 RESERVED_RANGE = range(100, 112)  # <reserved_100> .. <reserved_111>; 106/107 are the chat markers
+TOKENIZER_PIECES = 1024
 USER_PIECE = "<reserved_106>"
 ASSISTANT_PIECE = "<reserved_107>"
 
@@ -166,21 +167,28 @@ def make_tiny_checkpoint(
     chat: bool = True,
     shards: int = 1,
     seed: int = 0,
+    shape: TinyShape | None = None,
 ) -> Path:
-    """Write a tiny Baichuan checkpoint to `dest` (created whole, or not at all)."""
+    """Write a tiny Baichuan checkpoint to `dest` (created whole, or not at all).
+
+    `shape` overrides the widths (benchmarks scale the model up); a vocabulary
+    wider than the 1024-piece tokenizer is padded, as llama.cpp's converter does.
+    """
     import sentencepiece as spm
     import torch
 
     if fmt not in ("bin", "safetensors"):
         raise ValueError(f"fmt must be 'bin' or 'safetensors', not {fmt!r}")
-    shape = TinyShape.for_layers(layers)
+    shape = shape or TinyShape.for_layers(layers)
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent if dest.parent.exists() else None))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is not
     try:
-        model = train_tokenizer(shape.vocab, seed)
+        pieces = min(shape.vocab, TOKENIZER_PIECES)
+        model = train_tokenizer(pieces, seed)
         (tmp / "tokenizer.model").write_bytes(model)
         sp = spm.SentencePieceProcessor(model_proto=model)
-        assert sp.vocab_size() == shape.vocab, sp.vocab_size()
+        assert sp.vocab_size() == pieces, sp.vocab_size()
         user_id, assistant_id = sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE)
 
         _write_json(tmp / "config.json", _config(shape, generation, dtype))

@@ -90,3 +90,9 @@ def go_render(tmp_path_factory) -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the figures tests measured (kept under tests/artifacts) at the end of the run."""
+    for path in sorted(ARTIFACTS.glob("*.json")) if ARTIFACTS.is_dir() else []:
+        terminalreporter.write_line(f"{path.relative_to(ROOT)}: {path.read_text().strip()}")
