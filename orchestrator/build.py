@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,28 +70,35 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     plan.work.mkdir(parents=True, exist_ok=True)
     _pause_point("fetch")
 
-    hashes = _stage(state, run, "prepare", fingerprint(str(fetched.model_dir), _stat_key(ckpt)),
-                    lambda: _prepare(plan, ckpt, fetched, ui))
-    _pause_point("prepare")
+    sources_fp = fingerprint(str(fetched.model_dir), _stat_key(ckpt))
     prepared = plan.work / "prepared"
+    _stage(state, run, "prepare", sources_fp, lambda: _link_prepared(ckpt, prepared))
+    _pause_point("prepare")
     if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
         _link_prepared(ckpt, prepared)
 
     llama = llamacpp.locate(plan.llama_cpp, console=ui.console)
     control = [ckpt.markers.user_id, ckpt.markers.assistant_id] if ckpt.markers else []
     base = plan.base_gguf
-    convert_fp = fingerprint(hashes["files"], llama.version, plan.base_type, ckpt.normhead, control, __version__)
+    convert_fp = fingerprint(sources_fp, llama.version, plan.base_type, ckpt.normhead, control, __version__)
 
-    def quantize_fp(art, base_sha: str) -> str:
-        return fingerprint(base_sha, art.quant, llama.version)
+    def quantize_fp(art) -> str:
+        return fingerprint(convert_fp, art.quant, llama.version)
 
     derived = [a for a in plan.artifacts if plan.output / a.gguf != base]
-    prior = state.done("convert", convert_fp)
     # the intermediate is deleted once every type is quantized; it is needed again only if one is missing
-    base_needed = prior is None or not all(
-        _is_done(state, f"quantize:{a.quant}", quantize_fp(a, prior["result"]["sha256"]), [plan.output / a.gguf]) for a in derived)
-    base_rec = _stage(state, run, "convert", convert_fp, lambda: _convert(plan, ckpt, llama, prepared, base, control, ui),
-                      outputs=[base] if base_needed else [])
+    base_needed = not all(_is_done(state, f"quantize:{a.quant}", quantize_fp(a), [plan.output / a.gguf]) for a in derived)
+    # hashing the sources for build.json reads them once more; on a second core it costs no wall time
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
+        hashing = pool.submit(_stage, state, run, "hash", sources_fp, lambda: _hash_sources(ckpt, fetched, ui, stop))
+        try:
+            base_rec = _stage(state, run, "convert", convert_fp,
+                              lambda: _convert(plan, ckpt, llama, prepared, base, control, ui), outputs=[base] if base_needed else [])
+        except BaseException:
+            stop.set()
+            raise
+        hashes = hashing.result()
     _pause_point("convert")
 
     artifacts = {}
@@ -98,7 +107,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         if path == base:
             artifacts[art.quant] = base_rec
             continue
-        artifacts[art.quant] = _stage(state, run, f"quantize:{art.quant}", quantize_fp(art, base_rec["sha256"]),
+        artifacts[art.quant] = _stage(state, run, f"quantize:{art.quant}", quantize_fp(art),
                                       lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, ui), outputs=[path])
     _pause_point("quantize")
     if base.parent == plan.work and base.exists():
@@ -178,23 +187,32 @@ def _stat_key(ckpt) -> list:
     return [(n, (ckpt.path / n).stat().st_size, (ckpt.path / n).stat().st_mtime_ns) for n in ckpt.needed_files()]
 
 
-def _prepare(plan: BuildPlan, ckpt, fetched, ui: Ui) -> dict:
-    """Hash the source files (checked against the hub's sha256 where it gives one) and stage them for the converter."""
+class _Stopped(Exception):
+    pass
+
+
+def _hash_sources(ckpt, fetched, ui: Ui, stop: threading.Event) -> dict:
+    """sha256 of every source file for build.json, checked against the hub's where it gives one."""
     files = {}
     names = ckpt.needed_files()
     total = sum((ckpt.path / n).stat().st_size for n in names)
     task = ui.progress.add_task("hash source files", total=total) if ui.progress else None
+    def advance(n: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        if task is not None:
+            ui.progress.advance(task, n)
+
     for name in names:
-        digest = sha256_file(ckpt.path / name, (lambda n: ui.progress.advance(task, n)) if task is not None else None)
+        digest = sha256_file(ckpt.path / name, advance)
         expected = fetched.expected_sha256.get(name)
         if expected and expected != digest:
             raise OrchError(f"{ckpt.path / name} does not match the hub's sha256 (corrupt download): delete it and run the build again")
         files[name] = {"size": (ckpt.path / name).stat().st_size, "sha256": digest}
-    _link_prepared(ckpt, plan.work / "prepared")
     return {"files": files}
 
 
-def _link_prepared(ckpt, prepared: Path) -> None:
+def _link_prepared(ckpt, prepared: Path) -> dict:
     """The converter's view of the checkpoint: symlinks to exactly the files it reads, and no code."""
     tmp = prepared.with_name(prepared.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -203,6 +221,7 @@ def _link_prepared(ckpt, prepared: Path) -> None:
         (tmp / name).symlink_to((ckpt.path / name).resolve())
     shutil.rmtree(prepared, ignore_errors=True)
     os.replace(tmp, prepared)
+    return {"files": ckpt.needed_files()}
 
 
 def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], ui: Ui) -> dict:
@@ -214,7 +233,8 @@ def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: 
                      log=plan.work / "logs" / "convert.log", progress=ui.progress)
     if ckpt.normhead and not report.get("normhead_applied"):
         raise OrchError("the converter never saw lm_head.weight, so NormHead was not applied: the checkpoint lacks an output head")
-    return _file_record(base, ui) | {"report": report}
+    # an intermediate in .orch is never published, so it is not worth a hash: the convert fingerprint names it
+    return _file_record(base, hash=base.parent != plan.work) | {"report": report}
 
 
 def _quantize(plan: BuildPlan, ckpt, base: Path, path: Path, quant: str, ui: Ui) -> dict:
@@ -222,7 +242,7 @@ def _quantize(plan: BuildPlan, ckpt, base: Path, path: Path, quant: str, ui: Ui)
 
     quantize(base, path, quant, expected_bytes=plan.estimate_bytes(ckpt.n_params, quant),
              log=plan.work / "logs" / f"quantize-{quant}.log", progress=ui.progress)
-    return _file_record(path, ui)
+    return _file_record(path)
 
 
 def _verify(path: Path, ckpt, ui: Ui) -> dict:
@@ -233,8 +253,8 @@ def _verify(path: Path, ckpt, ui: Ui) -> dict:
                   eos_id=int(ckpt.config.get("eos_token_id", 2)))
 
 
-def _file_record(path: Path, ui: Ui) -> dict:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+def _file_record(path: Path, hash: bool = True) -> dict:
+    return {"size": path.stat().st_size} | ({"sha256": sha256_file(path)} if hash else {})
 
 
 def _check_writable(output: Path) -> None:

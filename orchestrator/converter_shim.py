@@ -14,6 +14,10 @@ The provisioned tree is never edited. Four changes, each as small as it can be:
    the dummy prefix gets the flag written as False.
 4. NormHead: `lm_head.weight` is row-normalised as it streams through.
 
+And one for memory: the checkpoint is memory-mapped, so every page the
+converter has read stays in its resident set until the end; pages of tensors
+already written are handed back as the output grows (see release_source_pages).
+
 The report (--report) says what upstream did before each fix, so a test
 notices the day a llama.cpp release makes a fix stale.
 """
@@ -106,12 +110,68 @@ def adds_dummy_prefix(tokenizer_model: Path) -> bool:
     return "".join(sp.encode("a", out_type=str)).startswith("\u2581")
 
 
+RELEASE_EVERY = 32 << 20
+
+
+def release_source_pages(sources: set[str]) -> int:
+    """Drop this process's resident pages of the memory-mapped checkpoint files; return the bytes released.
+
+    Only clean mappings are touched (Private_Dirty 0 in /proc/self/smaps): their
+    pages are exact copies of the file and come back from it if read again.
+    A no-op where /proc is absent. madvise through ctypes: the mmap module only
+    advises mappings it made itself, and these are torch's or numpy's.
+    """
+    import ctypes
+
+    try:
+        smaps = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released, span, path, rss, dirty = 0, None, None, 0, 0
+
+    def flush() -> int:
+        if span and path in sources and rss and not dirty and libc.madvise(span[0], span[1] - span[0], 4) == 0:  # MADV_DONTNEED
+            return rss
+        return 0
+
+    for line in smaps.splitlines():
+        head = line.split(None, 5)
+        if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            released += flush()
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            span, path, rss, dirty = (lo, hi), head[5].strip() if len(head) > 5 else None, 0, 0
+        elif head[0] == "Rss:":
+            rss = int(head[1]) << 10
+        elif head[0] == "Private_Dirty:":
+            dirty = int(head[1])
+    return released + flush()
+
+
+def release_pages_while_writing(writer_cls, model_dir: Path) -> None:
+    """After every RELEASE_EVERY bytes of tensors written, release the source pages read for them."""
+    sources = {str(p.resolve()) for p in model_dir.iterdir() if p.suffix in (".bin", ".safetensors")}
+    upstream_padding = writer_cls.write_padding
+    written = [0]
+
+    def write_padding(self, fp, n, *args, **kwargs):
+        upstream_padding(self, fp, n, *args, **kwargs)
+        written[0] += n
+        if written[0] >= RELEASE_EVERY:
+            written[0] = 0
+            release_source_pages(sources)
+
+    writer_cls.write_padding = write_padding
+
+
 def main(argv: list[str] | None = None) -> None:
     args, converter_args = _parse(sys.argv[1:] if argv is None else argv)
     root = args.llama_cpp.resolve()
     sys.path.insert(0, str(root))
     sys.argv = [str(root / "convert_hf_to_gguf.py"), *converter_args]
     import convert_hf_to_gguf as upstream  # noqa: PLC0415 (the provisioned tree is only on sys.path now)
+    import gguf
     from conversion import base
     from conversion.baichuan import BaichuanModel
 
@@ -119,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fixes:
         apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead,
                     control_ids=args.control_token, report=report, crash_only=args.crash_fix_only)
+    if not args.no_fixes and not args.crash_fix_only:
+        release_pages_while_writing(gguf.GGUFWriter, Path(converter_args[0]))
     upstream.main()
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))

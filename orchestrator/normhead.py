@@ -18,8 +18,8 @@ def normalize_rows(weight):
     """Rows of `weight` scaled to unit L2 norm, in float32, as `F.normalize(w)` (eps 1e-12) does."""
     import torch
 
-    w = weight.to(torch.float32)
-    return w / torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12)
+    w = weight.to(torch.float32, copy=True)
+    return w.div_(torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12))  # in place: one float32 copy, not two
 
 
 def detect_generation(model_dir: Path, config: dict) -> tuple[int, str]:

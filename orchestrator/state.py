@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -76,6 +77,7 @@ class BuildState:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.stages: dict[str, dict] = {}
+        self._lock = threading.Lock()  # stages may finish on two threads (hashing runs beside conversion)
         if self.path.is_file():
             self.stages = json.loads(self.path.read_text()).get("stages", {})
 
@@ -86,10 +88,11 @@ class BuildState:
         return record
 
     def record(self, key: str, fp: str, result: dict, seconds: float) -> dict:
-        self.stages[key] = {"fingerprint": fp, "result": result, "seconds": round(seconds, 3)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(self.path, json.dumps({"stages": self.stages}, indent=2))
-        return self.stages[key]
+        with self._lock:
+            self.stages[key] = {"fingerprint": fp, "result": result, "seconds": round(seconds, 3)}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.path, json.dumps({"stages": self.stages}, indent=2))
+            return self.stages[key]
 
     def forget(self, key: str) -> None:
         self.stages.pop(key, None)

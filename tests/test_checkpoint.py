@@ -43,6 +43,30 @@ def test_reading_a_checkpoint(checkpoint):
     assert "modeling_baichuan.py" not in ck.needed_files()
 
 
+def test_tensor_shapes_of_a_bin_match_torch_without_importing_it(checkpoint):
+    import torch
+
+    model = checkpoint(32, fmt="bin")
+    expected = {k: tuple(v.shape) for k, v in torch.load(model / "pytorch_model.bin", mmap=True, weights_only=True).items()}
+    assert ckpt_mod.tensor_shapes(model, "bin", ["pytorch_model.bin"]) == expected
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with zipfile.ZipFile(tmp_path / "pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Exploit()}))
+    with pytest.raises(OrchError, match="cannot be read as a bin state dict.*download it again"):
+        ckpt_mod.tensor_shapes(tmp_path, "bin", ["pytorch_model.bin"])
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_baichuan1_is_detected_and_has_no_normhead(checkpoint):
     ck = ckpt_mod.read(checkpoint(32, generation=1))
     assert (ck.generation, ck.normhead) == (1, False)
