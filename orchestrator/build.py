@@ -149,7 +149,8 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
 
     if plan.register:
         record["registration"] = [
-            register.register(plan.output / a.modelfile, a.ollama_name, plan.host).__dict__ for a in plan.artifacts
+            register.register(plan.output / a.modelfile, a.ollama_name, plan.host, progress=ui.progress).as_dict()
+            for a in plan.artifacts
         ]
         write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return record

@@ -126,14 +126,10 @@ def build(
 
 
 def _run_with_progress(the_plan, quiet: bool) -> dict:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from orchestrator.build import Ui, run_build
 
-    console = _console(stderr=True)
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False, disable=quiet) as progress:
-        return run_build(the_plan, Ui(console=console, progress=progress))
+    with _progress(quiet) as progress:
+        return run_build(the_plan, Ui(console=progress.console, progress=progress))
 
 
 def _print_summary(the_plan, record: dict) -> None:
@@ -158,6 +154,7 @@ def _print_summary(the_plan, record: dict) -> None:
     for r in record.get("registration", []):
         colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r["status"]]
         console.print(f"[{colour}]{r['status']}[/] {r['name']}: {r['message']}", soft_wrap=True)
+        console.print(f"  the same by hand: {r['command']}", soft_wrap=True)
     if "registration" not in record:
         for a in record["artifacts"]:
             console.print(f"Register later: ollama create {a['ollama_name']} -f {the_plan.output / a['modelfile']}", soft_wrap=True)
@@ -191,6 +188,210 @@ def inspect_cmd(
             value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none (a base model, or markers not typed CONTROL)"
         table.add_row(key.replace("_", " "), str(value))
     _console().print(table)
+
+
+HOST_HELP = "Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434]."
+
+
+@app.command("register")
+def register_cmd(
+    target: Path = typer.Argument(..., help="A build directory (every Modelfile build.json lists) or one Modelfile."),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    name: Optional[str] = typer.Option(None, "--name", help="Ollama name NAME[:TAG] [default: the one build.json records]."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the /api/show and /api/chat confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Register a build with an Ollama server over HTTP: upload the GGUF if missing, create, confirm.
+
+    Examples:
+
+      orch register ~/.local/share/orch/builds/tiny
+
+      orch register ./builds/mybot/mybot.Q4_K_M.Modelfile --name mybot:v1 --host http://gpu-box:11434
+    """
+    from orchestrator import register as reg
+
+    try:
+        jobs = _register_jobs(target, name)
+        results = []
+        with _progress(quiet=as_json) as progress:
+            for modelfile, model in jobs:
+                results.append(reg.register(modelfile, model, host, progress=progress, confirm=not no_check))
+    except OrchError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
+    else:
+        console = _console()
+        for r in results:
+            colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r.status]
+            console.print(f"[{colour}]{r.status}[/] {r.name}: {r.message}", soft_wrap=True)
+            console.print(f"  the same by hand: {r.command}", soft_wrap=True)
+    if any(r.status != "registered" for r in results):
+        raise typer.Exit(1)
+
+
+def _register_jobs(target: Path, name: Optional[str]) -> list:
+    from orchestrator import register as reg
+    from orchestrator.plan import validate_ollama_name
+
+    if name is not None:
+        validate_ollama_name(name)
+    if target.is_dir():
+        jobs = reg.names_in_build(target)
+        if name is not None:
+            if len(jobs) != 1:
+                raise OrchError(f"{target} holds {len(jobs)} Modelfiles: pass one of them with --name")
+            jobs = [(jobs[0][0], name)]
+        return jobs
+    if not target.is_file():
+        raise OrchError(f"{target} does not exist: pass a build directory or a Modelfile")
+    if name is None:
+        known = {p.name: n for p, n in reg.names_in_build(target.parent)} if (target.parent / "build.json").is_file() else {}
+        if target.name not in known:
+            raise OrchError(f"{target} is not listed in a build.json beside it: pass --name NAME[:TAG]")
+        name = known[target.name]
+    return [(target, name)]
+
+
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=_console(stderr=True), transient=False, disable=quiet)
+
+
+@app.command()
+def health(
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to probe [default: the first the server lists]."),
+    webui: Optional[str] = typer.Option(None, "--webui", help="Open WebUI URL to check too, e.g. http://127.0.0.1:3000."),
+    openai: bool = typer.Option(False, "--openai", help="Also probe the OpenAI-compatible /v1/chat/completions."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds each request may take."),
+    slow: float = typer.Option(10.0, "--slow", min=0.0, help="A first token slower than this many seconds is degraded."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table (one line per probe in watch mode)."),
+    watch: bool = typer.Option(False, "--watch", help="Probe again and again; Ctrl-C stops."),
+    interval: float = typer.Option(30.0, "--interval", min=0.1, help="Seconds between probes in watch mode."),
+    failures: int = typer.Option(3, "--failures", min=1, help="Watch mode: consecutive failures before a check counts as failed."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Watch mode: serve Prometheus metrics on this port."),
+    metrics_bind: str = typer.Option("127.0.0.1", "--metrics-bind", help="Address for the metrics endpoint."),
+) -> None:
+    """Probe an Ollama server: reachable, version, model, generate, chat (and OpenAI route, Open WebUI).
+
+    Exits 0 when nothing failed, 1 when something did, 2 on a usage error.
+
+    Examples:
+
+      orch health
+
+      orch health --model tiny:q4_K_M --openai --json
+
+      orch health --watch --interval 15 --metrics-port 9101
+    """
+    from orchestrator import health as h
+    from orchestrator.register import ollama_url
+
+    if metrics_port is not None and not watch:
+        raise typer.BadParameter("--metrics-port needs --watch", param_hint="--metrics-port")
+    url = ollama_url(host)
+    if model is not None:
+        from orchestrator.plan import validate_ollama_name
+
+        try:
+            validate_ollama_name(model)
+        except OrchError as e:
+            raise typer.BadParameter(str(e), param_hint="--model") from None
+    spec = h.Probe(url, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow)
+    if not watch:
+        report = h.probe(spec)
+        _show_report(report, as_json)
+        raise typer.Exit(1 if report.failed else 0)
+    _watch(spec, h, as_json=as_json, interval=interval, failures=failures, metrics_port=metrics_port, metrics_bind=metrics_bind)
+
+
+def _watch(spec, h, *, as_json: bool, interval: float, failures: int, metrics_port, metrics_bind: str) -> None:
+    import time as _time
+
+    watcher = h.Watch(failures=failures)
+    metrics = None
+    if metrics_port is not None:
+        try:
+            metrics = h.Metrics(metrics_port, metrics_bind)
+        except OSError as e:
+            _fail(OrchError(f"cannot serve metrics on {metrics_bind}:{metrics_port} ({e.strerror}): pick another --metrics-port"))
+        _console(stderr=True).print(f"metrics on http://{metrics_bind}:{metrics_port}/metrics")
+    console = _console()
+    try:
+        while True:
+            try:
+                report, events = watcher.observe(h.probe(spec))
+            except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
+                report, events = None, [f"probe error ({type(e).__name__}: {e}); trying again"]
+            for event in events:
+                if as_json:
+                    print(json.dumps({"event": event, "time": _time.time()}), flush=True)
+                else:
+                    console.print(f"[bold]{_time.strftime('%H:%M:%S')} {event}[/]")
+            if report is not None:
+                if metrics is not None:
+                    metrics.update(report)
+                if as_json:
+                    print(json.dumps(report.as_dict() | {"time": report.started_at}, ensure_ascii=False), flush=True)
+                else:
+                    console.print(_one_line(report))
+            _time.sleep(watcher.next_delay(interval))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _one_line(report) -> str:
+    import time as _time
+
+    colour = {"ok": "green", "degraded": "yellow", "fail": "red", "skipped": "dim"}
+    parts = [f"[{colour[c.status]}]{c.name} {c.status}[/]" for c in report.checks]
+    gen = report.check("generate")
+    extra = f"  ttft {gen.data['ttft_s'] * 1000:.0f} ms, {gen.data['tokens_per_s']} tok/s" if gen and gen.data.get("ttft_s") else ""
+    worst = next((c for c in report.checks if c.status == "fail"), None) or next((c for c in report.checks if c.status == "degraded"), None)
+    why = f"  ({worst.name}: {worst.reason})" if worst else ""
+    return f"{_time.strftime('%H:%M:%S')} " + " ".join(parts) + extra + why
+
+
+def _show_report(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    colour = {"ok": "green", "degraded": "yellow", "fail": "red", "skipped": "dim"}
+    table = Table(title=f"orch health  {report.host}" + (f"  model {report.model}" if report.model else ""), title_justify="left")
+    for col, just in (("check", "left"), ("status", "left"), ("ms", "right"), ("detail", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    for c in report.checks:
+        ms = "" if c.latency_ms is None else f"{c.latency_ms:.0f}"
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", ms, c.reason)
+    _console().print(table)
+
+
+@app.command("chat")
+def chat_cmd(
+    model: str = typer.Argument(..., help="An Ollama model name, e.g. tiny:q4_K_M."),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="A system prompt for this conversation."),
+) -> None:
+    """Chat with a model in the terminal, the reply streaming as it is generated.
+
+    Example: orch chat tiny:q4_K_M
+    """
+    from orchestrator.chat import chat
+    from orchestrator.register import ollama_url
+
+    try:
+        chat(model, ollama_url(host), system=system)
+    except OrchError as e:
+        _fail(e)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import __version__
@@ -80,3 +80,133 @@ def _format(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+# --- reading a Modelfile back, as Ollama's parser reads it ---------------------------------------------
+
+INT_PARAMETERS = {"num_ctx", "num_predict", "top_k", "repeat_last_n", "seed", "num_keep", "num_batch", "num_gpu", "num_thread"}
+FLOAT_PARAMETERS = {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+LIST_PARAMETERS = {"stop"}
+BOOL_PARAMETERS = {"use_mmap", "numa"}
+COMMANDS = {"from", "template", "system", "parameter", "license", "message", "adapter", "requires"}
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass
+class Modelfile:
+    """What a Modelfile says: the single source of truth for what gets registered."""
+
+    path: Path
+    from_: str
+    template: str | None = None
+    system: str | None = None
+    parameters: dict = field(default_factory=dict)
+    license: list[str] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+
+    @property
+    def gguf(self) -> Path | None:
+        """The weights file FROM names (relative to the Modelfile), or None when FROM names a model."""
+        if self.from_.startswith(("./", "../", "/", "~")) or self.from_.endswith(".gguf"):
+            return (self.path.parent / Path(self.from_).expanduser()).resolve()
+        return None
+
+
+def parse(path: Path) -> Modelfile:
+    """Read a Modelfile: `#` comments, commands in any case, values bare, "quoted" or \"\"\"multi-line\"\"\".
+
+    Hand-written: Ollama's own parser is Go and no Python package reads the format.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OrchError(f"cannot read {path} ({e.__class__.__name__}): pass a Modelfile orch build wrote") from None
+    result: dict = {"from_": None, "template": None, "system": None, "parameters": {}, "license": [], "messages": []}
+    pos = 0
+    where = [1]  # the line of the command being read
+
+    def fail(why: str):
+        raise OrchError(f"{path}:{where[0]}: {why}: fix the Modelfile (or rebuild it with orch build)")
+
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        stripped = text[pos:end].strip()
+        where[0] = text.count("\n", 0, pos) + 1
+        if not stripped or stripped.startswith("#"):
+            pos = end + 1
+            continue
+        head = re.match(r"[ \t]*(\S+)[ \t]*", text[pos:end])
+        command, start, key = head.group(1).lower(), pos + head.end(), None
+        if command not in COMMANDS:
+            fail(f"unknown command {command.upper()}")
+        if command in ("parameter", "message"):
+            arg = re.match(r"(\S+)[ \t]*", text[start:end])
+            if arg is None:
+                fail(f"{command.upper()} needs a name and a value")
+            key, start = arg.group(1), start + arg.end()
+        value, pos = _value(text, start, fail)
+        if command == "from":
+            result["from_"] = value
+        elif command in ("template", "system"):
+            result[command] = value
+        elif command == "license":
+            result["license"].append(value)
+        elif command == "parameter":
+            _set_parameter(result["parameters"], key.lower(), value, fail)
+        elif command == "message":
+            if key.lower() not in ROLES:
+                fail(f"MESSAGE role {key!r} is not one of {', '.join(sorted(ROLES))}")
+            result["messages"].append({"role": key.lower(), "content": value})
+        else:
+            fail(f"{command.upper()} is not supported by orch register")
+    if not result["from_"]:
+        raise OrchError(f"{path} has no FROM line: it must name the GGUF (FROM ./model.gguf)")
+    return Modelfile(path=path, **result)
+
+
+def _value(text: str, start: int, fail) -> tuple[str, int]:
+    """The value starting at `start` and the position after its line."""
+    if text.startswith('"""', start):
+        close = text.find('"""', start + 3)
+        if close < 0:
+            fail('a """ value is never closed')
+        value, after = text[start + 3:close], close + 3
+    elif text.startswith('"', start):
+        out, i = [], start + 1
+        while i < len(text) and text[i] != '"':
+            if text[i] == "\n":
+                fail("a quoted value runs past the end of its line")
+            if text[i] == "\\" and i + 1 < len(text):
+                i += 1
+            out.append(text[i])
+            i += 1
+        if i >= len(text):
+            fail("a quoted value is never closed")
+        value, after = "".join(out), i + 1
+    else:
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        return text[start:end].strip(), end + 1
+    end = text.find("\n", after)
+    end = len(text) if end < 0 else end
+    if text[after:end].strip():
+        fail(f"unexpected text after a quoted value: {text[after:end].strip()[:40]!r}")
+    return value, end + 1
+
+
+def _set_parameter(params: dict, name: str, raw: str, fail) -> None:
+    try:
+        if name in LIST_PARAMETERS:
+            params.setdefault(name, []).append(raw)
+        elif name in INT_PARAMETERS:
+            params[name] = int(raw)
+        elif name in FLOAT_PARAMETERS:
+            params[name] = float(raw)
+        elif name in BOOL_PARAMETERS:
+            params[name] = {"true": True, "false": False}[raw.lower()]
+        else:
+            fail(f"unknown PARAMETER {name}")
+    except (ValueError, KeyError):
+        fail(f"PARAMETER {name} {raw!r} is not a valid value")

@@ -96,3 +96,36 @@ def pytest_terminal_summary(terminalreporter):
     """Show the figures tests measured (kept under tests/artifacts) at the end of the run."""
     for path in sorted(ARTIFACTS.glob("*.json")) if ARTIFACTS.is_dir() else []:
         terminalreporter.write_line(f"{path.relative_to(ROOT)}: {path.read_text().strip()}")
+
+
+@pytest.fixture
+def ollama_double(tmp_path, go_render):
+    """A fresh Ollama API double (tests/ollama_double.py) generating with real llama.cpp; stopped after the test."""
+    from support import OllamaDouble
+
+    doubles = []
+
+    def start(**kw) -> OllamaDouble:
+        d = OllamaDouble(tmp_path / f"double-store-{len(doubles)}", go_render, **kw).start()
+        doubles.append(d)
+        return d
+
+    yield start
+    for d in doubles:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_build(built) -> Path:
+    """A 32-layer tiny chat model built to Q4_K_M, the model the Ollama double serves."""
+    return built(32, "q4_K_M")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port nothing listens on (bound once by the kernel's choice, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -74,3 +74,51 @@ def compare(got: list[np.ndarray], want: list[np.ndarray]) -> Fidelity:
 
 def build_record(out: Path) -> dict:
     return json.loads((out / "build.json").read_text())
+
+
+DOUBLE = Path(__file__).resolve().with_name("ollama_double.py")
+
+
+class OllamaDouble:
+    """tests/ollama_double.py in a child process: a stand-in for an Ollama server, never reported as one."""
+
+    def __init__(self, store: Path, render: Path, *, port: int = 0, bind: str = "127.0.0.1", version: str | None = None):
+        self.store, self.render, self.bind, self.version = store, render, bind, version
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "OllamaDouble":
+        cmd = [sys.executable, str(DOUBLE), "--store", str(self.store), "--render", str(self.render), "--port", str(self.port),
+               "--bind", self.bind] + (["--version", self.version] if self.version else [])
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.port = json.loads(self.proc.stdout.readline())["port"]
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def fault(self, kind: str, **kw) -> None:
+        import httpx
+
+        httpx.post(f"{self.url}/_double/fault", json={"kind": kind, **kw}, timeout=5).raise_for_status()
+
+    def stats(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/_double/stats", timeout=5).json()
+
+    def get(self, path: str):
+        import httpx
+
+        return httpx.get(f"{self.url}{path}", timeout=30)
+
+    def post(self, path: str, body: dict):
+        import httpx
+
+        return httpx.post(f"{self.url}{path}", json=body, timeout=60)

@@ -1,0 +1,405 @@
+"""`orch health`: probe an Ollama server the way a user meets it, and say in plain words what is wrong.
+
+Each check yields ok, degraded or fail with its latency and a reason. Probes
+are cheap (a few tokens at temperature 0, the server's own keep-alive, one
+request in flight at a time). Raw httpx rather than the `ollama` client: the
+checks need the time to the first streamed line and must tell a malformed
+line, an error line and a cut stream apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
+
+OK, DEGRADED, FAIL, SKIPPED = "ok", "degraded", "fail", "skipped"
+SAFE_VERSION = (0, 17, 1)
+ALWAYS_LEAKS = ("</s>", "<s>", "<unk>")
+PROBE_TOKENS = 8
+CHAT = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮你？"},
+        {"role": "user", "content": "用一句话介绍你自己。"}]
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    reason: str
+    latency_ms: float | None = None
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    host: str
+    model: str | None
+    checks: list[Check]
+    started_at: float
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == FAIL for c in self.checks)
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "model": self.model, "ok": not self.failed, "seconds": round(self.seconds, 3),
+                "checks": [asdict(c) for c in self.checks]}
+
+
+@dataclass
+class Probe:
+    """What to probe. `timeout` bounds each request; `slow` is when a first token counts as degraded."""
+
+    host: str
+    model: str | None = None
+    webui: str | None = None
+    openai: bool = False
+    timeout: float = 30.0
+    slow: float = 10.0
+
+
+class ProbeError(Exception):
+    """A check's failure, already in plain words."""
+
+
+def probe(p: Probe) -> Report:
+    import httpx
+
+    t0 = time.monotonic()
+    checks: list[Check] = []
+    model = p.model
+    with httpx.Client(base_url=p.host, timeout=httpx.Timeout(p.timeout, connect=min(p.timeout, 5.0))) as http:
+        server = _run("server", lambda: _server(http), checks)
+        if server.status == FAIL:
+            for name in ("version", "model", "generate", "chat") + (("openai",) if p.openai else ()):
+                checks.append(Check(name, SKIPPED, "the server did not answer"))
+        else:
+            _run("version", lambda: _version(http), checks)
+            found = _run("model", lambda: _model(http, p.model), checks)
+            model = found.data.get("model", p.model)
+            if found.status == FAIL:
+                for name in ("generate", "chat") + (("openai",) if p.openai else ()):
+                    checks.append(Check(name, SKIPPED, "no model to probe"))
+            else:
+                _run("generate", lambda: _generate(http, model, p), checks)
+                _run("chat", lambda: _chat(http, model, p), checks)
+                if p.openai:
+                    _run("openai", lambda: _openai(http, model), checks)
+                _run("placement", lambda: _placement(http, model), checks)
+            _run("exposure", lambda: _exposure(p.host), checks)
+    if p.webui:
+        _run("webui", lambda: _webui(p.webui, p.timeout), checks)
+    return Report(p.host, model, checks, t0, time.monotonic() - t0)
+
+
+def _run(name: str, fn, checks: list[Check]) -> Check:
+    import httpx
+
+    t = time.monotonic()
+    try:
+        status, reason, data = fn()
+    except ProbeError as e:
+        status, reason, data = FAIL, str(e), {}
+    except httpx.ConnectError as e:
+        status, reason, data = FAIL, f"connection refused or unreachable ({_short(e)}): is the server running?", {}
+    except httpx.TimeoutException:
+        status, reason, data = FAIL, "no answer within the timeout", {}
+    except httpx.RemoteProtocolError as e:
+        status, reason, data = FAIL, f"the server broke off its answer ({_short(e)})", {}
+    except httpx.HTTPError as e:
+        status, reason, data = FAIL, f"{type(e).__name__}: {_short(e)}", {}
+    check = Check(name, status, reason, round((time.monotonic() - t) * 1000, 1), data)
+    checks.append(check)
+    return check
+
+
+def _server(http):
+    r = http.get("/")
+    if r.status_code != 200:
+        raise ProbeError(f"GET / answered HTTP {r.status_code}: {_body_error(r)}")
+    if "Ollama is running" not in r.text:
+        raise ProbeError(f"GET / answered {_kind(r)}, not Ollama's greeting: is this URL a web page or proxy instead of the API?")
+    return OK, "answering", {}
+
+
+def _version(http):
+    r = _json(http.get("/api/version"), "/api/version")
+    version = str(r.get("version", ""))
+    parsed = tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+    if len(parsed) < 3:
+        return DEGRADED, f"version {version!r} is not a release number", {"version": version}
+    if parsed < SAFE_VERSION:
+        return DEGRADED, (f"Ollama {version} is older than 0.17.1 and open to CVE-2026-7482 (heap leak through /api/create): "
+                          "upgrade it"), {"version": version}
+    return OK, f"version {version}", {"version": version}
+
+
+def _model(http, wanted: str | None):
+    models = [m.get("name") or m.get("model") for m in _json(http.get("/api/tags"), "/api/tags").get("models", [])]
+    if wanted is None:
+        if not models:
+            raise ProbeError("the server has no models: orch build tiny, or orch register a build")
+        return OK, f"{len(models)} models; probing {models[0]}", {"model": models[0], "models": models}
+    full = wanted if ":" in wanted.rsplit("/", 1)[-1] else f"{wanted}:latest"
+    if full not in models and wanted not in models:
+        near = ", ".join(models[:5]) or "none"
+        raise ProbeError(f"model {wanted} is not on the server (it has: {near}): orch register it or pass --model")
+    return OK, "present", {"model": full}
+
+
+def _generate(http, model: str, p: Probe):
+    body = {"model": model, "prompt": "你好", "stream": True, "options": {"num_predict": PROBE_TOKENS, "temperature": 0}}
+    text, final, ttft = _stream(http, "/api/generate", body, lambda line: line.get("response", ""), p.timeout)
+    return _judge_stream("generate", text, final, ttft, p)
+
+
+def _chat(http, model: str, p: Probe):
+    body = {"model": model, "messages": CHAT, "stream": True, "options": {"num_predict": PROBE_TOKENS, "temperature": 0}}
+    markers = _template_markers(http, model)
+    text, final, ttft = _stream(http, "/api/chat", body, lambda line: (line.get("message") or {}).get("content", ""), p.timeout)
+    leak = next((m for m in (*markers, *ALWAYS_LEAKS) if m in text), None)
+    if leak:
+        raise ProbeError(f"chat-marker text {leak!r} leaked into the reply: the model's template or token types are wrong "
+                         "(rebuild with orch build)")
+    return _judge_stream("chat", text, final, ttft, p)
+
+
+def _template_markers(http, model: str) -> list[str]:
+    """The special pieces the model's TEMPLATE writes (Baichuan2's <reserved_106> and <reserved_107>)."""
+    template = _json(http.post("/api/show", json={"model": model}), "/api/show").get("template") or ""
+    return sorted(set(re.findall(r"<[A-Za-z_|][^<>\s{}]*>", template)))
+
+
+def _stream(http, path: str, body: dict, piece, timeout: float):
+    """POST and read NDJSON lines; returns (text, final line, seconds to first token). Every line is checked."""
+    import httpx
+
+    t = time.monotonic()
+    deadline = t + timeout
+    try:
+        return _read_stream(http, path, body, piece, timeout, t, deadline)
+    except httpx.ReadTimeout:
+        raise ProbeError(f"{path}: no token within {timeout:g} s") from None
+
+
+def _read_stream(http, path: str, body: dict, piece, timeout: float, t: float, deadline: float):
+    text, final, ttft = "", None, None
+    with http.stream("POST", path, json=body) as r:
+        if r.status_code != 200:
+            r.read()
+            raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
+        ctype = r.headers.get("content-type", "")
+        if "html" in ctype:
+            raise ProbeError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
+        for line in r.iter_lines():
+            if time.monotonic() > deadline:
+                raise ProbeError(f"{path} did not finish within {timeout:g} s")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise ProbeError(f"{path} sent a malformed JSON line: {line[:60]!r}") from None
+            if not isinstance(obj, dict):
+                raise ProbeError(f"{path} sent a JSON line that is not an object: {line[:60]!r}")
+            if obj.get("error"):
+                raise ProbeError(f"{path} reported an error mid-stream: {str(obj['error'])[:200]}")
+            chunk = piece(obj)
+            if chunk and ttft is None:
+                ttft = time.monotonic() - t
+            text += chunk or ""
+            if obj.get("done"):
+                final = obj
+                break
+    if final is None:
+        raise ProbeError(f"{path} stream ended before its final done line (after {len(text)} characters)")
+    return text, final, ttft
+
+
+def _judge_stream(name: str, text: str, final: dict, ttft: float | None, p: Probe):
+    count, duration = final.get("eval_count") or 0, final.get("eval_duration") or 0
+    tps = round(count / duration * 1e9, 2) if duration else None
+    data = {"ttft_s": round(ttft, 4) if ttft is not None else None, "tokens_per_s": tps, "eval_count": count,
+            "done_reason": final.get("done_reason"), "text": text[:200]}
+    if not text.strip():
+        raise ProbeError(f"{name} returned no text ({count} tokens counted, done_reason {final.get('done_reason')})")
+    if ttft is not None and ttft > p.slow:
+        return DEGRADED, f"first token after {ttft:.1f} s (slower than {p.slow:g} s)", data
+    return OK, f"{count} tokens, first after {ttft * 1000:.0f} ms, {tps} tokens/s", data
+
+
+def _openai(http, model: str):
+    r = _json(http.post("/v1/chat/completions", json={"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
+                                                       "temperature": 0}), "/v1/chat/completions")
+    try:
+        content = r["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ProbeError("/v1/chat/completions answered without choices[0].message.content") from None
+    if not content.strip():
+        raise ProbeError("/v1/chat/completions returned an empty reply")
+    return OK, f"{len(content)} characters", {"usage": r.get("usage")}
+
+
+def _placement(http, model: str):
+    running = [m for m in _json(http.get("/api/ps"), "/api/ps").get("models", []) if m.get("name") == model or m.get("model") == model]
+    if not running:
+        return OK, "not loaded right now", {}
+    size, vram = running[0].get("size") or 0, running[0].get("size_vram") or 0
+    data = {"size": size, "size_vram": vram}
+    if size and vram >= size:
+        return OK, "fully in GPU memory", data
+    if vram == 0:
+        if shutil.which("nvidia-smi"):
+            return DEGRADED, "loaded entirely on the CPU although this host has an NVIDIA GPU: check the server's GPU access", data
+        return OK, "on the CPU (no GPU memory in use)", data
+    return DEGRADED, f"spilled: {vram / size:.0%} in GPU memory, the rest on the CPU (slower): use a smaller quant or num_ctx", data
+
+
+def _exposure(host: str):
+    """Warn when the port answers on a non-loopback address of this host: Ollama has no authentication."""
+    url = urlparse(host)
+    port = url.port or 11434
+    if url.hostname not in ("127.0.0.1", "localhost", "::1") and url.hostname not in _local_addresses():
+        return OK, "remote server (not checked from here)", {}
+    open_on = [addr for addr in _local_addresses() if _answers(addr, port)]
+    if open_on:
+        return DEGRADED, (f"the Ollama port answers on {', '.join(f'{a}:{port}' for a in open_on)}: anyone on that network can use it; "
+                          "bind it to 127.0.0.1 (OLLAMA_HOST=127.0.0.1)"), {"exposed_on": open_on}
+    return OK, "loopback only", {}
+
+
+def _local_addresses() -> list[str]:
+    import psutil
+
+    return sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                   if a.family == socket.AF_INET and not a.address.startswith("127.")})
+
+
+def _answers(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _webui(url: str, timeout: float):
+    import httpx
+
+    r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+    if r.status_code != 200:
+        raise ProbeError(f"Open WebUI /health answered HTTP {r.status_code}")
+    try:
+        ok = r.json().get("status") is True
+    except (ValueError, AttributeError):
+        raise ProbeError(f"Open WebUI /health answered {_kind(r)}, not JSON: is {url} Open WebUI?") from None
+    if not ok:
+        raise ProbeError(f"Open WebUI /health says {r.text[:100]}")
+    return OK, "healthy", {}
+
+
+def _json(r, path: str) -> dict:
+    if r.status_code != 200:
+        raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
+    try:
+        obj = r.json()
+    except ValueError:
+        raise ProbeError(f"{path} answered {_kind(r)}, not JSON: is this URL a proxy or web page instead of the API?") from None
+    if not isinstance(obj, dict):
+        raise ProbeError(f"{path} answered JSON that is not an object")
+    return obj
+
+
+def _kind(r) -> str:
+    ctype = r.headers.get("content-type", "")
+    return "an HTML page" if "html" in ctype or r.text.lstrip().lower().startswith("<") else f"{ctype or 'an unknown body'}"
+
+
+def _body_error(r) -> str:
+    try:
+        return str(r.json().get("error", r.text))[:200]
+    except (ValueError, AttributeError):
+        return ("an HTML page" if "<html" in r.text.lower() else r.text.strip()[:200]) or "no body"
+
+
+def _short(e: Exception) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0][:120]
+
+
+# --- watch mode ------------------------------------------------------------------------------------------------
+
+STATUS_VALUE = {OK: 0, DEGRADED: 1, FAIL: 2, SKIPPED: 0}
+
+
+class Watch:
+    """Rolling state across probes: a check counts as failed only after `failures` in a row."""
+
+    def __init__(self, failures: int = 3, history: int = 60):
+        self.failures = failures
+        self.streak: dict[str, int] = {}
+        self.history: deque[Report] = deque(maxlen=history)
+        self.down_since: float | None = None
+
+    def observe(self, report: Report) -> tuple[Report, list[str]]:
+        """The report as the watcher judges it, and what changed (an outage began or ended)."""
+        self.history.append(report)
+        events, judged = [], []
+        for c in report.checks:
+            streak = self.streak[c.name] = self.streak.get(c.name, 0) + 1 if c.status == FAIL else 0
+            if c.status == FAIL and streak < self.failures:
+                c = Check(c.name, DEGRADED, f"failing ({streak} of {self.failures} before it counts): {c.reason}", c.latency_ms, c.data)
+            judged.append(c)
+        down = report.check("server") is not None and report.check("server").status == FAIL
+        if down and self.down_since is None:
+            self.down_since = report.started_at
+            events.append(f"outage: the server stopped answering ({report.check('server').reason})")
+        elif not down and self.down_since is not None:
+            events.append(f"recovered: the server answers again after {report.started_at - self.down_since:.1f} s")
+            self.down_since = None
+        return Report(report.host, report.model, judged, report.started_at, report.seconds), events
+
+    def next_delay(self, interval: float, max_backoff: float = 60.0) -> float:
+        """The interval, doubled for each probe in a row the server was down, up to `max_backoff`."""
+        down = self.streak.get("server", 0)
+        return min(interval * (2 ** max(down - 1, 0)), max(interval, max_backoff)) if down else interval
+
+
+class Metrics:
+    """Prometheus gauges for the latest judged report, served on a port of their own."""
+
+    def __init__(self, port: int, bind: str = "127.0.0.1"):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.status = Gauge("orch_health_check_status", "0 ok, 1 degraded, 2 failed", ["check"], registry=self.registry)
+        self.latency = Gauge("orch_health_check_latency_seconds", "Latency of the check", ["check"], registry=self.registry)
+        self.ttft = Gauge("orch_health_time_to_first_token_seconds", "Time to first token", ["check"], registry=self.registry)
+        self.tps = Gauge("orch_health_tokens_per_second", "Generation speed from eval_count/eval_duration", ["check"],
+                         registry=self.registry)
+        self.up = Gauge("orch_health_up", "1 when no check failed", registry=self.registry)
+        self.probes = Counter("orch_health_probes", "Probes run", registry=self.registry)
+        self.server, self.thread = start_http_server(port, addr=bind, registry=self.registry)
+
+    def update(self, report: Report) -> None:
+        self.probes.inc()
+        self.up.set(0 if report.failed else 1)
+        for c in report.checks:
+            self.status.labels(c.name).set(STATUS_VALUE[c.status])
+            if c.latency_ms is not None:
+                self.latency.labels(c.name).set(c.latency_ms / 1000)
+            if c.data.get("ttft_s") is not None:
+                self.ttft.labels(c.name).set(c.data["ttft_s"])
+            if c.data.get("tokens_per_s") is not None:
+                self.tps.labels(c.name).set(c.data["tokens_per_s"])
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -1,0 +1,66 @@
+"""`orch chat` driven through a pseudo-terminal, as a person at a keyboard would use it."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+
+from support import ORCH, orch
+
+MODEL = "tiny:q4_K_M"
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: write keystrokes, read what it prints."""
+
+    def __init__(self, *args: str):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([str(ORCH), *args], stdin=slave, stdout=slave, stderr=slave, env=os.environ | {"COLUMNS": "100"})
+        os.close(slave)
+        self.seen = ""
+
+    def read_until(self, text: str, timeout: float = 60) -> str:
+        start, deadline = len(self.seen), time.monotonic() + timeout
+        while text not in self.seen[start:]:
+            assert time.monotonic() < deadline, f"{text!r} never appeared; saw {self.seen[-500:]!r}"
+            ready, _, _ = select.select([self.master], [], [], 0.2)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096).decode("utf-8", "replace")
+                except OSError:  # the child closed the terminal
+                    break
+        return self.seen[start:]
+
+    def type(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            os.close(self.master)
+
+
+def test_chat_streams_a_reply_and_leaves_on_bye(ollama_double, tiny_build):
+    double = ollama_double()
+    orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+    term = Terminal("chat", MODEL, "--host", double.url)
+    term.read_until(">>> ")
+    before = double.stats()
+    term.type("你好")
+    reply = term.read_until(">>> ").replace("你好", "", 1).replace(">>> ", "").strip()
+    after = double.stats()
+    assert reply, "no reply text reached the terminal"
+    assert after["streamed"] == before["streamed"] + 1 and after["generated_tokens"] > before["generated_tokens"]
+    term.type("/bye")
+    assert term.close() == 0
+
+
+def test_chat_with_a_model_the_server_lacks_is_one_line(ollama_double):
+    double = ollama_double()
+    proc = orch("chat", "nosuch", "--host", double.url, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: nosuch is not on the server at {double.url}: orch build it, or orch register a build"]

@@ -1,0 +1,179 @@
+"""`orch health` against the Ollama API double: real tokens when healthy, the right status and reason for every fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from orchestrator.health import _local_addresses
+from support import ORCH, orch
+
+MODEL = "tiny:q4_K_M"
+
+
+@pytest.fixture
+def served(ollama_double, tiny_build):
+    """A double with the tiny model registered through `orch register`."""
+    def start(**kw):
+        double = ollama_double(**kw)
+        orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+        return double
+    return start
+
+
+def health(url: str, *args: str, timeout: float = 30):
+    t = time.monotonic()
+    proc = orch("health", "--host", url, "--json", *args, check=False, timeout=timeout + 30)
+    seconds = time.monotonic() - t
+    assert "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads(proc.stdout) if proc.stdout.strip() else None
+    return proc, report, seconds
+
+
+def check(report: dict, name: str) -> dict:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def test_a_healthy_server_is_ok_with_tokens_really_generated(served):
+    double = served()
+    proc, report, _ = health(double.url, "--model", MODEL, "--openai")
+    assert proc.returncode == 0 and report["ok"], [c for c in report["checks"] if c["status"] != "ok"]
+    assert {c["name"]: c["status"] for c in report["checks"]} == {
+        "server": "ok", "version": "ok", "model": "ok", "generate": "ok", "chat": "ok", "openai": "ok", "placement": "ok",
+        "exposure": "ok"}
+    gen = check(report, "generate")["data"]
+    assert gen["eval_count"] > 0 and gen["text"].strip() and gen["tokens_per_s"] > 0 and gen["ttft_s"] is not None
+    assert double.stats()["generated_tokens"] >= gen["eval_count"]
+
+
+def test_the_table_names_every_check(served):
+    double = served()
+    proc = orch("health", "--host", double.url)
+    for name in ("server", "version", "model", "generate", "chat", "placement"):
+        assert re.search(rf"│ {name}\s+│ ok", proc.stdout), proc.stdout
+
+
+def test_connection_refused(unused_port):
+    proc, report, seconds = health(f"http://127.0.0.1:{unused_port}", "--timeout", "2")
+    assert proc.returncode == 1 and seconds < 10
+    assert check(report, "server")["status"] == "fail" and "connection refused" in check(report, "server")["reason"]
+    assert check(report, "generate")["status"] == "skipped"
+
+
+def test_a_server_that_accepts_and_never_answers():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nobody ever reads or writes
+        proc, report, seconds = health(f"http://127.0.0.1:{silent.getsockname()[1]}", "--timeout", "2")
+    assert proc.returncode == 1 and seconds < 2 + 8
+    assert check(report, "server") | {"latency_ms": None} == {
+        "name": "server", "status": "fail", "reason": "no answer within the timeout", "latency_ms": None, "data": {}}
+
+
+@pytest.mark.parametrize("fault, args, failed, reason", [
+    (dict(kind="slow_first_token", delay=6, path="/api/generate"), ["--timeout", "2"], "generate", r"no token within 2 s"),
+    (dict(kind="http500"), [], "version", r"HTTP 500: injected internal server error"),
+    (dict(kind="malformed_line", path="/api/generate"), [], "generate", r"malformed JSON line"),
+    (dict(kind="error_line", path="/api/chat"), [], "chat", r"reported an error mid-stream: an error was encountered"),
+    (dict(kind="cut_stream", path="/api/generate"), [], "generate", r"stream ended before its final done line"),
+    (dict(kind="html"), [], "server", r"HTML page, not Ollama's greeting|an HTML page"),
+    (dict(kind="leak_marker", path="/api/chat"), [], "chat", r"'<reserved_106>' leaked into the reply"),
+])
+def test_each_fault_fails_the_right_check_with_a_plain_reason(served, fault, args, failed, reason):
+    double = served()
+    double.fault(**fault)
+    proc, report, seconds = health(double.url, "--model", MODEL, *args)
+    assert proc.returncode == 1
+    assert check(report, failed)["status"] == "fail"
+    assert re.search(reason, check(report, failed)["reason"]), check(report, failed)["reason"]
+    assert seconds < 20
+
+
+def test_a_model_the_server_lacks_is_a_404_named_in_plain_words(served):
+    double = served()
+    proc, report, _ = health(double.url, "--model", "nosuch:latest")
+    assert proc.returncode == 1
+    assert "model nosuch:latest is not on the server (it has: tiny:q4_K_M)" in check(report, "model")["reason"]
+    raw = double.post("/api/generate", {"model": "nosuch", "prompt": "hi"})
+    assert raw.status_code == 404 and "not found" in raw.json()["error"]
+
+
+def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):
+    double = served()
+    double.fault("slow_first_token", delay=1.5, path="/api/generate")
+    proc, report, _ = health(double.url, "--model", MODEL, "--slow", "0.5", "--timeout", "10")
+    assert proc.returncode == 0
+    gen = check(report, "generate")
+    assert gen["status"] == "degraded" and "first token after 1." in gen["reason"]
+
+
+def test_an_old_server_version_is_flagged_for_the_cve(served):
+    double = served(version="0.17.0")
+    proc, report, _ = health(double.url, "--model", MODEL)
+    assert proc.returncode == 0
+    assert check(report, "version")["status"] == "degraded" and "CVE-2026-7482" in check(report, "version")["reason"]
+
+
+def test_a_server_listening_beyond_loopback_is_flagged(served):
+    addresses = _local_addresses()
+    assert addresses, "this test needs a non-loopback IPv4 address on the machine"
+    double = served(bind="0.0.0.0")
+    proc, report, _ = health(double.url, "--model", MODEL)
+    exposure = check(report, "exposure")
+    assert exposure["status"] == "degraded" and f"{addresses[0]}:{double.port}" in exposure["reason"]
+
+
+def test_usage_errors_exit_2():
+    assert orch("health", "--timeout", "soon", check=False).returncode == 2
+    assert orch("health", "--metrics-port", "9100", check=False).returncode == 2
+
+
+def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unused_port):
+    double = served()
+    cmd = [str(ORCH), "health", "--host", double.url, "--model", MODEL, "--watch", "--interval", "0.3", "--failures", "2",
+           "--timeout", "2", "--json", "--metrics-port", str(unused_port)]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    lines: list[dict] = []
+
+    def read_until(predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = watcher.stdout.readline()
+            assert line, f"the monitor exited: {watcher.stderr.read()}"
+            lines.append(json.loads(line))
+            if predicate(lines[-1]):
+                return lines[-1]
+        raise AssertionError(f"not seen within {timeout} s: {lines[-3:]}")
+
+    try:
+        read_until(lambda r: r.get("ok") is True)
+        metrics = httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
+        assert 'orch_health_check_status{check="generate"} 0.0' in metrics
+        assert re.search(r'orch_health_tokens_per_second\{check="generate"\} [1-9]', metrics)
+        assert re.search(r'orch_health_time_to_first_token_seconds\{check="generate"\} \d', metrics)
+
+        double.stop()
+        outage = read_until(lambda r: "event" in r)
+        assert outage["event"].startswith("outage")
+        first = read_until(lambda r: "checks" in r)
+        assert check(first, "server")["status"] == "degraded" and "failing (1 of 2" in check(first, "server")["reason"]
+        counted = read_until(lambda r: "checks" in r)
+        assert check(counted, "server")["status"] == "fail" and counted["ok"] is False
+        assert 'orch_health_up 0.0' in httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
+
+        double.start()  # the same port and store: the server comes back with its models
+        recovered = read_until(lambda r: "event" in r, timeout=90)
+        assert recovered["event"].startswith("recovered")
+        read_until(lambda r: r.get("ok") is True)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0 and "Traceback" not in err

@@ -1,0 +1,136 @@
+"""`orch register` and the end of `orch build`: a Modelfile and its GGUF reach a server over HTTP, exactly as written.
+
+The server is tests/ollama_double.py, a double of the Ollama API that generates with llama.cpp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import httpx
+import pytest
+
+from orchestrator import modelfile
+from orchestrator.errors import OrchError
+from support import orch
+
+
+def register(build_dir, double, *args, check=False):
+    return orch("register", str(build_dir), "--host", double.url, *args, check=check)
+
+
+def blob_posts(double) -> int:
+    return sum(1 for method, path in double.stats()["requests"] if method == "POST" and path.startswith("/api/blobs/"))
+
+
+def test_build_tiny_registers_into_the_server_and_says_how_to_do_it_by_hand(ollama_double, tmp_path):
+    double = ollama_double()
+    env = os.environ | {"OLLAMA_HOST": double.url}
+    proc = orch("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env=env)
+    assert "registered" in proc.stdout and "ollama create tiny:q4_K_M -f" in proc.stdout
+
+    tags = [m["name"] for m in double.get("/api/tags").json()["models"]]
+    assert tags == ["tiny:q4_K_M"]
+    written = modelfile.parse(tmp_path / "tiny" / "tiny.Q4_K_M.Modelfile")
+    shown = double.post("/api/show", {"model": "tiny:q4_K_M"}).json()
+    assert shown["template"] == written.template
+    assert 'stop "<reserved_106>"' in shown["parameters"] and "num_ctx 4096" in shown["parameters"]
+    record = json.loads((tmp_path / "tiny" / "build.json").read_text())
+    (reg,) = record["registration"]
+    assert reg["status"] == "registered" and reg["uploaded"] and reg["confirmed"]["template"]
+    assert reg["digest"] == record["artifacts"][0]["sha256"]
+
+
+def test_registering_an_unchanged_build_again_uploads_nothing(ollama_double, tiny_build):
+    double = ollama_double()
+    first = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+    again = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+    assert [r["uploaded"] for r in first + again] == [True, False]
+    assert blob_posts(double) == 1 and double.stats()["blob_uploads"] == 1
+
+
+def test_a_server_that_already_has_the_blob_receives_no_upload(ollama_double, tiny_build):
+    double = ollama_double()
+    (gguf,) = tiny_build.glob("*.gguf")
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    assert httpx.post(f"{double.url}/api/blobs/sha256:{digest}", content=data).status_code == 201
+
+    (result,) = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+    assert result["status"] == "registered" and result["uploaded"] is False
+    assert blob_posts(double) == 1  # only the one made above
+
+
+def test_an_upload_cut_halfway_is_retried_and_succeeds(ollama_double, tiny_build):
+    double = ollama_double()
+    double.fault("upload_cut", times=1)
+    (result,) = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+    assert result["status"] == "registered" and result["uploaded"]
+    assert blob_posts(double) == 2 and double.stats()["blob_uploads"] == 1
+
+
+def test_a_create_that_ends_in_an_error_line_is_a_failure(ollama_double, tiny_build):
+    double = ollama_double()
+    double.fault("create_error", times=1)
+    proc = register(tiny_build, double)
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout and "unsupported model architecture" in proc.stdout
+    assert double.get("/api/tags").json()["models"] == []
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_invalid_name_is_refused_before_anything_is_sent(ollama_double, tiny_build):
+    double = ollama_double()
+    proc = register(tiny_build, double, "--name", "My Bot!")
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a valid Ollama model name" in proc.stderr
+    assert double.stats()["requests"] == []
+
+
+def test_no_server_is_a_clear_failure_for_register(tiny_build, unused_port):
+    proc = orch("register", str(tiny_build), "--host", f"127.0.0.1:{unused_port}", check=False)
+    assert proc.returncode == 1
+    assert f"no Ollama answered at http://127.0.0.1:{unused_port}" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_modelfile_registers_as_written_under_a_new_name(ollama_double, tiny_build, tmp_path):
+    """Edits to the Modelfile (a SYSTEM line, a parameter, a seeded MESSAGE) are what the server gets."""
+    double = ollama_double()
+    work = tmp_path / "edited"
+    shutil.copytree(tiny_build, work)
+    mf = next(work.glob("*.Modelfile"))
+    mf.write_text(mf.read_text() + '\nSYSTEM """你是一个乐于助人的助手。"""\nparameter top_k 7\nMESSAGE user "hello \\"there\\""\n')
+    proc = orch("register", str(mf), "--host", double.url, "--name", "edited:v1")
+    assert proc.stdout.startswith("registered edited:v1")
+    shown = double.post("/api/show", {"model": "edited:v1"}).json()
+    assert shown["system"] == "你是一个乐于助人的助手。" and "top_k 7" in shown["parameters"]
+
+
+def test_modelfile_parser_reads_what_ollama_reads(tmp_path):
+    path = tmp_path / "Modelfile"
+    path.write_text('# a comment\nfrom ./m.gguf\nTEMPLATE """{{ .Prompt }}\n"""\nSYSTEM plain text here\n'
+                    'PARAMETER stop "<a>"\nPARAMETER stop "<b>"\nPARAMETER temperature 0.3\nPARAMETER num_ctx 4096\n'
+                    'LICENSE """one"""\nLICENSE """two"""\nMESSAGE assistant "say \\"hi\\""\n')
+    m = modelfile.parse(path)
+    assert (m.from_, m.template, m.system) == ("./m.gguf", "{{ .Prompt }}\n", "plain text here")
+    assert m.parameters == {"stop": ["<a>", "<b>"], "temperature": 0.3, "num_ctx": 4096}
+    assert m.license == ["one", "two"] and m.messages == [{"role": "assistant", "content": 'say "hi"'}]
+    assert m.gguf == tmp_path / "m.gguf"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("FROM ./m.gguf\nPARAMETER colour red\n", "2: unknown PARAMETER colour"),
+    ("FROM ./m.gguf\nPARAMETER num_ctx lots\n", "2: PARAMETER num_ctx 'lots' is not a valid value"),
+    ("FROM ./m.gguf\nTEMPLATE \"\"\"never closed\n", 'a """ value is never closed'),
+    ("FROM ./m.gguf\nMESSAGE robot hi\n", "MESSAGE role 'robot'"),
+    ("PARAMETER top_k 5\n", "has no FROM line"),
+    ("FROM ./m.gguf\nFRM typo\n", "2: unknown command FRM"),
+])
+def test_modelfile_parser_names_the_line_and_the_problem(tmp_path, text, problem):
+    path = tmp_path / "Modelfile"
+    path.write_text(text)
+    with pytest.raises(OrchError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        modelfile.parse(path)
