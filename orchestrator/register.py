@@ -105,7 +105,7 @@ def register(modelfile: Path, name: str, host: str | None = None, *, progress=No
                                     system=mf.system, parameters=mf.parameters or None, license=mf.license or None,
                                     messages=mf.messages or None, stream=True):
             if progress is not None and status.status:
-                progress.console.print(f"  ollama: {status.status}", highlight=False)
+                progress.console.print(f"  server: {status.status}", highlight=False, soft_wrap=True)
         if confirm:
             reg.confirmed = confirm_registration(client, name, mf)
     except (ollama.ResponseError, OrchError) as e:

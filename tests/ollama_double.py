@@ -334,24 +334,33 @@ class Handler(BaseHTTPRequestHandler):
         text = req["prompt"] if req.get("raw") else self.double.render(m, prompt=req["prompt"], system=req.get("system"))
         self.answer(name, text, req, lambda piece: {"response": piece})
 
-    def route_post_api_chat(self):
+    def chat_request(self) -> tuple[dict, str, str] | None:
+        """The request, the model and its prompt rendered from the conversation; None once an error is sent."""
         req = self.body()
         name = self.find(req.get("model"))
         if name is None:
-            return
+            return None
         messages = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in req.get("messages") or []]
-        text = self.double.render(self.double.models[name], messages=messages)
-        self.answer(name, text, req, lambda piece: {"message": {"role": "assistant", "content": piece}})
+        return req, name, self.double.render(self.double.models[name], messages=messages)
+
+    def collect(self, name: str, text: str, options: dict) -> tuple[str, dict]:
+        parts, final = [], {}
+        for piece, fin in self.double.generate(name, text, options):
+            parts.append(piece or "")
+            final = fin or final
+        return "".join(parts), final
+
+    def route_post_api_chat(self):
+        if (got := self.chat_request()) is not None:
+            req, name, text = got
+            self.answer(name, text, req, lambda piece: {"message": {"role": "assistant", "content": piece}})
 
     def answer(self, name: str, prompt_text: str, req: dict, shape) -> None:
         d = self.double
         base = {"model": name}
         if not req.get("stream", True):
-            parts, final = [], {}
-            for piece, fin in d.generate(name, prompt_text, req.get("options") or {}):
-                parts.append(piece or "")
-                final = fin or final
-            return self.send(200, base | {"created_at": now()} | shape("".join(parts)) | {"done": True} | final)
+            reply, final = self.collect(name, prompt_text, req.get("options") or {})
+            return self.send(200, base | {"created_at": now()} | shape(reply) | {"done": True} | final)
         path = self.path.split("?")[0]
         slow = d.take_fault(path, "slow_first_token")
         bad = d.take_fault(path, "malformed_line", "error_line", "cut_stream", "leak_marker")
@@ -379,19 +388,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_stream()
 
     def route_post_v1_chat_completions(self):
-        req = self.body()
-        name = self.find(req.get("model"))
-        if name is None:
+        if (got := self.chat_request()) is None:
             return
-        messages = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in req.get("messages") or []]
-        text = self.double.render(self.double.models[name], messages=messages)
-        opts = {"num_predict": req.get("max_tokens") or 16, "temperature": req.get("temperature", 0.8)}
-        parts, fin = [], {}
-        for piece, f in self.double.generate(name, text, opts):
-            parts.append(piece or "")
-            fin = f or fin
+        req, name, text = got
+        reply, fin = self.collect(name, text, {"num_predict": req.get("max_tokens") or 16, "temperature": req.get("temperature", 0.8)})
         self.send(200, {"id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()), "model": name,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                      "finish_reason": fin.get("done_reason", "stop")}],
                         "usage": {"prompt_tokens": fin.get("prompt_eval_count", 0), "completion_tokens": fin.get("eval_count", 0),
                                   "total_tokens": fin.get("prompt_eval_count", 0) + fin.get("eval_count", 0)}})

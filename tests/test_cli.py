@@ -66,9 +66,10 @@ def test_build_tiny_end_to_end(isolated_home):
     src = Path(record["source"]["path"])
     assert record["source"]["files"]["tokenizer.model"]["sha256"] == sha256(src / "tokenizer.model")
     assert "llama-cpp-python 0.3.36" in record["llama_cpp"]["version"]
-    assert {"fetch", "prepare", "convert", "quantize:Q4_K_M", "verify:Q4_K_M"} <= set(record["timings"])
-    assert record["registration"][0]["status"] == "skipped"
-    assert "ollama create tiny:q4_K_M -f" in record["registration"][0]["message"]
+    assert {"fetch", "prepare", "hash", "convert", "quantize:Q4_K_M", "verify:Q4_K_M"} <= set(record["timings"])
+    reg = record["registration"][0]
+    assert reg["status"] == "skipped" and reg["message"].startswith("no Ollama answered at http://127.0.0.1:9")
+    assert reg["command"].startswith("OLLAMA_HOST=http://127.0.0.1:9 ollama create tiny:q4_K_M -f ")
 
     info = json.loads(orch("inspect", str(out / "tiny.Q4_K_M.gguf"), "--json").stdout)
     assert (info["architecture"], info["layers"], info["positions"], info["quant"]) == ("baichuan", 32, "rope", "Q4_K_M")

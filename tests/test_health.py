@@ -177,3 +177,39 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
         watcher.send_signal(signal.SIGINT)
         _, err = watcher.communicate(timeout=30)
     assert watcher.returncode == 0 and "Traceback" not in err
+
+
+@pytest.fixture
+def webui_stub():
+    """A stand-in for Open WebUI's /health route (only that route: the real app is the orch up issue's)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = {"body": b'{"status":true}', "type": "application/json"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Type", answers["type"])
+            self.send_header("Content-Length", str(len(answers["body"])))
+            self.end_headers()
+            self.wfile.write(answers["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    server.shutdown()
+
+
+def test_open_webui_health_is_checked_when_a_url_is_given(served, webui_stub):
+    double = served()
+    url, answers = webui_stub
+    proc, report, _ = health(double.url, "--model", MODEL, "--webui", url)
+    assert proc.returncode == 0 and check(report, "webui")["status"] == "ok"
+
+    answers.update(body=b"<html>502 Bad Gateway</html>", type="text/html")
+    proc, report, _ = health(double.url, "--model", MODEL, "--webui", url)
+    assert proc.returncode == 1 and "not JSON" in check(report, "webui")["reason"]
