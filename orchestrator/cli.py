@@ -394,6 +394,172 @@ def chat_cmd(
         _fail(e)
 
 
+def _stack_plan(directory, port, bind, ollama_port, expose_ollama, ollama_url, gpu, offline, model):
+    from orchestrator import compose, paths, stack
+
+    chosen, reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else stack.detect_gpu()
+    plan = compose.StackPlan(directory=(directory or paths.default_stack_dir()).expanduser().resolve(), port=port, bind=bind,
+                             ollama_port=ollama_port, expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen,
+                             offline=offline, default_model=model)
+    return plan, reason
+
+
+STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
+
+
+@app.command()
+def up(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate everything, print the plan, start nothing."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    port: int = typer.Option(3000, "--port", help="Port for the browser chat (Open WebUI)."),
+    bind: str = typer.Option("0.0.0.0", "--bind", help="Address Open WebUI is published on (it has sign-in)."),
+    ollama_port: int = typer.Option(11434, "--ollama-port", help="Port Ollama is published on."),
+    expose_ollama: bool = typer.Option(False, "--expose-ollama", help="Publish Ollama beyond 127.0.0.1 (it has no authentication)."),
+    ollama_url: Optional[str] = typer.Option(None, "--ollama-url", help="Use an Ollama that already runs instead of starting one."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Reserve NVIDIA GPUs for Ollama [default: detected]."),
+    offline: bool = typer.Option(False, "--offline", help="Tell Open WebUI not to download anything (no internet)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
+    wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
+) -> None:
+    """Start Ollama and Open WebUI with docker compose; chat in the browser at http://localhost:3000.
+
+    Examples:
+
+      orch up --dry-run
+
+      orch up --model baichuan2-7b-chat:q4_K_M
+
+      orch up --ollama-url http://127.0.0.1:11434 --bind 127.0.0.1
+    """
+    import yaml
+
+    from orchestrator import compose, stack
+
+    try:
+        plan, gpu_reason = _stack_plan(directory, port, bind, ollama_port, expose_ollama, ollama_url, gpu, offline, model)
+        doc = stack.check(plan)
+    except OrchError as e:
+        _fail(e)
+    console, err = _console(), _console(stderr=True)
+
+    def announce() -> None:
+        for warning in plan.warnings():
+            err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err.print(f"GPU: {gpu_reason}", soft_wrap=True)
+
+    if dry_run:
+        announce()
+        console.print(f"[bold]Plan[/] (nothing started): stack directory {plan.directory}")
+        for service, image in plan.images.items():
+            if service in doc["services"]:
+                console.print(f"  {service}: {image}  ports {', '.join(doc['services'][service]['ports'])}")
+        if plan.ollama_url:
+            console.print(f"  ollama: not started; Open WebUI uses {doc['services']['open-webui']['environment']['OLLAMA_BASE_URL']}")
+        console.print("  compose.yaml (validated against the Compose Specification schema):")
+        console.print(yaml.safe_dump(doc, sort_keys=False), markup=False, highlight=False)
+        console.print(f"  .env (mode 0600): WEBUI_SECRET_KEY, WEBUI_ADMIN_EMAIL={compose.ADMIN_EMAIL}, WEBUI_ADMIN_PASSWORD (generated once)")
+        return
+    try:
+        runner = stack.preflight_docker(plan)  # before any other output: a failure is one line
+        announce()
+        with _progress(quiet=False) as progress:
+            result = stack.up(plan, runner, wait=wait, progress=progress)
+    except OrchError as e:
+        _fail(e)
+    _print_up(result, console)
+
+
+def _print_up(result: dict, console) -> None:
+    for r in result["registered"]:
+        console.print(f"{r['status']} {r['name']}: {r['message']}", soft_wrap=True)
+    _show_report(result["health"], as_json=False)
+    for key in result["first_start_only"]:
+        console.print(f"[yellow]note:[/] {key} changed, but Open WebUI reads it only on its first start: "
+                      "change it in its admin settings, or orch down --volumes to start afresh", soft_wrap=True)
+    urls, admin = result["urls"], result["admin"]
+    console.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}")
+    if admin["password"]:
+        console.print(f"[bold]Admin password (shown once, kept in {result['written'].env}):[/] {admin['password']}")
+    console.print(f"Ollama API: {urls['ollama']}\nOpenAI-compatible base URL: {urls['openai']}\n")
+    console.print("from openai import OpenAI\n"
+                  f"client = OpenAI(base_url=\"{urls['openai']}\", api_key=\"ollama\")\n"
+                  "print(client.chat.completions.create(model=\"MODEL\", messages=[{\"role\": \"user\", \"content\": \"你好\"}]).choices[0].message.content)",
+                  markup=False, highlight=False)
+
+
+def _stack_runner(directory: Optional[Path]):
+    from orchestrator import paths, preflight, stack
+
+    d = (directory or paths.default_stack_dir()).expanduser().resolve()
+    if not (d / "compose.yaml").is_file():
+        raise OrchError(f"no stack in {d}: run orch up first (or pass --dir)")
+    docker = preflight.docker_binary()
+    preflight.docker_daemon(docker)
+    return stack.Docker(docker, d)
+
+
+@app.command()
+def down(
+    volumes: bool = typer.Option(False, "--volumes", help="Also delete the models and chat history volumes."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+) -> None:
+    """Stop the stack orch up started.
+
+    Example: orch down
+    """
+    try:
+        _stack_runner(directory).compose("down", *(["--volumes"] if volumes else []))
+    except OrchError as e:
+        _fail(e)
+    _console().print("stopped" + (" and removed the volumes" if volumes else ""))
+
+
+@app.command()
+def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP)) -> None:
+    """Services, their health, and the models loaded with their memory.
+
+    Example: orch status
+    """
+    import httpx
+
+    from orchestrator import stack
+
+    try:
+        runner = _stack_runner(directory)
+    except OrchError as e:
+        _fail(e)
+    console = _console()
+    for r in runner.running():
+        console.print(f"{r.get('Service')}: {r.get('State')} {r.get('Health') or ''}  {r.get('Image')}")
+    url = stack.ollama_url_of(runner.directory)
+    try:
+        ps = httpx.get(f"{url}/api/ps", timeout=5).json().get("models", [])
+        for m in ps:
+            console.print(f"loaded {m['name']}: {m.get('size', 0) / 1e9:.1f} GB, {m.get('size_vram', 0) / 1e9:.1f} GB in GPU memory")
+        if not ps:
+            console.print(f"no model loaded right now ({url})")
+    except (httpx.HTTPError, ValueError):
+        console.print(f"Ollama did not answer {url}/api/ps")
+
+
+@app.command()
+def logs(
+    service: Optional[str] = typer.Argument(None, help="ollama or open-webui [default: both]."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+) -> None:
+    """Show the services' logs.
+
+    Example: orch logs open-webui -f
+    """
+    try:
+        runner = _stack_runner(directory)
+        args = ["logs", "--tail", "200"] + (["--follow"] if follow else []) + ([service] if service else [])
+        runner.compose(*args, capture=False)
+    except OrchError as e:
+        _fail(e)
+
+
 def main() -> None:
     try:
         app()

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import __version__
+from orchestrator import __version__, paths
 from orchestrator.errors import OrchError
 from orchestrator.prompt import ChatMarkers
 
@@ -14,12 +14,7 @@ NUM_CTX = 4096
 
 
 def templates_dir() -> Path:
-    """modelfiles/ inside an installed wheel, else at the repository root (editable install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "modelfiles", here.parent / "modelfiles"):
-        if candidate.is_dir():
-            return candidate
-    raise OrchError("orch's modelfiles/ directory is missing: reinstall orch")
+    return paths.resource_dir("modelfiles")
 
 
 @dataclass(frozen=True)

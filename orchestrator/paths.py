@@ -16,3 +16,18 @@ def data_home() -> Path:
 
 def default_build_dir(slug: str) -> Path:
     return data_home() / "builds" / slug
+
+
+def default_stack_dir() -> Path:
+    return data_home() / "stack"
+
+
+def resource_dir(name: str, installed: str | None = None) -> Path:
+    """modelfiles/ or compose/: inside an installed wheel (as `installed`), else at the repository root (editable install)."""
+    from orchestrator.errors import OrchError
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / (installed or name), here.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise OrchError(f"orch's {name}/ directory is missing: reinstall orch")

@@ -1,0 +1,70 @@
+"""Checks before `orch up` starts anything: each failure is one line naming the fix."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from orchestrator.errors import OrchError
+
+DOCKER_INSTALL = "install Docker Engine (https://docs.docker.com/engine/install/)"
+MIN_FREE_BYTES = 8 << 30  # the two images and a 7B q4_K_M model
+
+
+def docker_binary() -> str:
+    docker = shutil.which("docker")
+    if docker is None:
+        raise OrchError(f"docker is not installed (no docker on PATH): {DOCKER_INSTALL}")
+    return docker
+
+
+def docker_daemon(docker: str, timeout: float = 15.0) -> dict:
+    """The daemon's root directory and version; an unreachable daemon is an error naming the usual fixes."""
+    try:
+        proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}|{{.DockerRootDir}}"], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise OrchError(f"the Docker daemon did not answer within {timeout:g} s: check it with docker info") from None
+    out = proc.stdout.strip()
+    if proc.returncode != 0 or not out or out.startswith("|"):
+        why = _first_line(proc.stderr) or "no answer"
+        raise OrchError(f"the Docker daemon is not reachable ({why}): start it (sudo systemctl start docker) "
+                        "or add your user to the docker group")
+    version, _, root = out.partition("|")
+    return {"version": version, "root": root}
+
+
+def compose_plugin(docker: str) -> str:
+    proc = subprocess.run([docker, "compose", "version", "--short"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise OrchError("the Docker Compose plugin is missing (docker compose version failed): "
+                        "install docker-compose-plugin (https://docs.docker.com/compose/install/linux/)")
+    return proc.stdout.strip()
+
+
+def port_free(bind: str, port: int, what: str) -> None:
+    """Bind the port for a moment: the surest test that a published port will be free."""
+    with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((bind, port))
+        except OSError as e:
+            raise OrchError(f"port {port} on {bind} for {what} is already in use ({e.strerror}): stop what listens there "
+                            f"or pass {'--port' if what == 'Open WebUI' else '--ollama-port'} with another port") from None
+
+
+def disk(path: Path, need: int = MIN_FREE_BYTES) -> None:
+    probe = Path(path)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise OrchError(f"only {free / 2**30:.1f} GiB free under {probe}, the stack needs about {need / 2**30:.0f} GiB "
+                        "(images and models): free some space")
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""

@@ -1,0 +1,174 @@
+"""`orch up / down / status / logs` on Docker: the rendered stack run through `docker compose`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import compose, paths, preflight
+from orchestrator.errors import OrchError
+
+PROJECT = "orch"
+
+
+def detect_gpu() -> tuple[bool, str]:
+    """NVIDIA through nvidia-smi; the reason is shown so the user knows which was chosen and why."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False, "no nvidia-smi on PATH: CPU only (pass --gpu to reserve NVIDIA GPUs anyway)"
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    gpus = [ln for ln in proc.stdout.splitlines() if ln.startswith("GPU ")]
+    if proc.returncode != 0 or not gpus:
+        return False, "nvidia-smi found no GPU: CPU only"
+    return True, f"{len(gpus)} NVIDIA GPU(s) found by nvidia-smi: reserved for Ollama (pass --no-gpu to skip)"
+
+
+def validate(doc: dict) -> None:
+    """Check the rendered document against the vendored Compose Specification schema."""
+    import jsonschema
+
+    schema = json.loads((paths.resource_dir("compose", "compose_files") / "compose-spec.json").read_text())
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.path) or "the document"
+        raise OrchError(f"the rendered compose file is invalid at {where}: {e.message}: report this as an orch bug")
+
+
+def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
+    """(Modelfile, Ollama name) for every build under the data directory."""
+    from orchestrator.register import names_in_build
+
+    root = builds or paths.data_home() / "builds"
+    found = []
+    for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
+        try:
+            found += [(mf, name) for mf, name in names_in_build(record.parent) if mf.is_file()]
+        except (OrchError, KeyError, ValueError):
+            continue
+    return found
+
+
+@dataclass
+class Docker:
+    """`docker compose` for the stack directory."""
+
+    docker: str
+    directory: Path
+    log: list = field(default_factory=list)
+
+    def compose(self, *args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [self.docker, "compose", "--project-name", PROJECT, "--project-directory", str(self.directory),
+               "-f", str(self.directory / "compose.yaml"), *args]
+        proc = subprocess.run(cmd, capture_output=capture, text=True, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            why = preflight._first_line(proc.stderr or "") if capture else f"exit {proc.returncode}"
+            raise OrchError(f"docker compose {args[0]} failed ({why}): see docker compose logs in {self.directory}")
+        return proc
+
+    def running(self) -> list[dict]:
+        proc = self.compose("ps", "--format", "json", check=False)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return []
+        text = proc.stdout.strip()
+        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+        return rows
+
+    def wait_healthy(self, services: list[str], timeout: float, progress=None) -> None:
+        task = progress.add_task("waiting for the stack", total=None) if progress is not None else None
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {r.get("Service"): (r.get("Health") or r.get("State") or "") for r in self.running()}
+            if task is not None:
+                progress.update(task, description="waiting: " + ", ".join(f"{s} {states.get(s, 'starting')}" for s in services))
+            if all(states.get(s) == "healthy" for s in services):
+                return
+            bad = [s for s in services if states.get(s) in ("unhealthy", "exited", "dead")]
+            if bad:
+                raise OrchError(f"{', '.join(bad)} did not come up healthy: orch logs {bad[0]}")
+            if time.monotonic() > deadline:
+                raise OrchError(f"the stack was not healthy within {timeout:g} s ({states}): orch logs, then orch up again")
+            time.sleep(2)
+
+
+def check(plan: compose.StackPlan) -> dict:
+    """Render and validate; nothing is started or written. The compose document for `plan`."""
+    compose.validate_port(plan.port, "--port")
+    compose.validate_port(plan.ollama_port, "--ollama-port")
+    doc = compose.render(plan)
+    validate(doc)
+    return doc
+
+
+def preflight_docker(plan: compose.StackPlan) -> Docker:
+    """Ports free, Docker present, daemon reachable, compose plugin, disk.
+
+    Ports are checked first on a fresh stack (nothing of ours can hold them);
+    once a stack exists its own running containers may hold them, so those are
+    asked about through Docker first.
+    """
+    fresh = not (plan.directory / "compose.yaml").is_file()
+    if fresh:
+        _ports_free(plan, held=set())
+    docker = preflight.docker_binary()
+    info = preflight.docker_daemon(docker)
+    preflight.compose_plugin(docker)
+    runner = Docker(docker, plan.directory)
+    if not fresh:
+        _ports_free(plan, held={r.get("Service") for r in runner.running()})
+    preflight.disk(Path(info["root"]) if info["root"] else plan.directory)
+    return runner
+
+
+def _ports_free(plan: compose.StackPlan, held: set) -> None:
+    if "open-webui" not in held:
+        preflight.port_free(plan.bind, plan.port, "Open WebUI")
+    if plan.ollama_url is None and "ollama" not in held:
+        preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
+
+
+def up(plan: compose.StackPlan, runner: Docker | None = None, *, wait: float = 600, progress=None) -> dict:
+    """Start the stack and return what the user needs: URLs, credentials (the first time), registrations, health."""
+    from orchestrator import health, register
+
+    check(plan)
+    runner = runner or preflight_docker(plan)
+    written = compose.write_stack(plan)
+    runner.compose("up", "-d", "--remove-orphans")
+    services = ["open-webui"] + ([] if plan.ollama_url else ["ollama"])
+    runner.wait_healthy(services, wait, progress)
+    ollama = plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}"
+    have = set()
+    try:
+        import httpx
+
+        have = {m["name"] for m in httpx.get(f"{ollama}/api/tags", timeout=10).json().get("models", [])}
+    except Exception:  # noqa: BLE001  registration below reports an unreachable server in its own words
+        pass
+    registered = [register.register(mf, name, ollama, progress=progress).as_dict()
+                  for mf, name in built_models() if name not in have]
+    report = health.probe(health.Probe(ollama, model=plan.default_model, webui=f"http://127.0.0.1:{plan.port}"))
+    env = compose.read_env(written.env)
+    return {"written": written, "registered": registered, "health": report,
+            "urls": {"chat": f"http://{'localhost' if plan.bind in ('0.0.0.0', '127.0.0.1') else plan.bind}:{plan.port}",
+                     "ollama": ollama, "openai": f"{ollama}/v1"},
+            "admin": {"email": env.get("WEBUI_ADMIN_EMAIL"),
+                      "password": env.get("WEBUI_ADMIN_PASSWORD") if written.created_secrets else None},
+            "first_start_only": [k for k in written.changed if k in compose.FIRST_START_ONLY]}
+
+
+def ollama_url_of(directory: Path) -> str:
+    """Where this host reaches the stack's Ollama: its published port, or the --ollama-url it was given."""
+    import yaml
+
+    doc = yaml.safe_load((directory / "compose.yaml").read_text())
+    ollama = doc["services"].get("ollama")
+    if ollama is None:
+        url = doc["services"]["open-webui"]["environment"]["OLLAMA_BASE_URL"]
+        return url.replace("host.docker.internal", "127.0.0.1")
+    host_port = ollama["ports"][0].rsplit(":", 2)[-2]
+    return f"http://127.0.0.1:{host_port}"

@@ -1,0 +1,140 @@
+"""The stack `orch up` renders: valid Compose, secure by default, secrets kept; preflight failures are one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from orchestrator import compose
+from support import orch
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "compose" / "compose-spec.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plan(tmp_path, **kw) -> compose.StackPlan:
+    return compose.StackPlan(directory=tmp_path / "stack", **kw)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"gpu": True}, {"offline": True, "default_model": "tiny:q4_K_M"}, {"expose_ollama": True, "bind": "127.0.0.1"},
+    {"ollama_url": "http://127.0.0.1:11434"}, {"ollama_url": "http://gpu-box.lan:11434"},
+])
+def test_the_rendered_stack_is_valid_compose(tmp_path, options):
+    jsonschema.Draft7Validator(SCHEMA).validate(compose.render(plan(tmp_path, **options)))
+
+
+def test_secure_defaults(tmp_path):
+    doc = compose.render(plan(tmp_path))
+    ollama, webui = doc["services"]["ollama"], doc["services"]["open-webui"]
+    assert ollama["ports"] == ["127.0.0.1:11434:11434"], "Ollama has no authentication: loopback only"
+    assert webui["ports"] == ["0.0.0.0:3000:8080"]
+    assert webui["environment"]["WEBUI_AUTH"] == "True" and webui["environment"]["ENABLE_SIGNUP"] == "False"
+    assert webui["env_file"] == ".env" and "WEBUI_SECRET_KEY" not in json.dumps(doc), "secrets live in .env only"
+    assert webui["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    assert ollama["healthcheck"]["test"][:2] == ["CMD", "ollama"], "the Ollama image has no curl: its own CLI checks it"
+    assert "/health" in " ".join(webui["healthcheck"]["test"])
+    for service in (ollama, webui):
+        assert service["restart"] == "unless-stopped"
+        name, _, tag = service["image"].rpartition(":")
+        assert name and tag and tag != "latest", f"{service['image']} is not pinned"
+    version = tuple(int(x) for x in ollama["image"].rpartition(":")[2].split("."))
+    assert version >= (0, 17, 1), "CVE-2026-7482 is fixed in Ollama 0.17.1"
+    assert "deploy" not in ollama
+
+
+def test_expose_ollama_and_gpu_are_explicit_choices(tmp_path):
+    p = plan(tmp_path, expose_ollama=True, gpu=True)
+    doc = compose.render(p)
+    assert doc["services"]["ollama"]["ports"] == ["0.0.0.0:11434:11434"]
+    assert any("no authentication" in w for w in p.warnings())
+    devices = doc["services"]["ollama"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert not any("every interface at port 3000" in w for w in plan(tmp_path, bind="127.0.0.1").warnings())
+
+
+def test_an_existing_ollama_on_this_host_is_reached_through_the_host_gateway(tmp_path):
+    doc = compose.render(plan(tmp_path, ollama_url="http://127.0.0.1:11434"))
+    webui = doc["services"]["open-webui"]
+    assert "ollama" not in doc["services"] and "ollama" not in doc["volumes"] and "depends_on" not in webui
+    assert webui["environment"]["OLLAMA_BASE_URL"] == "http://host.docker.internal:11434"
+    assert webui["extra_hosts"] == ["host.docker.internal:host-gateway"]
+    remote = compose.render(plan(tmp_path, ollama_url="http://gpu-box.lan:11500"))["services"]["open-webui"]
+    assert remote["environment"]["OLLAMA_BASE_URL"] == "http://gpu-box.lan:11500" and "extra_hosts" not in remote
+
+
+def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
+    first = compose.write_stack(plan(tmp_path, default_model="a:q4_K_M"))
+    env = compose.read_env(first.env)
+    assert stat.S_IMODE(os.stat(first.env).st_mode) == 0o600
+    assert len(env["WEBUI_SECRET_KEY"]) >= 32 and len(env["WEBUI_ADMIN_PASSWORD"]) >= 16 and first.created_secrets
+
+    again = compose.write_stack(plan(tmp_path, default_model="b:q8_0", offline=True))
+    assert compose.read_env(again.env) == env and not again.created_secrets
+    assert {"DEFAULT_MODELS", "OFFLINE_MODE", "HF_HUB_OFFLINE"} <= set(again.changed)
+    assert yaml.safe_load(again.compose.read_text())["services"]["open-webui"]["environment"]["DEFAULT_MODELS"] == "b:q8_0"
+    other = compose.write_stack(plan(tmp_path / "elsewhere"))
+    assert compose.read_env(other.env)["WEBUI_SECRET_KEY"] != env["WEBUI_SECRET_KEY"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    proc = orch("up", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
+    assert "ollama/ollama:0.17.1" in proc.stdout and "127.0.0.1:11434:11434" in proc.stdout
+    assert "DEFAULT_MODELS: tiny:q4_K_M" in proc.stdout and "GPU: --no-gpu" in proc.stderr
+    assert not (tmp_path / "stack").exists()
+
+
+def test_a_port_already_bound_is_refused_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = orch("up", "--dir", str(tmp_path / "stack"), "--bind", "127.0.0.1", "--port", str(port), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 for Open WebUI is already in use "
+                                                "(Address already in use): stop what listens there or pass --port with another port"]
+    assert not (tmp_path / "stack").exists()
+
+
+def test_no_docker_on_path_is_one_line_naming_the_install(tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = os.environ | {"PATH": str(bare)}
+    proc = orch("up", "--dir", str(tmp_path / "stack"), "--port", str(free_port()), "--ollama-port", str(free_port()), env=env,
+                check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: docker is not installed (no docker on PATH): install Docker Engine (https://docs.docker.com/engine/install/)"]
+    assert not (tmp_path / "stack").exists()
+
+
+def test_a_docker_whose_daemon_is_unreachable_is_one_line(tmp_path):
+    docker = shutil.which("docker")
+    assert docker, "the docker CLI is needed for this test: apt-get install docker.io (scripts/test does it)"
+    env = os.environ | {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    proc = orch("up", "--dir", str(tmp_path / "stack"), "--port", str(free_port()), "--ollama-port", str(free_port()), env=env,
+                check=False)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.match(r"error: the Docker daemon is not reachable \(.*Cannot connect to the Docker daemon.*\): start it", line), line
+    assert not (tmp_path / "stack").exists()
+
+
+def test_stack_commands_without_a_stack_say_so(tmp_path):
+    for command in ("down", "status", "logs"):
+        proc = orch(command, "--dir", str(tmp_path / "none"), check=False)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: no stack in {tmp_path / 'none'}: run orch up first (or pass --dir)"
