@@ -7,6 +7,7 @@ only inside the commands that need them, so `orch --help` is instant.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -420,8 +421,9 @@ def up(
     offline: bool = typer.Option(False, "--offline", help="Tell Open WebUI not to download anything (no internet)."),
     model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
     wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
 ) -> None:
-    """Start Ollama and Open WebUI with docker compose; chat in the browser at http://localhost:3000.
+    """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
 
     Examples:
 
@@ -430,10 +432,12 @@ def up(
       orch up --model baichuan2-7b-chat:q4_K_M
 
       orch up --ollama-url http://127.0.0.1:11434 --bind 127.0.0.1
+
+      orch up --runtime native --offline
     """
     import yaml
 
-    from orchestrator import compose, stack
+    from orchestrator import compose, native, stack
 
     try:
         plan, gpu_reason = _stack_plan(directory, port, bind, ollama_port, expose_ollama, ollama_url, gpu, offline, model)
@@ -460,10 +464,16 @@ def up(
         console.print(f"  .env (mode 0600): WEBUI_SECRET_KEY, WEBUI_ADMIN_EMAIL={compose.ADMIN_EMAIL}, WEBUI_ADMIN_PASSWORD (generated once)")
         return
     try:
-        runner = stack.preflight_docker(plan)  # before any other output: a failure is one line
+        chosen, why = stack.choose_runtime(runtime)
+        runner = None  # preflight before any other output: a failure is one line
+        if chosen == "docker":
+            runner = stack.preflight_docker(plan)
+        else:
+            native.preflight_native(plan)
         announce()
+        err.print(f"runtime: {chosen} ({why})", soft_wrap=True)
         with _progress(quiet=False) as progress:
-            result = stack.up(plan, runner, wait=wait, progress=progress)
+            result = stack.up(plan, runner, runtime=chosen, wait=wait, progress=progress)
     except OrchError as e:
         _fail(e)
     _print_up(result, console)
@@ -477,25 +487,29 @@ def _print_up(result: dict, console) -> None:
         console.print(f"[yellow]note:[/] {key} changed, but Open WebUI reads it only on its first start: "
                       "change it in its admin settings, or orch down --volumes to start afresh", soft_wrap=True)
     urls, admin = result["urls"], result["admin"]
-    console.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}")
+    model = result["health"].model or "MODEL"
+    console.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}", soft_wrap=True)
     if admin["password"]:
-        console.print(f"[bold]Admin password (shown once, kept in {result['written'].env}):[/] {admin['password']}")
-    console.print(f"Ollama API: {urls['ollama']}\nOpenAI-compatible base URL: {urls['openai']}\n")
+        console.print(f"[bold]Admin password (shown once, kept in {result['env']}):[/] {admin['password']}", soft_wrap=True)
+    console.print(f"Ollama API: {urls['ollama']}\nOpenAI-compatible base URL: {urls['openai']}\n", soft_wrap=True)
     console.print("from openai import OpenAI\n"
                   f"client = OpenAI(base_url=\"{urls['openai']}\", api_key=\"ollama\")\n"
-                  "print(client.chat.completions.create(model=\"MODEL\", messages=[{\"role\": \"user\", \"content\": \"你好\"}]).choices[0].message.content)",
-                  markup=False, highlight=False)
+                  f"print(client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"你好\"}}]).choices[0].message.content)",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
-def _stack_runner(directory: Optional[Path]):
-    from orchestrator import paths, preflight, stack
+def _stack_dir(directory: Optional[Path]) -> Path:
+    from orchestrator import paths
 
-    d = (directory or paths.default_stack_dir()).expanduser().resolve()
-    if not (d / "compose.yaml").is_file():
-        raise OrchError(f"no stack in {d}: run orch up first (or pass --dir)")
+    return (directory or paths.default_stack_dir()).expanduser().resolve()
+
+
+def _stack_runner(directory: Path):
+    from orchestrator import preflight, stack
+
     docker = preflight.docker_binary()
     preflight.docker_daemon(docker)
-    return stack.Docker(docker, d)
+    return stack.Docker(docker, directory)
 
 
 @app.command()
@@ -503,15 +517,25 @@ def down(
     volumes: bool = typer.Option(False, "--volumes", help="Also delete the models and chat history volumes."),
     directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
 ) -> None:
-    """Stop the stack orch up started.
+    """Stop the stack orch up started (only the processes or containers it started).
 
     Example: orch down
     """
+    from orchestrator import native, stack
+
+    d = _stack_dir(directory)
     try:
-        _stack_runner(directory).compose("down", *(["--volumes"] if volumes else []))
+        if stack.runtime_of(d) == "docker":
+            _stack_runner(d).compose("down", *(["--volumes"] if volumes else []))
+            stopped = ["the compose stack"]
+        else:
+            stopped = native.down(d)
+            if volumes:
+                shutil.rmtree(d / "open-webui-data", ignore_errors=True)
     except OrchError as e:
         _fail(e)
-    _console().print("stopped" + (" and removed the volumes" if volumes else ""))
+    _console().print(f"stopped {', '.join(stopped) or 'nothing (no process of the stack was running)'}"
+                     + (", removed the data" if volumes else ""))
 
 
 @app.command()
@@ -522,16 +546,22 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
     """
     import httpx
 
-    from orchestrator import stack
+    from orchestrator import native, stack
 
+    d = _stack_dir(directory)
+    console = _console()
     try:
-        runner = _stack_runner(directory)
+        if stack.runtime_of(d) == "docker":
+            for r in _stack_runner(d).running():
+                console.print(f"{r.get('Service')}: {r.get('State')} {r.get('Health') or ''}  {r.get('Image')}")
+        else:
+            sup = native.Supervisor(d)
+            for name in ("ollama", "open-webui"):
+                rec = sup.alive(name)
+                console.print(f"{name}: {'running, pid ' + str(rec['pid']) if rec else 'not running'}")
+        url = stack.ollama_url_of(d)
     except OrchError as e:
         _fail(e)
-    console = _console()
-    for r in runner.running():
-        console.print(f"{r.get('Service')}: {r.get('State')} {r.get('Health') or ''}  {r.get('Image')}")
-    url = stack.ollama_url_of(runner.directory)
     try:
         ps = httpx.get(f"{url}/api/ps", timeout=5).json().get("models", [])
         for m in ps:
@@ -552,13 +582,20 @@ def logs(
 
     Example: orch logs open-webui -f
     """
+    from orchestrator import native, stack
+
+    d = _stack_dir(directory)
     try:
-        runner = _stack_runner(directory)
-        args = ["logs", "--tail", "200"] + (["--follow"] if follow else []) + ([service] if service else [])
-        runner.compose(*args, capture=False)
+        if stack.runtime_of(d) == "docker":
+            args = ["logs", "--tail", "200"] + (["--follow"] if follow else []) + ([service] if service else [])
+            _stack_runner(d).compose(*args, capture=False)
+            return
+        names = [service] if service else ["ollama", "open-webui"]
+        native.print_logs(d, names, follow=follow)
     except OrchError as e:
         _fail(e)
-
+    except KeyboardInterrupt:
+        pass
 
 def main() -> None:
     try:

@@ -23,6 +23,7 @@ OLLAMA_IMAGE = "ollama/ollama:0.17.1"
 WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
 ADMIN_EMAIL = "admin@orch.local"
+SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
 # read by Open WebUI only on its first start (it then keeps them in its database)
 FIRST_START_ONLY = ("WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD", "DEFAULT_MODELS", "ENABLE_SIGNUP")
 
@@ -129,22 +130,30 @@ def write_stack(plan: StackPlan) -> WrittenStack:
 
     plan.directory.mkdir(parents=True, exist_ok=True)
     env_path, compose_path = plan.directory / ".env", plan.directory / "compose.yaml"
-    old_env = read_env(env_path)
-    values = env_values(old_env)
+    created = write_env(env_path)
     old_doc = yaml.safe_load(compose_path.read_text()) if compose_path.is_file() else None
     doc = render(plan)
     changed = _changed_settings(old_doc, doc) if old_doc else []
-    from orchestrator.state import write_text
-
-    if values != old_env or not env_path.is_file():
-        env_text = "# secrets for orch's stack: keep this file private (mode 0600)\n" + "".join(f"{k}={v}\n" for k, v in values.items())
-        write_text(env_path, env_text, mode=0o600)
-    elif os.stat(env_path).st_mode & 0o077:
-        os.chmod(env_path, 0o600)
     text = "# rendered by orch up; the template is compose/compose.yaml in orch\n" + yaml.safe_dump(doc, sort_keys=False)
     if not compose_path.is_file() or compose_path.read_text() != text:
+        from orchestrator.state import write_text
+
         write_text(compose_path, text)
-    return WrittenStack(compose_path, env_path, created_secrets="WEBUI_ADMIN_PASSWORD" not in old_env, changed=changed)
+    return WrittenStack(compose_path, env_path, created_secrets=created, changed=changed)
+
+
+def write_env(env_path: Path) -> bool:
+    """Write the .env (0600) with the secrets, generating those missing; True when they were generated now."""
+    from orchestrator.state import write_text
+
+    old = read_env(env_path)
+    values = env_values(old)
+    if values != old or not env_path.is_file():
+        text = "# secrets for orch's stack: keep this file private (mode 0600)\n" + "".join(f"{k}={v}\n" for k, v in values.items())
+        write_text(env_path, text, mode=0o600)
+    elif os.stat(env_path).st_mode & 0o077:
+        os.chmod(env_path, 0o600)
+    return "WEBUI_ADMIN_PASSWORD" not in old
 
 
 def _changed_settings(old: dict, new: dict) -> list[str]:

@@ -131,16 +131,44 @@ def _ports_free(plan: compose.StackPlan, held: set) -> None:
         preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 
 
-def up(plan: compose.StackPlan, runner: Docker | None = None, *, wait: float = 600, progress=None) -> dict:
+def choose_runtime(requested: str | None) -> tuple[str, str]:
+    """docker where a daemon answers, else native; an explicit --runtime is taken as given."""
+    if requested is not None:
+        if requested not in ("docker", "native"):
+            raise OrchError(f"--runtime {requested} is not docker or native: pick one")
+        return requested, f"--runtime {requested}"
+    docker = shutil.which("docker")
+    if docker is None:
+        return "native", "no docker on PATH: running ollama and open-webui as processes"
+    try:
+        preflight.docker_daemon(docker, timeout=5)
+    except OrchError:
+        return "native", "docker is installed but its daemon does not answer: running ollama and open-webui as processes"
+    return "docker", "docker answers: running the compose stack"
+
+
+def runtime_of(directory: Path) -> str:
+    marker = directory / "runtime"
+    if not marker.is_file():
+        raise OrchError(f"no stack in {directory}: run orch up first (or pass --dir)")
+    return marker.read_text().strip()
+
+
+def up(plan: compose.StackPlan, runner: Docker | None = None, *, runtime: str = "docker", wait: float = 600, progress=None) -> dict:
     """Start the stack and return what the user needs: URLs, credentials (the first time), registrations, health."""
-    from orchestrator import health, register
+    from orchestrator import health, native, register
+    from orchestrator.state import write_text
 
     check(plan)
-    runner = runner or preflight_docker(plan)
-    written = compose.write_stack(plan)
-    runner.compose("up", "-d", "--remove-orphans")
-    services = ["open-webui"] + ([] if plan.ollama_url else ["ollama"])
-    runner.wait_healthy(services, wait, progress)
+    if runtime == "docker":
+        runner = runner or preflight_docker(plan)
+        written = compose.write_stack(plan)
+        env_path, created, changed = written.env, written.created_secrets, written.changed
+        runner.compose("up", "-d", "--remove-orphans")
+        runner.wait_healthy(["open-webui"] + ([] if plan.ollama_url else ["ollama"]), wait, progress)
+    else:
+        env_path, created, changed = native.up(plan, wait=wait, progress=progress)
+    write_text(plan.directory / "runtime", runtime + "\n")
     ollama = plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}"
     have = set()
     try:
@@ -152,19 +180,21 @@ def up(plan: compose.StackPlan, runner: Docker | None = None, *, wait: float = 6
     registered = [register.register(mf, name, ollama, progress=progress).as_dict()
                   for mf, name in built_models() if name not in have]
     report = health.probe(health.Probe(ollama, model=plan.default_model, webui=f"http://127.0.0.1:{plan.port}"))
-    env = compose.read_env(written.env)
-    return {"written": written, "registered": registered, "health": report,
-            "urls": {"chat": f"http://{'localhost' if plan.bind in ('0.0.0.0', '127.0.0.1') else plan.bind}:{plan.port}",
-                     "ollama": ollama, "openai": f"{ollama}/v1"},
-            "admin": {"email": env.get("WEBUI_ADMIN_EMAIL"),
-                      "password": env.get("WEBUI_ADMIN_PASSWORD") if written.created_secrets else None},
-            "first_start_only": [k for k in written.changed if k in compose.FIRST_START_ONLY]}
+    env = compose.read_env(env_path)
+    host = "localhost" if plan.bind in ("0.0.0.0", "127.0.0.1", "::") else plan.bind
+    return {"runtime": runtime, "env": env_path, "registered": registered, "health": report,
+            "urls": {"chat": f"http://{host}:{plan.port}", "ollama": ollama, "openai": f"{ollama}/v1"},
+            "admin": {"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if created else None},
+            "first_start_only": [k for k in changed if k in compose.FIRST_START_ONLY]}
 
 
 def ollama_url_of(directory: Path) -> str:
     """Where this host reaches the stack's Ollama: its published port, or the --ollama-url it was given."""
     import yaml
 
+    if runtime_of(directory) == "native":
+        settings = json.loads((directory / "settings.json").read_text())
+        return settings["OLLAMA_BASE_URL"]
     doc = yaml.safe_load((directory / "compose.yaml").read_text())
     ollama = doc["services"].get("ollama")
     if ollama is None:
