@@ -477,6 +477,9 @@ def up(
     except OrchError as e:
         _fail(e)
     _print_up(result, console)
+    if result["health"].failed:
+        err.print("[red]the stack is up but a health check failed[/] (see the table): orch logs, then orch health", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _print_up(result: dict, console) -> None:

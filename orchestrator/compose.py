@@ -42,6 +42,12 @@ class StackPlan:
     images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
 
     @property
+    def local_webui_url(self) -> str:
+        """Where this host reaches Open WebUI: loopback unless it is bound to one address only."""
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::", "127.0.0.1") else self.bind
+        return f"http://{host}:{self.port}"
+
+    @property
     def ollama_bind(self) -> str:
         return "0.0.0.0" if self.expose_ollama else "127.0.0.1"
 

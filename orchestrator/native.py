@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestrator import compose, paths
 from orchestrator.errors import OrchError
-from orchestrator.state import write_text
+from orchestrator.state import fingerprint, write_text
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
 WEBUI_PACKAGE = f"open-webui=={compose.WEBUI_VERSION}"
@@ -75,7 +75,7 @@ def services(plan: compose.StackPlan, webui_exe: Path, env_values: dict) -> list
     if plan.offline:
         env |= {"OFFLINE_MODE": "True", "HF_HUB_OFFLINE": "1"}
     out.append(Service("open-webui", [str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
-                       f"http://127.0.0.1:{plan.port}/health"))
+                       f"{plan.local_webui_url}/health"))
     return out
 
 
@@ -106,15 +106,19 @@ class Supervisor:
         return record if _start_time(record["pid"]) == record["start"] else None
 
     def start(self, service: Service) -> dict:
+        """Start `service` unless it already runs with the same command and settings (a changed one is restarted)."""
+        wanted = fingerprint(service.command, service.env)
         if (running := self.alive(service.name)) is not None:
-            return running
+            if running.get("settings") == wanted:
+                return running
+            self.stop(service.name)
         self.run.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{service.name}.log", "ab")
         proc = subprocess.Popen(service.command, env=os.environ | service.env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        record = {"pid": proc.pid, "start": _start_time(proc.pid), "command": service.command}
+        record = {"pid": proc.pid, "start": _start_time(proc.pid), "command": service.command, "settings": wanted}
         write_text(self.pidfile(service.name), json.dumps(record) + "\n", mode=0o600)
         return record
 

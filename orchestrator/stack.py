@@ -179,7 +179,7 @@ def up(plan: compose.StackPlan, runner: Docker | None = None, *, runtime: str = 
         pass
     registered = [register.register(mf, name, ollama, progress=progress).as_dict()
                   for mf, name in built_models() if name not in have]
-    report = health.probe(health.Probe(ollama, model=plan.default_model, webui=f"http://127.0.0.1:{plan.port}"))
+    report = health.probe(health.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = compose.read_env(env_path)
     host = "localhost" if plan.bind in ("0.0.0.0", "127.0.0.1", "::") else plan.bind
     return {"runtime": runtime, "env": env_path, "registered": registered, "health": report,

@@ -51,8 +51,11 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
     double = ollama_double()
     orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
     stack, port = tmp_path / "stack", free_port()
-    up = ["up", "--runtime", "native", "--ollama-url", double.url, "--offline", "--bind", "127.0.0.1", "--port", str(port),
-          "--model", MODEL, "--dir", str(stack), "--wait", "300"]
+    def up_args(model: str) -> list[str]:
+        return ["up", "--runtime", "native", "--ollama-url", double.url, "--offline", "--bind", "127.0.0.1", "--port", str(port),
+                "--model", model, "--dir", str(stack), "--wait", "300"]
+
+    up = up_args(MODEL)
     first = orch(*up, timeout=1400)
     env = dict(line.split("=", 1) for line in (stack / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
     assert f"Admin password (shown once, kept in {stack / '.env'}): {env['WEBUI_ADMIN_PASSWORD']}" in first.stdout
@@ -95,6 +98,12 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
             browser.close()
         assert text, "no reply reached the page"
         assert double.stats()["streamed"] > before, "the reply did not come from the double's streamed /api/chat"
+
+        orch("register", str(tiny_build), "--host", double.url, "--name", "tiny:other", "--no-check")
+        changed = orch(*up_args("tiny:other"), timeout=600)
+        assert "DEFAULT_MODELS changed, but Open WebUI reads it only on its first start" in changed.stdout
+        assert json.loads((stack / "run" / "open-webui.pid").read_text())["pid"] != pids["open-webui"], "changed settings: restarted"
+        pids["open-webui"] = json.loads((stack / "run" / "open-webui.pid").read_text())["pid"]
     finally:
         down = orch("down", "--dir", str(stack), check=False)
     assert down.returncode == 0 and "open-webui" in down.stdout
