@@ -8,7 +8,7 @@ the whole process tree, sampled every 20 ms) of, side by side in one run:
   (b) llama.cpp's converter with only its crash fixed, then its quantizer: no NormHead (a wrong model, the floor)
   (c) the Baichuan2 README recipe: load the whole checkpoint, normalise lm_head, save it, then (b)'s convert and quantize
 
-and writes benchmarks/RESULTS.md. Run: pip install -e '.[bench]' && python benchmarks/build_benchmark.py
+and writes its section of benchmarks/RESULTS.md. Run: python benchmarks/build_benchmark.py
 """
 
 from __future__ import annotations
