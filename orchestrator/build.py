@@ -88,7 +88,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     derived = [a for a in plan.artifacts if plan.output / a.gguf != base]
     # the intermediate is deleted once every type is quantized; it is needed again only if one is missing
     base_needed = not all(_is_done(state, f"quantize:{a.quant}", quantize_fp(a), [plan.output / a.gguf]) for a in derived)
-    # hashing the sources for build.json reads them once more; on a second core it costs no wall time
+    # build.json's source hashes read the files once more: on another core, beside the conversion
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
         hashing = pool.submit(_stage, state, run, "hash", sources_fp, lambda: _hash_sources(ckpt, fetched, ui, stop))
@@ -205,6 +205,7 @@ def _hash_sources(ckpt, fetched, ui: Ui, stop: threading.Event) -> dict:
     names = ckpt.needed_files()
     total = sum((ckpt.path / n).stat().st_size for n in names)
     task = ui.progress.add_task("hash source files", total=total) if ui.progress else None
+
     def advance(n: int) -> None:
         if stop.is_set():
             raise _Stopped

@@ -153,9 +153,7 @@ def _print_summary(the_plan, record: dict) -> None:
     if record.get("resumed_stages"):
         console.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")
     for r in record.get("registration", []):
-        colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r["status"]]
-        console.print(f"[{colour}]{r['status']}[/] {r['name']}: {r['message']}", soft_wrap=True)
-        console.print(f"  the same by hand: {r['command']}", soft_wrap=True)
+        _print_registration(console, r)
     if "registration" not in record:
         for a in record["artifacts"]:
             console.print(f"Register later: ollama create {a['ollama_name']} -f {the_plan.output / a['modelfile']}", soft_wrap=True)
@@ -225,11 +223,15 @@ def register_cmd(
     else:
         console = _console()
         for r in results:
-            colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r.status]
-            console.print(f"[{colour}]{r.status}[/] {r.name}: {r.message}", soft_wrap=True)
-            console.print(f"  the same by hand: {r.command}", soft_wrap=True)
+            _print_registration(console, r.as_dict())
     if any(r.status != "registered" for r in results):
         raise typer.Exit(1)
+
+
+def _print_registration(console, r: dict) -> None:
+    colour = {"registered": "green", "skipped": "yellow", "failed": "red"}[r["status"]]
+    console.print(f"[{colour}]{r['status']}[/] {r['name']}: {r['message']}", soft_wrap=True)
+    console.print(f"  the same by hand: {r['command']}", soft_wrap=True)
 
 
 def _register_jobs(target: Path, name: Optional[str]) -> list:
@@ -335,11 +337,12 @@ def _watch(spec, h, *, as_json: bool, interval: float, failures: int, metrics_po
                     console.print(f"[bold]{_time.strftime('%H:%M:%S')} {event}[/]")
             if report is not None:
                 if metrics is not None:
-                    metrics.update(report)
+                    metrics.update(report, watcher.availability())
                 if as_json:
-                    print(json.dumps(report.as_dict() | {"time": report.started_at}, ensure_ascii=False), flush=True)
+                    print(json.dumps(report.as_dict() | {"time": report.started_at, "availability": round(watcher.availability(), 3)},
+                                     ensure_ascii=False), flush=True)
                 else:
-                    console.print(_one_line(report))
+                    console.print(_one_line(report) + f"  [dim]{watcher.availability():.0%} ok over the last {len(watcher.history)}[/]")
             _time.sleep(watcher.next_delay(interval))
     except KeyboardInterrupt:
         pass
@@ -484,7 +487,7 @@ def up(
 
 def _print_up(result: dict, console) -> None:
     for r in result["registered"]:
-        console.print(f"{r['status']} {r['name']}: {r['message']}", soft_wrap=True)
+        _print_registration(console, r)
     _show_report(result["health"], as_json=False)
     for key in result["first_start_only"]:
         console.print(f"[yellow]note:[/] {key} changed, but Open WebUI reads it only on its first start: "
@@ -593,12 +596,12 @@ def logs(
             args = ["logs", "--tail", "200"] + (["--follow"] if follow else []) + ([service] if service else [])
             _stack_runner(d).compose(*args, capture=False)
             return
-        names = [service] if service else ["ollama", "open-webui"]
-        native.print_logs(d, names, follow=follow)
+        native.print_logs(d, [service] if service else None, follow=follow)
     except OrchError as e:
         _fail(e)
     except KeyboardInterrupt:
         pass
+
 
 def main() -> None:
     try:

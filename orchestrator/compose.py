@@ -25,7 +25,7 @@ WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
 ADMIN_EMAIL = "admin@orch.local"
 SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
 # read by Open WebUI only on its first start (it then keeps them in its database)
-FIRST_START_ONLY = ("WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD", "DEFAULT_MODELS", "ENABLE_SIGNUP")
+FIRST_START_ONLY = ("DEFAULT_MODELS", "ENABLE_SIGNUP", "ENABLE_OPENAI_API")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def write_stack(plan: StackPlan) -> WrittenStack:
     created = write_env(env_path)
     old_doc = yaml.safe_load(compose_path.read_text()) if compose_path.is_file() else None
     doc = render(plan)
-    changed = _changed_settings(old_doc, doc) if old_doc else []
+    changed = changed_settings(webui_environment(old_doc), webui_environment(doc)) if old_doc else []
     text = "# rendered by orch up; the template is compose/compose.yaml in orch\n" + yaml.safe_dump(doc, sort_keys=False)
     if not compose_path.is_file() or compose_path.read_text() != text:
         from orchestrator.state import write_text
@@ -162,12 +162,13 @@ def write_env(env_path: Path) -> bool:
     return "WEBUI_ADMIN_PASSWORD" not in old
 
 
-def _changed_settings(old: dict, new: dict) -> list[str]:
-    """Open WebUI environment settings a re-render changed."""
-    def env(doc):
-        return ((doc.get("services") or {}).get("open-webui") or {}).get("environment") or {}
+def webui_environment(doc: dict) -> dict:
+    """Open WebUI's settings in a rendered document (the secrets stay in .env)."""
+    return ((doc.get("services") or {}).get("open-webui") or {}).get("environment") or {}
 
-    before, after = env(old), env(new)
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """Names of the settings whose values differ between two starts."""
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 

@@ -184,42 +184,36 @@ def _stream(http, path: str, body: dict, piece, timeout: float):
     import httpx
 
     t = time.monotonic()
-    deadline = t + timeout
+    text, final, ttft = "", None, None
     try:
-        return _read_stream(http, path, body, piece, timeout, t, deadline)
+        with http.stream("POST", path, json=body) as r:
+            if r.status_code != 200:
+                r.read()
+                raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
+            if "html" in r.headers.get("content-type", ""):
+                raise ProbeError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
+            for line in r.iter_lines():
+                if time.monotonic() > t + timeout:
+                    raise ProbeError(f"{path} did not finish within {timeout:g} s")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise ProbeError(f"{path} sent a malformed JSON line: {line[:60]!r}") from None
+                if not isinstance(obj, dict):
+                    raise ProbeError(f"{path} sent a JSON line that is not an object: {line[:60]!r}")
+                if obj.get("error"):
+                    raise ProbeError(f"{path} reported an error mid-stream: {str(obj['error'])[:200]}")
+                chunk = piece(obj)
+                if chunk and ttft is None:
+                    ttft = time.monotonic() - t
+                text += chunk or ""
+                if obj.get("done"):
+                    final = obj
+                    break
     except httpx.ReadTimeout:
         raise ProbeError(f"{path}: no token within {timeout:g} s") from None
-
-
-def _read_stream(http, path: str, body: dict, piece, timeout: float, t: float, deadline: float):
-    text, final, ttft = "", None, None
-    with http.stream("POST", path, json=body) as r:
-        if r.status_code != 200:
-            r.read()
-            raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
-        ctype = r.headers.get("content-type", "")
-        if "html" in ctype:
-            raise ProbeError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
-        for line in r.iter_lines():
-            if time.monotonic() > deadline:
-                raise ProbeError(f"{path} did not finish within {timeout:g} s")
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise ProbeError(f"{path} sent a malformed JSON line: {line[:60]!r}") from None
-            if not isinstance(obj, dict):
-                raise ProbeError(f"{path} sent a JSON line that is not an object: {line[:60]!r}")
-            if obj.get("error"):
-                raise ProbeError(f"{path} reported an error mid-stream: {str(obj['error'])[:200]}")
-            chunk = piece(obj)
-            if chunk and ttft is None:
-                ttft = time.monotonic() - t
-            text += chunk or ""
-            if obj.get("done"):
-                final = obj
-                break
     if final is None:
         raise ProbeError(f"{path} stream ended before its final done line (after {len(text)} characters)")
     return text, final, ttft
@@ -367,6 +361,10 @@ class Watch:
             self.down_since = None
         return Report(report.host, report.model, judged, report.started_at, report.seconds), events
 
+    def availability(self) -> float:
+        """Share of the probes in the rolling window in which no check failed."""
+        return sum(not r.failed for r in self.history) / len(self.history) if self.history else 1.0
+
     def next_delay(self, interval: float, max_backoff: float = 60.0) -> float:
         """The interval, doubled for each probe in a row the server was down, up to `max_backoff`."""
         down = self.streak.get("server", 0)
@@ -386,12 +384,15 @@ class Metrics:
         self.tps = Gauge("orch_health_tokens_per_second", "Generation speed from eval_count/eval_duration", ["check"],
                          registry=self.registry)
         self.up = Gauge("orch_health_up", "1 when no check failed", registry=self.registry)
+        self.availability = Gauge("orch_health_availability_ratio", "Share of recent probes without a failed check",
+                                  registry=self.registry)
         self.probes = Counter("orch_health_probes", "Probes run", registry=self.registry)
         self.server, self.thread = start_http_server(port, addr=bind, registry=self.registry)
 
-    def update(self, report: Report) -> None:
+    def update(self, report: Report, availability: float) -> None:
         self.probes.inc()
         self.up.set(0 if report.failed else 1)
+        self.availability.set(availability)
         for c in report.checks:
             self.status.labels(c.name).set(STATUS_VALUE[c.status])
             if c.latency_ms is not None:

@@ -61,19 +61,16 @@ class Service:
     health_url: str
 
 
-def services(plan: compose.StackPlan, webui_exe: Path, env_values: dict) -> list[Service]:
-    """The processes for `plan`: the same settings the compose file gives the containers."""
+def services(plan: compose.StackPlan, webui_exe: Path, secrets: dict) -> list[Service]:
+    """The processes for `plan`, with the environment the compose template gives the containers."""
     out = []
     if plan.ollama_url is None:
-        out.append(Service("ollama", [shutil.which("ollama") or "ollama", "serve"], {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}",
-                                                        "OLLAMA_KEEP_ALIVE": "30m"}, f"http://127.0.0.1:{plan.ollama_port}/api/version"))
-    ollama_url = plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}"
-    env = {"DATA_DIR": str(plan.directory / "open-webui-data"), "OLLAMA_BASE_URL": ollama_url, "WEBUI_AUTH": "True",
-           "ENABLE_SIGNUP": "False", "ENABLE_OPENAI_API": "False", **env_values}
-    if plan.default_model:
-        env["DEFAULT_MODELS"] = plan.default_model
-    if plan.offline:
-        env |= {"OFFLINE_MODE": "True", "HF_HUB_OFFLINE": "1"}
+        env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
+        out.append(Service("ollama", [shutil.which("ollama") or "ollama", "serve"], env,
+                           f"http://127.0.0.1:{plan.ollama_port}/api/version"))
+    env = compose.webui_environment(compose.render(plan)) | secrets | {
+        "OLLAMA_BASE_URL": plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}",  # this host's view, not a container's
+        "DATA_DIR": str(plan.directory / "open-webui-data")}
     out.append(Service("open-webui", [str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
                        f"{plan.local_webui_url}/health"))
     return out
@@ -215,7 +212,7 @@ def up(plan: compose.StackPlan, *, wait: float = 600, progress=None) -> tuple[Pa
     settings_path = plan.directory / "settings.json"
     settings = {k: v for k, v in started[-1].env.items() if k not in compose.SECRET_KEYS}
     old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
-    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    changed = compose.changed_settings(old, settings)
     write_text(settings_path, json.dumps(settings, indent=2) + "\n")
     for service in started:
         supervisor.start(service)
@@ -228,9 +225,10 @@ def down(directory: Path) -> list[str]:
     return [name for name in ("open-webui", "ollama") if supervisor.stop(name)]
 
 
-def print_logs(directory: Path, names: list[str], follow: bool = False) -> None:
-    """The last lines of each service's log; with follow, new lines as they come (Ctrl-C stops)."""
+def print_logs(directory: Path, names: list[str] | None = None, follow: bool = False) -> None:
+    """The last lines of each service's log (all that have one by default); with follow, new lines as they come."""
     supervisor = Supervisor(directory)
+    names = names or [n for n in ("ollama", "open-webui") if (supervisor.logs / f"{n}.log").is_file()]
     for name in names:
         if not (supervisor.logs / f"{name}.log").is_file():
             raise OrchError(f"no log for {name} in {supervisor.logs}: services are ollama and open-webui")

@@ -29,7 +29,7 @@ def docker_daemon(docker: str, timeout: float = 15.0) -> dict:
         raise OrchError(f"the Docker daemon did not answer within {timeout:g} s: check it with docker info") from None
     out = proc.stdout.strip()
     if proc.returncode != 0 or not out or out.startswith("|"):
-        why = _first_line(proc.stderr) or "no answer"
+        why = first_line(proc.stderr) or "no answer"
         raise OrchError(f"the Docker daemon is not reachable ({why}): start it (sudo systemctl start docker) "
                         "or add your user to the docker group")
     version, _, root = out.partition("|")
@@ -65,6 +65,6 @@ def disk(path: Path, need: int = MIN_FREE_BYTES) -> None:
                         "(images and models): free some space")
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[0][:200] if lines else ""

@@ -135,17 +135,17 @@ def upload_blob(url: str, gguf: Path, digest: str, *, progress=None, timeout: fl
             try:
                 r = http.post(blob, content=_read_chunks(gguf, progress, task), headers={"Content-Length": str(size)})
             except httpx.TransportError as e:
-                if attempt == UPLOAD_ATTEMPTS:
-                    raise OrchError(f"uploading {gguf.name} failed {attempt} times ({type(e).__name__}): "
-                                    "check the connection to the server and run orch register again") from None
+                last = type(e).__name__
+            else:
+                if r.status_code in (200, 201):
+                    return True
+                if r.status_code < 500:
+                    raise OrchError(f"the server refused the upload of {gguf.name} (HTTP {r.status_code}: {_body_error(r)})")
+                last = f"HTTP {r.status_code}: {_body_error(r)}"
+            if attempt < UPLOAD_ATTEMPTS:
                 time.sleep(attempt)
-                continue
-            if r.status_code in (200, 201):
-                return True
-            if r.status_code < 500 or attempt == UPLOAD_ATTEMPTS:
-                raise OrchError(f"the server refused the upload of {gguf.name} (HTTP {r.status_code}: {_body_error(r)})")
-            time.sleep(attempt)
-    return True
+    raise OrchError(f"uploading {gguf.name} failed {UPLOAD_ATTEMPTS} times (last: {last}): "
+                    "check the connection to the server and run orch register again")
 
 
 def confirm_registration(client, name: str, mf) -> dict:

@@ -1,4 +1,7 @@
-"""`orch up / down / status / logs` on Docker: the rendered stack run through `docker compose`."""
+"""`orch up`: choose the runtime, start the stack (docker compose, or native.py's processes), then register and probe.
+
+Also the Docker side of `down`, `status` and `logs`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import compose, paths, preflight
@@ -59,14 +62,13 @@ class Docker:
 
     docker: str
     directory: Path
-    log: list = field(default_factory=list)
 
     def compose(self, *args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [self.docker, "compose", "--project-name", PROJECT, "--project-directory", str(self.directory),
                "-f", str(self.directory / "compose.yaml"), *args]
         proc = subprocess.run(cmd, capture_output=capture, text=True, stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
-            why = preflight._first_line(proc.stderr or "") if capture else f"exit {proc.returncode}"
+            why = preflight.first_line(proc.stderr or "") if capture else f"exit {proc.returncode}"
             raise OrchError(f"docker compose {args[0]} failed ({why}): see docker compose logs in {self.directory}")
         return proc
 
@@ -74,9 +76,8 @@ class Docker:
         proc = self.compose("ps", "--format", "json", check=False)
         if proc.returncode != 0 or not proc.stdout.strip():
             return []
-        text = proc.stdout.strip()
-        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-        return rows
+        text = proc.stdout.strip()  # one JSON array, or one object a line, depending on the compose version
+        return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def wait_healthy(self, services: list[str], timeout: float, progress=None) -> None:
         task = progress.add_task("waiting for the stack", total=None) if progress is not None else None
@@ -170,20 +171,18 @@ def up(plan: compose.StackPlan, runner: Docker | None = None, *, runtime: str = 
         env_path, created, changed = native.up(plan, wait=wait, progress=progress)
     write_text(plan.directory / "runtime", runtime + "\n")
     ollama = plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}"
-    have = set()
-    try:
-        import httpx
+    import httpx
 
+    try:
         have = {m["name"] for m in httpx.get(f"{ollama}/api/tags", timeout=10).json().get("models", [])}
-    except Exception:  # noqa: BLE001  registration below reports an unreachable server in its own words
-        pass
+    except (httpx.HTTPError, ValueError, KeyError, AttributeError):
+        have = set()  # registration below reports an unreachable server in its own words
     registered = [register.register(mf, name, ollama, progress=progress).as_dict()
                   for mf, name in built_models() if name not in have]
     report = health.probe(health.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = compose.read_env(env_path)
-    host = "localhost" if plan.bind in ("0.0.0.0", "127.0.0.1", "::") else plan.bind
     return {"runtime": runtime, "env": env_path, "registered": registered, "health": report,
-            "urls": {"chat": f"http://{host}:{plan.port}", "ollama": ollama, "openai": f"{ollama}/v1"},
+            "urls": {"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
             "admin": {"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if created else None},
             "first_start_only": [k for k in changed if k in compose.FIRST_START_ONLY]}
 

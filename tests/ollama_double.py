@@ -232,6 +232,7 @@ class Handler(BaseHTTPRequestHandler):
                            for v in (vs if isinstance(vs, list) else [vs]))
         self.send(200, {"modelfile": f"FROM {m['digest']}\n", "parameters": params, "template": m.get("template") or "{{ .Prompt }}",
                         "system": m.get("system") or "", "license": "\n".join(m.get("license") or []),
+                        "messages": m.get("messages") or [],
                         "details": self.describe(name)["details"], "model_info": {"general.architecture": m["architecture"]},
                         "modified_at": m["modified_at"]})
 

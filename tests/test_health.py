@@ -159,6 +159,7 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
         assert 'orch_health_check_status{check="generate"} 0.0' in metrics
         assert re.search(r'orch_health_tokens_per_second\{check="generate"\} [1-9]', metrics)
         assert re.search(r'orch_health_time_to_first_token_seconds\{check="generate"\} \d', metrics)
+        assert "orch_health_availability_ratio 1.0" in metrics
 
         double.stop()
         outage = read_until(lambda r: "event" in r)
@@ -167,7 +168,9 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
         assert check(first, "server")["status"] == "degraded" and "failing (1 of 2" in check(first, "server")["reason"]
         counted = read_until(lambda r: "checks" in r)
         assert check(counted, "server")["status"] == "fail" and counted["ok"] is False
-        assert 'orch_health_up 0.0' in httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
+        metrics = httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
+        assert "orch_health_up 0.0" in metrics and "orch_health_availability_ratio 1.0" not in metrics
+        assert counted["availability"] < 1
 
         double.start()  # the same port and store: the server comes back with its models
         recovered = read_until(lambda r: "event" in r, timeout=90)
@@ -213,3 +216,22 @@ def test_open_webui_health_is_checked_when_a_url_is_given(served, webui_stub):
     answers.update(body=b"<html>502 Bad Gateway</html>", type="text/html")
     proc, report, _ = health(double.url, "--model", MODEL, "--webui", url)
     assert proc.returncode == 1 and "not JSON" in check(report, "webui")["reason"]
+
+
+def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
+    from orchestrator.health import FAIL, OK, Check, Report, Watch
+
+    def report(server: str) -> Report:
+        return Report("http://x", None, [Check("server", server, "")], time.monotonic(), 0.0)
+
+    watch = Watch(failures=2, history=4)
+    watch.observe(report(OK))
+    assert watch.next_delay(5) == 5
+    delays = []
+    for _ in range(6):
+        watch.observe(report(FAIL))
+        delays.append(watch.next_delay(5, max_backoff=60))
+    assert delays == [5, 10, 20, 40, 60, 60]
+    assert watch.availability() == 0.0, "only the last 4 probes count, all failed"
+    watch.observe(report(OK))
+    assert watch.next_delay(5) == 5 and watch.availability() == 0.25

@@ -107,6 +107,7 @@ def test_a_modelfile_registers_as_written_under_a_new_name(ollama_double, tiny_b
     assert proc.stdout.startswith("registered edited:v1")
     shown = double.post("/api/show", {"model": "edited:v1"}).json()
     assert shown["system"] == "你是一个乐于助人的助手。" and "top_k 7" in shown["parameters"]
+    assert shown["messages"] == [{"role": "user", "content": 'hello "there"'}]
 
 
 def test_modelfile_parser_reads_what_ollama_reads(tmp_path):

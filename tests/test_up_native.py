@@ -68,6 +68,7 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         assert "Admin password" not in again.stdout
         assert json.loads((stack / "run" / "open-webui.pid").read_text())["pid"] == pids["open-webui"]
         assert re.search(r"open-webui: running, pid \d+", orch("status", "--dir", str(stack)).stdout)
+        assert "== open-webui ==" in orch("logs", "--dir", str(stack)).stdout  # no ollama was started: only its log is shown
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
