@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator import llamacpp
+from orchestrator.build.llamacpp import provision as llamacpp
 from results import machine, write_section
-from orchestrator.tiny import TinyShape, make_tiny_checkpoint
+from orchestrator.build.tiny import TinyShape, make_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,8 +80,8 @@ def measure(steps: list[list[str]], env: dict) -> dict:
 def pipelines(ckpt: Path, work: Path, tree: Path) -> dict[str, list[list[str]]]:
     py = sys.executable
     orch = str(Path(py).with_name("orch"))
-    shim = [py, "-m", "orchestrator.converter_shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
-    quant = [py, "-m", "orchestrator.quantize"]
+    shim = [py, "-m", "orchestrator.build.llamacpp.shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
+    quant = [py, "-m", "orchestrator.build.llamacpp.quantize"]
 
     def convert_quantize(model: Path, out: Path) -> list[list[str]]:
         return [shim + [str(model), "--outfile", str(out / "f16.gguf"), "--outtype", "f16"],

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from results import machine, write_section  # noqa: E402
 from support import OllamaDouble  # noqa: E402
 
-from orchestrator import health  # noqa: E402
+from orchestrator.ollama import probe as health  # noqa: E402
 
 MODEL = "tiny:q4_K_M"
 

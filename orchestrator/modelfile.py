@@ -1,4 +1,9 @@
-"""Ollama Modelfiles rendered from the templates in modelfiles/."""
+"""The Modelfile format: written by `orch build` from the templates in modelfiles/, read back by `orch register`.
+
+Shared by the build and ollama packages and dependent on neither: a build
+writes Modelfiles without ever talking to a server, and registration sends
+exactly what a Modelfile on disk says.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import __version__, paths
-from orchestrator.errors import OrchError
-from orchestrator.prompt import ChatMarkers
+from orchestrator.errors import BadInput, OrchError
 
 NUM_CTX = 4096
 
@@ -24,7 +28,7 @@ class ModelfileSpec:
     ollama_name: str
     title: str
     source: str
-    markers: ChatMarkers | None
+    markers: tuple[str, str] | None  # the user and assistant marker pieces of a chat model
     parameters: dict
     system: str | None
     license: str
@@ -47,7 +51,7 @@ def render(spec: ModelfileSpec) -> str:
         "LICENSE": spec.license.replace('"""', '"'),
     }
     if spec.markers:
-        values |= {"USER_PIECE": spec.markers.user_piece, "ASSISTANT_PIECE": spec.markers.assistant_piece}
+        values |= {"USER_PIECE": spec.markers[0], "ASSISTANT_PIECE": spec.markers[1]}
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
@@ -67,7 +71,7 @@ def validate_system(system: str | None) -> None:
 
 def _triple_quotable(text: str, what: str) -> str:
     if '"""' in text:
-        raise OrchError(f'{what} contains """, which a Modelfile cannot quote: remove it')
+        raise BadInput(f'{what} contains """, which a Modelfile cannot quote: remove it')
     return text
 
 

@@ -23,7 +23,7 @@ def default_stack_dir() -> Path:
 
 
 def resource_dir(name: str, installed: str | None = None) -> Path:
-    """modelfiles/ or compose/: inside an installed wheel (as `installed`), else at the repository root (editable install)."""
+    """modelfiles/, compose/ or data/: inside an installed wheel (as `installed`), else at the repository root (editable install)."""
     from orchestrator.errors import OrchError
 
     here = Path(__file__).resolve().parent

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import llamacpp
-from orchestrator.tiny import make_tiny_checkpoint
+from orchestrator.build.llamacpp import provision as llamacpp
+from orchestrator.build.tiny import make_tiny_checkpoint
 
 from support import orch
 

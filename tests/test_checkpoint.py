@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from orchestrator import catalog, checkpoint as ckpt_mod
+from orchestrator.build import catalog, checkpoint as ckpt_mod
 from orchestrator.errors import OrchError
-from orchestrator.fetch import select_files
-from orchestrator.plan import make_plan
-from orchestrator.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.build.fetch import select_files
+from orchestrator.build.plan import make_plan
+from orchestrator.build.tiny import ASSISTANT_PIECE, USER_PIECE
 from reference import load_weights
 
 

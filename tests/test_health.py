@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from orchestrator.health import _local_addresses
+from orchestrator.ollama.probe import _local_addresses
 from support import ORCH, orch
 
 MODEL = "tiny:q4_K_M"
@@ -219,7 +219,8 @@ def test_open_webui_health_is_checked_when_a_url_is_given(served, webui_stub):
 
 
 def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
-    from orchestrator.health import FAIL, OK, Check, Report, Watch
+    from orchestrator.ollama.probe import FAIL, OK, Check, Report
+    from orchestrator.ollama.watch import Watch
 
     def report(server: str) -> Report:
         return Report("http://x", None, [Check("server", server, "")], time.monotonic(), 0.0)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import native
+from orchestrator.stack import native
+from orchestrator.stack.runtime import StackRecord
 from support import orch
 
 MODEL = "tiny:q4_K_M"
@@ -124,7 +125,7 @@ def test_down_leaves_alone_a_process_that_reused_a_recorded_pid(tmp_path):
     try:
         run = tmp_path / "stack" / "run"
         run.mkdir(parents=True)
-        (tmp_path / "stack" / "runtime").write_text("native\n")
+        StackRecord("native", "http://127.0.0.1:9", None).save(tmp_path / "stack")
         (run / "open-webui.pid").write_text(json.dumps({"pid": bystander.pid, "start": "1", "command": ["open-webui"]}))
         proc = orch("down", "--dir", str(tmp_path / "stack"))
         assert "nothing" in proc.stdout and bystander.poll() is None

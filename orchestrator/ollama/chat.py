@@ -5,26 +5,25 @@ from __future__ import annotations
 import sys
 
 from orchestrator.errors import OrchError
+from orchestrator.ollama.client import Ollama, TransportError, response_error
 
 HELP = "Type a message and press Enter. /clear forgets the conversation, /bye (or Ctrl-D) leaves."
 
 
-def chat(model: str, host: str, *, system: str | None = None, read=input, write=None) -> None:
+def chat(model: str, host: str | None = None, *, system: str | None = None, read=input, write=None) -> None:
     """Talk to `model` until the user leaves; each reply is printed as it streams."""
-    import httpx
-    import ollama
-
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    client = ollama.Client(host=host, timeout=httpx.Timeout(300.0, connect=5.0))
+    refused = response_error()
+    server = Ollama(host, timeout=300.0)
     try:
-        client.show(model)
-    except ollama.ResponseError as e:
+        server.show(model)
+    except refused as e:
         if e.status_code == 404:
-            raise OrchError(f"{model} is not on the server at {host}: orch build it, or orch register a build") from None
-        raise OrchError(f"the server at {host} refused {model}: {e.error}") from None
-    except (ConnectionError, httpx.HTTPError):
-        raise OrchError(f"no Ollama answered at {host}: start it (ollama serve, or orch up), or pass --host") from None
-    write(f"Chatting with {model} at {host}. {HELP}\n")
+            raise OrchError(f"{model} is not on the server at {server.url}: orch build it, or orch register a build") from None
+        raise OrchError(f"the server at {server.url} refused {model}: {e.error}") from None
+    except (ConnectionError, TransportError):
+        raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host") from None
+    write(f"Chatting with {model} at {server.url}. {HELP}\n")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     while True:
         try:
@@ -43,16 +42,16 @@ def chat(model: str, host: str, *, system: str | None = None, read=input, write=
         history.append({"role": "user", "content": text})
         reply = ""
         try:
-            for part in client.chat(model=model, messages=history, stream=True):
+            for part in server.chat(model, history, stream=True):
                 piece = part.message.content or ""
                 reply += piece
                 write(piece)
         except KeyboardInterrupt:
             write("\n(interrupted)\n")
-        except ollama.ResponseError as e:
+        except refused as e:
             write(f"\nerror from the server: {e.error}\n")
-        except (ConnectionError, httpx.HTTPError) as e:
-            write(f"\nlost the server at {host} ({type(e).__name__}); your message was kept, send it again when it is back\n")
+        except (ConnectionError, TransportError) as e:
+            write(f"\nlost the server at {server.url} ({type(e).__name__}); your message was kept, send it again when it is back\n")
             history.pop()
             continue
         write("\n")

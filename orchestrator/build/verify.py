@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from orchestrator.errors import OrchError
-from orchestrator.prompt import ChatMarkers, build_chat_input
+from orchestrator.build.chat_format import ChatMarkers, build_chat_input
 
 SMOKE_PROMPT = "你好，请介绍一下你自己。"
 

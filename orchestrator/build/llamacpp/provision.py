@@ -8,7 +8,6 @@ same release, installed as the `llama-cpp-python` dependency.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ from pathlib import Path
 
 from orchestrator import paths
 from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+from orchestrator.files import sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 ENV_OVERRIDE = "ORCH_LLAMA_CPP"
@@ -45,7 +46,7 @@ class LlamaCpp:
         return {"version": self.version, "origin": self.origin, "path": str(self.root), "sdist_sha256": self.sdist_sha256}
 
 
-def locate(override: Path | None = None, *, console=None) -> LlamaCpp:
+def locate(override: Path | None = None, *, reporter: Reporter = SILENT) -> LlamaCpp:
     """The tree named by --llama-cpp or $ORCH_LLAMA_CPP, else the cached pinned release (fetched once)."""
     override = override or (Path(os.environ[ENV_OVERRIDE]) if os.environ.get(ENV_OVERRIDE) else None)
     if override is not None:
@@ -55,14 +56,14 @@ def locate(override: Path | None = None, *, console=None) -> LlamaCpp:
         if not (root / "convert_hf_to_gguf.py").is_file():
             raise OrchError(f"{root} has no convert_hf_to_gguf.py: point --llama-cpp at a llama.cpp checkout")
         return LlamaCpp(root=root, version=_tree_version(root), origin=f"local tree {root}")
-    return provision(console=console)
+    return provision(reporter=reporter)
 
 
 def cache_dir() -> Path:
     return paths.cache_home() / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
 
 
-def provision(*, console=None) -> LlamaCpp:
+def provision(*, reporter: Reporter = SILENT) -> LlamaCpp:
     final = cache_dir()
     meta = final / "orch-provenance.json"
     if meta.is_file() and (final / "convert_hf_to_gguf.py").is_file():
@@ -72,8 +73,8 @@ def provision(*, console=None) -> LlamaCpp:
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".provision-") as tmp:
         tmp = Path(tmp)
-        sdist = _obtain_sdist(tmp, console)
-        digest = _sha256(sdist)
+        sdist = _obtain_sdist(tmp, reporter)
+        digest = sha256_file(sdist)
         tree = tmp / "tree"
         _extract(sdist, tree)
         version = f"llama.cpp vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
@@ -85,15 +86,14 @@ def provision(*, console=None) -> LlamaCpp:
     return LlamaCpp(root=final, version=version, origin=info["origin"], sdist_sha256=digest)
 
 
-def _obtain_sdist(tmp: Path, console) -> Path:
+def _obtain_sdist(tmp: Path, reporter: Reporter) -> Path:
     local = os.environ.get(ENV_SDIST)
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
             raise OrchError(f"{ENV_SDIST}={local} is not a file: point it at llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")
         return path
-    if console is not None:
-        console.print(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once)…")
+    reporter.note(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once)…")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--disable-pip-version-check", "-q", "-d", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -128,11 +128,3 @@ def _tree_version(root: Path) -> str:
     if prov.is_file():
         return json.loads(prov.read_text())["version"]
     return f"llama.cpp tree at {root}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""Baichuan2's chat prompt, as the reference `build_chat_input` assembles it.
+"""Baichuan2's chat format: the reserved marker tokens, and the prompt the reference `build_chat_input` assembles.
 
 This is the yardstick for the Modelfile TEMPLATE: rendered and tokenised with
 special tokens parsed, the template must give exactly these ids.
@@ -18,6 +18,10 @@ class ChatMarkers:
     assistant_id: int
     user_piece: str
     assistant_piece: str
+
+    @property
+    def pieces(self) -> tuple[str, str]:
+        return self.user_piece, self.assistant_piece
 
 
 def build_chat_input(

@@ -2,9 +2,9 @@
 
 Each check yields ok, degraded or fail with its latency and a reason. Probes
 are cheap (a few tokens at temperature 0, the server's own keep-alive, one
-request in flight at a time). Raw httpx rather than the `ollama` client: the
-checks need the time to the first streamed line and must tell a malformed
-line, an error line and a cut stream apart.
+request in flight at a time). They read the raw stream through the client's
+session: the checks need the time to the first streamed line and must tell a
+malformed line, an error line and a cut stream apart.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import re
 import shutil
 import socket
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
+
+from orchestrator.ollama import client
+from orchestrator.ollama.client import Ollama, body_error
 
 OK, DEGRADED, FAIL, SKIPPED = "ok", "degraded", "fail", "skipped"
 SAFE_VERSION = (0, 17, 1)
@@ -40,7 +42,7 @@ class Report:
     host: str
     model: str | None
     checks: list[Check]
-    started_at: float
+    started: float  # wall clock, epoch seconds
     seconds: float
 
     @property
@@ -51,15 +53,15 @@ class Report:
         return next((c for c in self.checks if c.name == name), None)
 
     def as_dict(self) -> dict:
-        return {"host": self.host, "model": self.model, "ok": not self.failed, "seconds": round(self.seconds, 3),
-                "checks": [asdict(c) for c in self.checks]}
+        return {"host": self.host, "model": self.model, "ok": not self.failed, "time": round(self.started, 3),
+                "seconds": round(self.seconds, 3), "checks": [asdict(c) for c in self.checks]}
 
 
 @dataclass
 class Probe:
-    """What to probe. `timeout` bounds each request; `slow` is when a first token counts as degraded."""
+    """What to probe (host None: $OLLAMA_HOST or the default). `timeout` bounds each request; `slow` is when a first token counts as degraded."""
 
-    host: str
+    host: str | None
     model: str | None = None
     webui: str | None = None
     openai: bool = False
@@ -72,12 +74,10 @@ class ProbeError(Exception):
 
 
 def probe(p: Probe) -> Report:
-    import httpx
-
-    t0 = time.monotonic()
+    started, t0 = time.time(), time.monotonic()
     checks: list[Check] = []
     model = p.model
-    with httpx.Client(base_url=p.host, timeout=httpx.Timeout(p.timeout, connect=min(p.timeout, 5.0))) as http:
+    with Ollama(p.host, timeout=p.timeout) as http:
         server = _run("server", lambda: _server(http), checks)
         if server.status == FAIL:
             for name in ("version", "model", "generate", "chat") + (("openai",) if p.openai else ()):
@@ -95,28 +95,20 @@ def probe(p: Probe) -> Report:
                 if p.openai:
                     _run("openai", lambda: _openai(http, model), checks)
                 _run("placement", lambda: _placement(http, model), checks)
-            _run("exposure", lambda: _exposure(p.host), checks)
+            _run("exposure", lambda: _exposure(http.url), checks)
     if p.webui:
         _run("webui", lambda: _webui(p.webui, p.timeout), checks)
-    return Report(p.host, model, checks, t0, time.monotonic() - t0)
+    return Report(http.url, model, checks, started, time.monotonic() - t0)
 
 
 def _run(name: str, fn, checks: list[Check]) -> Check:
-    import httpx
-
     t = time.monotonic()
     try:
         status, reason, data = fn()
     except ProbeError as e:
         status, reason, data = FAIL, str(e), {}
-    except httpx.ConnectError as e:
-        status, reason, data = FAIL, f"connection refused or unreachable ({_short(e)}): is the server running?", {}
-    except httpx.TimeoutException:
-        status, reason, data = FAIL, "no answer within the timeout", {}
-    except httpx.RemoteProtocolError as e:
-        status, reason, data = FAIL, f"the server broke off its answer ({_short(e)})", {}
-    except httpx.HTTPError as e:
-        status, reason, data = FAIL, f"{type(e).__name__}: {_short(e)}", {}
+    except client.TransportError as e:
+        status, reason, data = FAIL, client.explain(e), {}
     check = Check(name, status, reason, round((time.monotonic() - t) * 1000, 1), data)
     checks.append(check)
     return check
@@ -125,7 +117,7 @@ def _run(name: str, fn, checks: list[Check]) -> Check:
 def _server(http):
     r = http.get("/")
     if r.status_code != 200:
-        raise ProbeError(f"GET / answered HTTP {r.status_code}: {_body_error(r)}")
+        raise ProbeError(f"GET / answered HTTP {r.status_code}: {body_error(r)}")
     if "Ollama is running" not in r.text:
         raise ProbeError(f"GET / answered {_kind(r)}, not Ollama's greeting: is this URL a web page or proxy instead of the API?")
     return OK, "answering", {}
@@ -175,21 +167,19 @@ def _chat(http, model: str, p: Probe):
 
 def _template_markers(http, model: str) -> list[str]:
     """The special pieces the model's TEMPLATE writes (Baichuan2's <reserved_106> and <reserved_107>)."""
-    template = _json(http.post("/api/show", json={"model": model}), "/api/show").get("template") or ""
+    template = _json(http.post("/api/show", {"model": model}), "/api/show").get("template") or ""
     return sorted(set(re.findall(r"<[A-Za-z_|][^<>\s{}]*>", template)))
 
 
-def _stream(http, path: str, body: dict, piece, timeout: float):
+def _stream(http: Ollama, path: str, body: dict, piece, timeout: float):
     """POST and read NDJSON lines; returns (text, final line, seconds to first token). Every line is checked."""
-    import httpx
-
     t = time.monotonic()
     text, final, ttft = "", None, None
     try:
-        with http.stream("POST", path, json=body) as r:
+        with http.stream(path, body) as r:
             if r.status_code != 200:
                 r.read()
-                raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
+                raise ProbeError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
             if "html" in r.headers.get("content-type", ""):
                 raise ProbeError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
             for line in r.iter_lines():
@@ -212,7 +202,7 @@ def _stream(http, path: str, body: dict, piece, timeout: float):
                 if obj.get("done"):
                     final = obj
                     break
-    except httpx.ReadTimeout:
+    except client.ReadTimeout:
         raise ProbeError(f"{path}: no token within {timeout:g} s") from None
     if final is None:
         raise ProbeError(f"{path} stream ended before its final done line (after {len(text)} characters)")
@@ -232,8 +222,8 @@ def _judge_stream(name: str, text: str, final: dict, ttft: float | None, p: Prob
 
 
 def _openai(http, model: str):
-    r = _json(http.post("/v1/chat/completions", json={"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
-                                                       "temperature": 0}), "/v1/chat/completions")
+    r = _json(http.post("/v1/chat/completions", {"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
+                                                  "temperature": 0}), "/v1/chat/completions")
     try:
         content = r["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -287,9 +277,7 @@ def _answers(addr: str, port: int) -> bool:
 
 
 def _webui(url: str, timeout: float):
-    import httpx
-
-    r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+    r = client.get(url.rstrip("/") + "/health", timeout=timeout)
     if r.status_code != 200:
         raise ProbeError(f"Open WebUI /health answered HTTP {r.status_code}")
     try:
@@ -303,7 +291,7 @@ def _webui(url: str, timeout: float):
 
 def _json(r, path: str) -> dict:
     if r.status_code != 200:
-        raise ProbeError(f"{path} answered HTTP {r.status_code}: {_body_error(r)}")
+        raise ProbeError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
     try:
         obj = r.json()
     except ValueError:
@@ -316,91 +304,3 @@ def _json(r, path: str) -> dict:
 def _kind(r) -> str:
     ctype = r.headers.get("content-type", "")
     return "an HTML page" if "html" in ctype or r.text.lstrip().lower().startswith("<") else f"{ctype or 'an unknown body'}"
-
-
-def _body_error(r) -> str:
-    try:
-        return str(r.json().get("error", r.text))[:200]
-    except (ValueError, AttributeError):
-        return ("an HTML page" if "<html" in r.text.lower() else r.text.strip()[:200]) or "no body"
-
-
-def _short(e: Exception) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0][:120]
-
-
-# --- watch mode ------------------------------------------------------------------------------------------------
-
-STATUS_VALUE = {OK: 0, DEGRADED: 1, FAIL: 2, SKIPPED: 0}
-
-
-class Watch:
-    """Rolling state across probes: a check counts as failed only after `failures` in a row."""
-
-    def __init__(self, failures: int = 3, history: int = 60):
-        self.failures = failures
-        self.streak: dict[str, int] = {}
-        self.history: deque[Report] = deque(maxlen=history)
-        self.down_since: float | None = None
-
-    def observe(self, report: Report) -> tuple[Report, list[str]]:
-        """The report as the watcher judges it, and what changed (an outage began or ended)."""
-        self.history.append(report)
-        events, judged = [], []
-        for c in report.checks:
-            streak = self.streak[c.name] = self.streak.get(c.name, 0) + 1 if c.status == FAIL else 0
-            if c.status == FAIL and streak < self.failures:
-                c = Check(c.name, DEGRADED, f"failing ({streak} of {self.failures} before it counts): {c.reason}", c.latency_ms, c.data)
-            judged.append(c)
-        down = report.check("server") is not None and report.check("server").status == FAIL
-        if down and self.down_since is None:
-            self.down_since = report.started_at
-            events.append(f"outage: the server stopped answering ({report.check('server').reason})")
-        elif not down and self.down_since is not None:
-            events.append(f"recovered: the server answers again after {report.started_at - self.down_since:.1f} s")
-            self.down_since = None
-        return Report(report.host, report.model, judged, report.started_at, report.seconds), events
-
-    def availability(self) -> float:
-        """Share of the probes in the rolling window in which no check failed."""
-        return sum(not r.failed for r in self.history) / len(self.history) if self.history else 1.0
-
-    def next_delay(self, interval: float, max_backoff: float = 60.0) -> float:
-        """The interval, doubled for each probe in a row the server was down, up to `max_backoff`."""
-        down = self.streak.get("server", 0)
-        return min(interval * (2 ** max(down - 1, 0)), max(interval, max_backoff)) if down else interval
-
-
-class Metrics:
-    """Prometheus gauges for the latest judged report, served on a port of their own."""
-
-    def __init__(self, port: int, bind: str = "127.0.0.1"):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
-        self.registry = CollectorRegistry()
-        self.status = Gauge("orch_health_check_status", "0 ok, 1 degraded, 2 failed", ["check"], registry=self.registry)
-        self.latency = Gauge("orch_health_check_latency_seconds", "Latency of the check", ["check"], registry=self.registry)
-        self.ttft = Gauge("orch_health_time_to_first_token_seconds", "Time to first token", ["check"], registry=self.registry)
-        self.tps = Gauge("orch_health_tokens_per_second", "Generation speed from eval_count/eval_duration", ["check"],
-                         registry=self.registry)
-        self.up = Gauge("orch_health_up", "1 when no check failed", registry=self.registry)
-        self.availability = Gauge("orch_health_availability_ratio", "Share of recent probes without a failed check",
-                                  registry=self.registry)
-        self.probes = Counter("orch_health_probes", "Probes run", registry=self.registry)
-        self.server, self.thread = start_http_server(port, addr=bind, registry=self.registry)
-
-    def update(self, report: Report, availability: float) -> None:
-        self.probes.inc()
-        self.up.set(0 if report.failed else 1)
-        self.availability.set(availability)
-        for c in report.checks:
-            self.status.labels(c.name).set(STATUS_VALUE[c.status])
-            if c.latency_ms is not None:
-                self.latency.labels(c.name).set(c.latency_ms / 1000)
-            if c.data.get("ttft_s") is not None:
-                self.ttft.labels(c.name).set(c.data["ttft_s"])
-            if c.data.get("tokens_per_s") is not None:
-                self.tps.labels(c.name).set(c.data["tokens_per_s"])
-
-    def close(self) -> None:
-        self.server.shutdown()

@@ -1,6 +1,6 @@
 """Run llama.cpp's `convert_hf_to_gguf.py` with orch's Baichuan fixes applied in memory.
 
-Run as `python -m orchestrator.converter_shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
+Run as `python -m orchestrator.build.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
 The provisioned tree is never edited. Four changes, each as small as it can be:
 
 1. crash: `BaichuanModel.modify_tensors` calls itself for every tensor other
@@ -33,9 +33,9 @@ from pathlib import Path
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" not in argv:
-        raise SystemExit("usage: python -m orchestrator.converter_shim --llama-cpp DIR [options] -- CONVERTER ARGS")
+        raise SystemExit("usage: python -m orchestrator.build.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS")
     split = argv.index("--")
-    p = argparse.ArgumentParser(prog="orchestrator.converter_shim")
+    p = argparse.ArgumentParser(prog="orchestrator.build.llamacpp.shim")
     p.add_argument("--llama-cpp", type=Path, required=True)
     p.add_argument("--report", type=Path)
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
@@ -58,7 +58,7 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
 
     def modify_tensors(self, data_torch, name, bid):
         if normhead and name == "lm_head.weight":
-            from orchestrator.normhead import normalize_rows
+            from orchestrator.build.normhead import normalize_rows
 
             data_torch = normalize_rows(data_torch)
             report["normhead_applied"] = True

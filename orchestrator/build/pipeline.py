@@ -1,6 +1,9 @@
 """`orch build`: run the stages of a BuildPlan, each one resumable and skipped when already done.
 
-fetch -> prepare -> convert -> quantize -> verify -> modelfile -> build.json -> register
+fetch -> prepare -> convert (hashing the sources beside it) -> quantize -> verify -> modelfile -> build.json
+
+Registration with a server is the caller's next step (the CLI does it), so a
+build never needs one.
 """
 
 from __future__ import annotations
@@ -15,23 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import __version__, checkpoint, fetch, llamacpp, modelfile, register
+from orchestrator import __version__, modelfile
+from orchestrator.build import checkpoint, fetch, quants
+from orchestrator.build.llamacpp import provision
+from orchestrator.build.plan import BuildPlan
+from orchestrator.build.state import BuildState, fingerprint
 from orchestrator.errors import OrchError
-from orchestrator.plan import BuildPlan
-from orchestrator.state import BuildState, atomic_path, fingerprint, sha256_file, write_text
+from orchestrator.events import SILENT, Reporter
+from orchestrator.files import nearest_existing, sha256_file, write_text
 
 PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a stage (the interruption tests kill the process there)
 DISK_MARGIN = 64 << 20
-
-
-@dataclass
-class Ui:
-    console: object = None
-    progress: object = None
-
-    def say(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text)
 
 
 @dataclass
@@ -42,21 +39,20 @@ class Run:
     resumed: list = field(default_factory=list)
 
 
-def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
+def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     """Build everything the plan names and return the build record (also written to build.json)."""
-    ui = ui or Ui()
     run = Run()
     t0 = time.monotonic()
     _check_writable(plan.output)
     remote = plan.source.kind in ("catalog", "repo")
     if remote:  # a download can be long: say what it is for before it starts
-        _announce(plan, ui)
+        _announce(plan, reporter)
 
-    fetched = fetch.fetch(plan.source, console=ui.console)
+    fetched = fetch.fetch(plan.source)
     run.timings["fetch"] = round(time.monotonic() - t0, 3)
     ckpt = checkpoint.read(fetched.model_dir, chat_hint=plan.source.entry.chat if plan.source.entry else None)
     if plan.system is not None and not ckpt.chat:
-        ui.say("[yellow]note:[/] --system on a base model only prefixes the prompt")
+        reporter.note("--system on a base model only prefixes the prompt", "warning")
     modelfile.validate_system(plan.system)
     state_path = plan.work / "state.json"
     if plan.force and plan.output.exists():
@@ -65,7 +61,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     state = BuildState(state_path)
     _check_disk(plan, ckpt, state)
     if not remote:
-        _announce(plan, ui)
+        _announce(plan, reporter)
 
     plan.work.mkdir(parents=True, exist_ok=True)
     _pause_point("fetch")
@@ -77,7 +73,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
         _link_prepared(ckpt, prepared)
 
-    llama = llamacpp.locate(plan.llama_cpp, console=ui.console)
+    llama = provision.locate(plan.llama_cpp, reporter=reporter)
     control = [ckpt.markers.user_id, ckpt.markers.assistant_id] if ckpt.markers else []
     base = plan.base_gguf
     convert_fp = fingerprint(sources_fp, llama.version, plan.base_type, ckpt.normhead, control, __version__)
@@ -87,14 +83,14 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
 
     derived = [a for a in plan.artifacts if plan.output / a.gguf != base]
     # the intermediate is deleted once every type is quantized; it is needed again only if one is missing
-    base_needed = not all(_is_done(state, f"quantize:{a.quant}", quantize_fp(a), [plan.output / a.gguf]) for a in derived)
+    base_needed = not all(state.done(f"quantize:{a.quant}", quantize_fp(a), [plan.output / a.gguf]) for a in derived)
     # build.json's source hashes read the files once more: on another core, beside the conversion
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
-        hashing = pool.submit(_stage, state, run, "hash", sources_fp, lambda: _hash_sources(ckpt, fetched, ui, stop))
+        hashing = pool.submit(_stage, state, run, "hash", sources_fp, lambda: _hash_sources(ckpt, fetched, reporter, stop))
         try:
             base_rec = _stage(state, run, "convert", convert_fp,
-                              lambda: _convert(plan, ckpt, llama, prepared, base, control, ui), outputs=[base] if base_needed else [])
+                              lambda: _convert(plan, ckpt, llama, prepared, base, control, reporter), outputs=[base] if base_needed else [])
         except BaseException:
             stop.set()
             raise
@@ -108,7 +104,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
             artifacts[art.quant] = base_rec
             continue
         artifacts[art.quant] = _stage(state, run, f"quantize:{art.quant}", quantize_fp(art),
-                                      lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, ui), outputs=[path])
+                                      lambda art=art, path=path: _quantize(plan, ckpt, base, path, art.quant, reporter), outputs=[path])
     _pause_point("quantize")
     if base.parent == plan.work and base.exists():
         base.unlink()  # the intermediate is no longer needed once every quantization is done
@@ -117,7 +113,7 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
     for art in plan.artifacts:
         path = plan.output / art.gguf
         checks[art.quant] = _stage(state, run, f"verify:{art.quant}", fingerprint(artifacts[art.quant]["sha256"], control),
-                                   lambda path=path: _verify(path, ckpt, ui))
+                                   lambda path=path: _verify(path, ckpt, reporter))
     _pause_point("verify")
 
     license_text = modelfile.license_text(ckpt.path, ckpt.license_files)
@@ -125,7 +121,8 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         spec = modelfile.ModelfileSpec(
             gguf=art.gguf, modelfile_name=art.modelfile, ollama_name=art.ollama_name,
             title=f"{plan.source.name} {art.quant} ({'chat' if ckpt.chat else 'base'}, Baichuan {ckpt.generation})",
-            source=plan.source.describe(), markers=ckpt.markers, parameters=ckpt.defaults.as_parameters(),
+            source=plan.source.describe(), markers=ckpt.markers.pieces if ckpt.markers else None,
+            parameters=ckpt.defaults.as_parameters(),
             system=plan.system, license=license_text)
         write_text(plan.output / art.modelfile, modelfile.render(spec))
     _pause_point("modelfile")
@@ -145,36 +142,29 @@ def run_build(plan: BuildPlan, ui: Ui | None = None) -> dict:
         "timings": {"fetch": run.timings["fetch"]} | {k: state.stages[k]["seconds"] for k in state.stages} | {"total_this_run": round(time.monotonic() - t0, 3)},
         "resumed_stages": run.resumed,
     }
-    write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-
-    if plan.register:
-        record["registration"] = [
-            register.register(plan.output / a.modelfile, a.ollama_name, plan.host, progress=ui.progress).as_dict()
-            for a in plan.artifacts
-        ]
-        write_text(plan.output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_record(plan.output, record)
     return record
 
 
-def _announce(plan: BuildPlan, ui: Ui) -> None:
-    ui.say(f"Building [bold]{plan.source.name}[/] ({', '.join(plan.quants)}) from {plan.source.describe()}\n  into {plan.output}")
+def write_record(output: Path, record: dict) -> None:
+    """build.json: what was built from what, and how (the caller adds the registration once it has one)."""
+    write_text(output / "build.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def _announce(plan: BuildPlan, reporter: Reporter) -> None:
+    reporter.note(f"Building {plan.source.name} ({', '.join(plan.quants)}) from {plan.source.describe()}\n  into {plan.output}")
 
 
 def _stage(state: BuildState, run: Run, key: str, fp: str, work, outputs: list[Path] = ()) -> dict:
     """Run `work` unless a record with this fingerprint exists and its outputs are intact."""
-    if _is_done(state, key, fp, outputs):
+    if (done := state.done(key, fp, outputs)) is not None:
         run.resumed.append(key)
-        return state.done(key, fp)["result"]
+        return done["result"]
     t = time.monotonic()
     result = work()
     seconds = time.monotonic() - t
     run.timings[key] = round(seconds, 3)
     return state.record(key, fp, result, seconds)["result"]
-
-
-def _is_done(state: BuildState, key: str, fp: str, outputs: list[Path]) -> bool:
-    done = state.done(key, fp)
-    return bool(done) and all(p.is_file() and p.stat().st_size == done["result"].get("size", p.stat().st_size) for p in outputs)
 
 
 def _pause_point(stage: str) -> None:
@@ -192,7 +182,7 @@ class _Stopped(Exception):
     pass
 
 
-def _hash_sources(ckpt, fetched, ui: Ui, stop: threading.Event) -> dict:
+def _hash_sources(ckpt, fetched, reporter: Reporter, stop: threading.Event) -> dict:
     """sha256 of every source file for build.json, checked against the hub's where it gives one.
 
     Runs beside the conversion at the lowest CPU priority, so it takes only what the converter leaves idle.
@@ -204,20 +194,19 @@ def _hash_sources(ckpt, fetched, ui: Ui, stop: threading.Event) -> dict:
     files = {}
     names = ckpt.needed_files()
     total = sum((ckpt.path / n).stat().st_size for n in names)
-    task = ui.progress.add_task("hash source files", total=total) if ui.progress else None
+    with reporter.task("hash source files", total=total) as task:
 
-    def advance(n: int) -> None:
-        if stop.is_set():
-            raise _Stopped
-        if task is not None:
-            ui.progress.advance(task, n)
+        def advance(n: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+            task.advance(n)
 
-    for name in names:
-        digest = sha256_file(ckpt.path / name, advance)
-        expected = fetched.expected_sha256.get(name)
-        if expected and expected != digest:
-            raise OrchError(f"{ckpt.path / name} does not match the hub's sha256 (corrupt download): delete it and run the build again")
-        files[name] = {"size": (ckpt.path / name).stat().st_size, "sha256": digest}
+        for name in names:
+            digest = sha256_file(ckpt.path / name, advance)
+            expected = fetched.expected_sha256.get(name)
+            if expected and expected != digest:
+                raise OrchError(f"{ckpt.path / name} does not match the hub's sha256 (corrupt download): delete it and run the build again")
+            files[name] = {"size": (ckpt.path / name).stat().st_size, "sha256": digest}
     return {"files": files}
 
 
@@ -233,31 +222,31 @@ def _link_prepared(ckpt, prepared: Path) -> dict:
     return {"files": ckpt.needed_files()}
 
 
-def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], ui: Ui) -> dict:
-    from orchestrator.convert import convert
+def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], reporter: Reporter) -> dict:
+    from orchestrator.build.llamacpp.convert import convert
 
     base.parent.mkdir(parents=True, exist_ok=True)
     report = convert(llama, prepared, base, plan.base_type, model_name=plan.source.name, normhead=ckpt.normhead, control_ids=control,
-                     expected_bytes=plan.estimate_bytes(ckpt.n_params, plan.base_type),
-                     log=plan.work / "logs" / "convert.log", progress=ui.progress)
+                     expected_bytes=quants.size_bytes(ckpt.n_params, plan.base_type),
+                     log=plan.work / "logs" / "convert.log", reporter=reporter)
     if ckpt.normhead and not report.get("normhead_applied"):
         raise OrchError("the converter never saw lm_head.weight, so NormHead was not applied: the checkpoint lacks an output head")
     # an intermediate in .orch is never published, so it is not worth a hash: the convert fingerprint names it
     return _file_record(base, hash=base.parent != plan.work) | {"report": report}
 
 
-def _quantize(plan: BuildPlan, ckpt, base: Path, path: Path, quant: str, ui: Ui) -> dict:
-    from orchestrator.quantize import quantize
+def _quantize(plan: BuildPlan, ckpt, base: Path, path: Path, quant: str, reporter: Reporter) -> dict:
+    from orchestrator.build.llamacpp.quantize import quantize
 
-    quantize(base, path, quant, expected_bytes=plan.estimate_bytes(ckpt.n_params, quant),
-             log=plan.work / "logs" / f"quantize-{quant}.log", progress=ui.progress)
+    quantize(base, path, quant, expected_bytes=quants.size_bytes(ckpt.n_params, quant),
+             log=plan.work / "logs" / f"quantize-{quant}.log", reporter=reporter)
     return _file_record(path)
 
 
-def _verify(path: Path, ckpt, ui: Ui) -> dict:
-    from orchestrator.verify import verify
+def _verify(path: Path, ckpt, reporter: Reporter) -> dict:
+    from orchestrator.build.verify import verify
 
-    ui.say(f"verifying {path.name}: chat markers, a few generated tokens")
+    reporter.note(f"verifying {path.name}: chat markers, a few generated tokens")
     return verify(path, layers=ckpt.layers, markers=ckpt.markers, tokenizer=ckpt.path / "tokenizer.model",
                   eos_id=int(ckpt.config.get("eos_token_id", 2)))
 
@@ -267,9 +256,7 @@ def _file_record(path: Path, hash: bool = True) -> dict:
 
 
 def _check_writable(output: Path) -> None:
-    probe = output
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(output)
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise OrchError(f"cannot write to {output} ({probe} is not a writable directory): pass --output with a directory you can write to")
 
@@ -279,24 +266,16 @@ def _check_disk(plan: BuildPlan, ckpt, state: BuildState) -> None:
     need = 0
     for art in plan.artifacts:
         if not (plan.output / art.gguf).is_file():
-            need += plan.estimate_bytes(ckpt.n_params, art.quant)
+            need += quants.size_bytes(ckpt.n_params, art.quant)
     base = plan.base_gguf
     if base.parent == plan.work and not base.exists() and any(not (plan.output / a.gguf).is_file() for a in plan.artifacts):
-        need += plan.estimate_bytes(ckpt.n_params, plan.base_type)
+        need += quants.size_bytes(ckpt.n_params, plan.base_type)
     if need == 0:
         return
-    probe = plan.output
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(plan.output)
     free = shutil.disk_usage(probe).free
     if free < need + DISK_MARGIN:
-        raise OrchError(f"not enough free disk in {probe}: the build needs about {_human(need + DISK_MARGIN)}, "
-                        f"{_human(free)} is free: free some space or pass --output on a larger disk")
+        from rich.filesize import decimal
 
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+        raise OrchError(f"not enough free disk in {probe}: the build needs about {decimal(need + DISK_MARGIN)}, "
+                        f"{decimal(free)} is free: free some space or pass --output on a larger disk")

@@ -8,6 +8,7 @@ by another program is left alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,13 +18,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from orchestrator import compose, paths
+import psutil
+
+from orchestrator import paths
 from orchestrator.errors import OrchError
-from orchestrator.state import fingerprint, write_text
+from orchestrator.events import Reporter
+from orchestrator.files import write_text
+from orchestrator.ollama import client
+from orchestrator.stack import compose, preflight
+from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, read_env, write_env
+from orchestrator.stack.runtime import ServiceState, Started
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
-WEBUI_PACKAGE = f"open-webui=={compose.WEBUI_VERSION}"
+WEBUI_PACKAGE = f"open-webui=={WEBUI_VERSION}"
 VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv]
 PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
 
@@ -32,15 +41,14 @@ def webui_venv() -> Path:
     return Path(os.environ.get(VENV_ENV) or paths.data_home() / "open-webui-venv")
 
 
-def ensure_webui(console=None) -> Path:
+def ensure_webui(reporter: Reporter) -> Path:
     """The open-webui executable, installed into its own virtualenv on first use."""
     venv = webui_venv()
     exe = venv / "bin" / "open-webui"
     marker = venv / ".orch-installed"
     if exe.is_file() and marker.is_file() and marker.read_text().strip() == WEBUI_PACKAGE:
         return exe
-    if console is not None:
-        console.print(f"installing {WEBUI_PACKAGE} into {venv} (once; several minutes)")
+    reporter.note(f"installing {WEBUI_PACKAGE} into {venv} (once; several minutes)")
     if not (venv / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
@@ -61,14 +69,14 @@ class Service:
     health_url: str
 
 
-def services(plan: compose.StackPlan, webui_exe: Path, secrets: dict) -> list[Service]:
+def services(plan: StackPlan, webui_exe: Path, secrets: dict) -> list[Service]:
     """The processes for `plan`, with the environment the compose template gives the containers."""
     out = []
     if plan.ollama_url is None:
         env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
         out.append(Service("ollama", [shutil.which("ollama") or "ollama", "serve"], env,
                            f"http://127.0.0.1:{plan.ollama_port}/api/version"))
-    env = compose.webui_environment(compose.render(plan)) | secrets | {
+    env = compose.environment(compose.render(plan), "open-webui") | secrets | {
         "OLLAMA_BASE_URL": plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}",  # this host's view, not a container's
         "DATA_DIR": str(plan.directory / "open-webui-data")}
     out.append(Service("open-webui", [str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
@@ -76,13 +84,12 @@ def services(plan: compose.StackPlan, webui_exe: Path, secrets: dict) -> list[Se
     return out
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): with the pid it names one process for good."""
+def _start_time(pid: int) -> float | None:
+    """When `pid` started: with the pid it names one process for good (a reused pid has another start time)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 class Supervisor:
@@ -104,7 +111,7 @@ class Supervisor:
 
     def start(self, service: Service) -> dict:
         """Start `service` unless it already runs with the same command and settings (a changed one is restarted)."""
-        wanted = fingerprint(service.command, service.env)
+        wanted = hashlib.sha256(json.dumps([service.command, service.env], sort_keys=True).encode()).hexdigest()[:16]
         if (running := self.alive(service.name)) is not None:
             if running.get("settings") == wanted:
                 return running
@@ -158,87 +165,88 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_healthy(service: Service, supervisor: Supervisor, timeout: float, progress=None) -> None:
-    import httpx
-
-    task = progress.add_task(f"waiting for {service.name}", total=None) if progress is not None else None
+def wait_healthy(service: Service, supervisor: Supervisor, timeout: float, reporter: Reporter) -> None:
     deadline = time.monotonic() + timeout
-    try:
+    with reporter.task(f"waiting for {service.name}"):
         while time.monotonic() < deadline:
             if supervisor.alive(service.name) is None:
                 last = supervisor.tail(service.name, 5).splitlines()
                 raise OrchError(f"{service.name} exited during start-up ({last[-1][:200] if last else 'no output'}): "
                                 f"orch logs {service.name}")
             try:
-                if httpx.get(service.health_url, timeout=5).status_code == 200:
+                if client.get(service.health_url).status_code == 200:
                     return
-            except httpx.HTTPError:
+            except client.TransportError:
                 pass
             time.sleep(1)
-    finally:
-        if task is not None:
-            progress.remove_task(task)
     raise OrchError(f"{service.name} did not answer {service.health_url} within {timeout:g} s: orch logs {service.name}")
 
 
-def preflight_native(plan: compose.StackPlan) -> Supervisor:
-    """Ports free (unless our own processes hold them) and an ollama to run; nothing is started or written."""
-    from orchestrator import preflight
+class NativeRuntime:
+    """ollama serve and open-webui serve as processes of this host, for machines without Docker."""
 
-    supervisor = Supervisor(plan.directory)
-    if supervisor.alive("open-webui") is None:
-        preflight.port_free(plan.bind, plan.port, "Open WebUI")
-    if plan.ollama_url is None:
-        if shutil.which("ollama") is None:
-            raise OrchError(f"ollama is not installed (no ollama on PATH): install it with: {OLLAMA_INSTALL}, or pass --ollama-url")
-        if supervisor.alive("ollama") is None:
-            preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
-    return supervisor
+    name = "native"
 
+    def preflight(self, plan: StackPlan) -> None:
+        """Ports free (unless our own processes hold them) and an ollama to run; nothing is started or written."""
+        supervisor = Supervisor(plan.directory)
+        if supervisor.alive("open-webui") is None:
+            preflight.port_free(plan.bind, plan.port, "Open WebUI")
+        if plan.ollama_url is None:
+            if shutil.which("ollama") is None:
+                raise OrchError(f"ollama is not installed (no ollama on PATH): install it with: {OLLAMA_INSTALL}, or pass --ollama-url")
+            if supervisor.alive("ollama") is None:
+                preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 
-def up(plan: compose.StackPlan, *, wait: float = 600, progress=None) -> tuple[Path, bool, list[str]]:
-    """Start the stack's processes in order, each healthy before the next.
+    def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
+        """Start the stack's processes in order, each healthy before the next."""
+        self.preflight(plan)
+        supervisor = Supervisor(plan.directory)
+        plan.directory.mkdir(parents=True, exist_ok=True)
+        exe = ensure_webui(reporter)
+        env_path = plan.directory / ".env"
+        created = write_env(env_path)
+        started = services(plan, exe, read_env(env_path))
+        settings_path = plan.directory / "settings.json"
+        settings = {k: v for k, v in started[-1].env.items() if k not in SECRET_KEYS}
+        old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
+        changed = changed_settings(old, settings)
+        write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+        for service in started:
+            supervisor.start(service)
+            wait_healthy(service, supervisor, wait, reporter)
+        return Started(env_path, created, changed)
 
-    Returns the .env path, whether its secrets are new, and the Open WebUI
-    settings that differ from the last start.
-    """
-    console = progress.console if progress is not None else None
-    supervisor = preflight_native(plan)
-    plan.directory.mkdir(parents=True, exist_ok=True)
-    exe = ensure_webui(console)
-    env_path = plan.directory / ".env"
-    created = compose.write_env(env_path)
-    started = services(plan, exe, compose.read_env(env_path))
-    settings_path = plan.directory / "settings.json"
-    settings = {k: v for k, v in started[-1].env.items() if k not in compose.SECRET_KEYS}
-    old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
-    changed = compose.changed_settings(old, settings)
-    write_text(settings_path, json.dumps(settings, indent=2) + "\n")
-    for service in started:
-        supervisor.start(service)
-        wait_healthy(service, supervisor, wait, progress)
-    return env_path, created, changed
+    def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
+        supervisor = Supervisor(directory)
+        stopped = [name for name in ("open-webui", "ollama") if supervisor.stop(name)]
+        if volumes:
+            shutil.rmtree(directory / "open-webui-data", ignore_errors=True)
+        return stopped
 
+    def status(self, directory: Path) -> list[ServiceState]:
+        supervisor = Supervisor(directory)
+        out = []
+        for name in ("ollama", "open-webui"):
+            rec = supervisor.alive(name)
+            out.append(ServiceState(name, rec is not None, f"pid {rec['pid']}" if rec else ""))
+        return out
 
-def down(directory: Path) -> list[str]:
-    supervisor = Supervisor(directory)
-    return [name for name in ("open-webui", "ollama") if supervisor.stop(name)]
-
-
-def print_logs(directory: Path, names: list[str] | None = None, follow: bool = False) -> None:
-    """The last lines of each service's log (all that have one by default); with follow, new lines as they come."""
-    supervisor = Supervisor(directory)
-    names = names or [n for n in ("ollama", "open-webui") if (supervisor.logs / f"{n}.log").is_file()]
-    for name in names:
-        if not (supervisor.logs / f"{name}.log").is_file():
-            raise OrchError(f"no log for {name} in {supervisor.logs}: services are ollama and open-webui")
-        print(f"== {name} ==\n{supervisor.tail(name)}", flush=True)
-    if follow:
-        handles = {n: open(supervisor.logs / f"{n}.log", errors="replace") for n in names}
-        for h in handles.values():
-            h.seek(0, os.SEEK_END)
-        while True:
-            for n, h in handles.items():
-                for line in h.readlines():
-                    print(f"{n}: {line}", end="", flush=True)
-            time.sleep(0.5)
+    def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
+        """The last lines of each service's log (all that have one by default); with follow, new lines as they come."""
+        supervisor = Supervisor(directory)
+        names = services or [n for n in ("ollama", "open-webui") if (supervisor.logs / f"{n}.log").is_file()]
+        for name in names:
+            if not (supervisor.logs / f"{name}.log").is_file():
+                raise OrchError(f"no log for {name} in {supervisor.logs}: services are ollama and open-webui")
+            yield f"== {name} =="
+            yield from supervisor.tail(name).splitlines()
+        if follow:
+            handles = {n: open(supervisor.logs / f"{n}.log", errors="replace") for n in names}
+            for h in handles.values():
+                h.seek(0, os.SEEK_END)
+            while True:
+                for n, h in handles.items():
+                    for line in h.readlines():
+                        yield f"{n}: {line.rstrip()}"
+                time.sleep(0.5)

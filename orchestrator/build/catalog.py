@@ -7,7 +7,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import OrchError
+from orchestrator.build import quants
+from orchestrator.errors import BadInput
+
+# llama.cpp's baichuan graph is chosen by layer count: 32 is the 7B graph (RoPE), 40 the 13B graph (ALiBi, max bias 8)
+POSITIONS = {32: "rope", 40: "alibi"}
+
+
+def positions(layers: int | None) -> str:
+    """The position encoding llama.cpp gives a Baichuan model of this many layers ("none" for any other count)."""
+    return POSITIONS.get(layers, "none")
 
 
 @dataclass(frozen=True)
@@ -22,8 +31,15 @@ class CatalogEntry:
     download_gb: float
     description: str
 
-    def size_gb(self, bits_per_weight: float) -> float:
-        return self.params_b * bits_per_weight / 8
+    def size_gb(self, quant: str) -> float:
+        return quants.size_bytes(self.params_b * 1e9, quant) / 1e9
+
+    def row(self) -> dict:
+        """What `orch models` shows of this entry."""
+        return {"name": self.name, "params_b": self.params_b, "layers": self.layers, "positions": positions(self.layers),
+                "context": self.context, "kind": "chat" if self.chat else "base", "download_gb": self.download_gb,
+                **{f"{quants.tag(q)}_gb": round(self.size_gb(q), 1) for q in ("F16", "Q8_0", "Q4_K_M")},
+                "huggingface": self.hf_id, "modelscope": self.modelscope_id}
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -68,16 +84,16 @@ class Source:
 
 
 def resolve(spec: str, *, hub: str = "hf", revision: str | None = None) -> Source:
-    """Turn the SOURCE argument of `orch build` into a Source, or raise a one-line OrchError."""
+    """Turn the SOURCE argument of `orch build` into a Source, or raise a one-line BadInput."""
     if hub not in HUBS:
-        raise OrchError(f"unknown --source {hub!r}: use one of {', '.join(HUBS)}")
+        raise BadInput(f"unknown --source {hub!r}: use one of {', '.join(HUBS)}")
     path = Path(spec).expanduser()
     if path.is_dir():
         if _FOUR_BITS.search(path.resolve().name):
             _refuse_four_bits(path.resolve().name)
         return Source("local", slug(path.resolve().name), path=path.resolve(), revision=revision)
     if spec.startswith((".", "/", "~")) or spec.endswith("/"):
-        raise OrchError(f"{spec} is not a directory: give a Baichuan2 checkpoint directory, a catalog name (orch models) or a repo id")
+        raise BadInput(f"{spec} is not a directory: give a Baichuan2 checkpoint directory, a catalog name (orch models) or a repo id")
 
     if _FOUR_BITS.search(spec):
         _refuse_four_bits(spec)
@@ -96,14 +112,14 @@ def resolve(spec: str, *, hub: str = "hf", revision: str | None = None) -> Sourc
 
     near = difflib.get_close_matches(key, list(CATALOG), n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(near)}?" if near else "see `orch models`"
-    raise OrchError(f"unknown model {spec!r}: {hint} (or give a repo id like baichuan-inc/Baichuan2-7B-Chat, or a local directory)")
+    raise BadInput(f"unknown model {spec!r}: {hint} (or give a repo id like baichuan-inc/Baichuan2-7B-Chat, or a local directory)")
 
 
 def _refuse_four_bits(name: str) -> None:
     base = _FOUR_BITS.sub("", name.split("/")[-1])
     full = next((e for e in CATALOG.values() if e.hf_id and e.hf_id.split("/")[-1].lower() == base.lower()), None)
     target = full.name if full else base
-    raise OrchError(
+    raise BadInput(
         f"{name} is a bitsandbytes 4-bit checkpoint, which cannot become a GGUF: "
         f"build the full-precision model instead (orch build {target}) and quantize with --quant q4_K_M"
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.errors import OrchError
+from orchestrator.build.catalog import positions
+from orchestrator.errors import BadInput
 
 CONTROL = 3
 
@@ -14,11 +15,11 @@ def inspect_gguf(path: Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise OrchError(f"{path} does not exist: give the path of a .gguf file")
+        raise BadInput(f"{path} does not exist: give the path of a .gguf file")
     try:
         reader = GGUFReader(str(path))
     except Exception as e:  # gguf raises ValueError and others for foreign files
-        raise OrchError(f"{path} is not a readable GGUF file ({type(e).__name__}): check the path") from None
+        raise BadInput(f"{path} is not a readable GGUF file ({type(e).__name__}): check the path") from None
 
     def field(key: str):
         f = reader.get_field(key)
@@ -41,7 +42,7 @@ def inspect_gguf(path: Path) -> dict:
         "architecture": arch,
         "name": field("general.name"),
         "layers": layers,
-        "positions": ("alibi" if layers == 40 else "rope" if layers == 32 else "none") if arch == "baichuan" else None,
+        "positions": positions(layers) if arch == "baichuan" else None,
         "context": field(f"{arch}.context_length"),
         "embedding": field(f"{arch}.embedding_length"),
         "heads": field(f"{arch}.attention.head_count"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LM_HEAD = "lm_head.weight"
 BAICHUAN2_VOCAB = 125696
 
 

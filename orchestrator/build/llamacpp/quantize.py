@@ -1,6 +1,6 @@
-"""Stage 4: llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python), in a child process.
+"""llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python), in a child process.
 
-Run as `python -m orchestrator.quantize INPUT OUTPUT TYPE`.
+Run as `python -m orchestrator.build.llamacpp.quantize INPUT OUTPUT TYPE`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.runner import run_watched
-from orchestrator.state import atomic_path
+from orchestrator.build.llamacpp.process import run_watched
+from orchestrator.events import SILENT, Reporter
+from orchestrator.files import atomic_path
 
 
-def quantize(source: Path, final: Path, quant: str, *, expected_bytes: int, log: Path, progress=None) -> None:
+def quantize(source: Path, final: Path, quant: str, *, expected_bytes: int, log: Path, reporter: Reporter = SILENT) -> None:
     with atomic_path(final) as tmp:
-        cmd = [sys.executable, "-m", "orchestrator.quantize", str(source), str(tmp), quant]
-        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"quantize to {quant}", log=log, progress=progress)
+        cmd = [sys.executable, "-m", __name__, str(source), str(tmp), quant]
+        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"quantize to {quant}", log=log, reporter=reporter)
 
 
 def _ftype(llama_cpp, quant: str) -> int:

@@ -9,15 +9,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import normhead
-from orchestrator.errors import OrchError
-from orchestrator.prompt import ChatMarkers
+from orchestrator.build import normhead
+from orchestrator.build.catalog import POSITIONS, positions
+from orchestrator.build.chat_format import ChatMarkers
+from orchestrator.errors import BadInput
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
                 "tokenizer.model")
 LICENSE_GLOBS = ("LICENSE*", "License*", "*Community License*.txt", "NOTICE*")
 BAICHUAN_ARCHS = ("BaichuanForCausalLM", "BaiChuanForCausalLM")
-SUPPORTED_LAYERS = {32: "7B graph, RoPE", 40: "13B graph, ALiBi"}
 
 
 @dataclass(frozen=True)
@@ -81,21 +81,21 @@ class Checkpoint:
 
 
 def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
-    """Read and validate a Baichuan checkpoint directory, or raise a one-line OrchError naming the fix."""
+    """Read and validate a Baichuan checkpoint directory, or raise a one-line BadInput naming the fix."""
     path = Path(path)
     config = _json(path / "config.json", required=True)
     archs = config.get("architectures") or []
     if config.get("model_type") != "baichuan" and not any(a in BAICHUAN_ARCHS for a in archs):
         what = archs[0] if archs else config.get("model_type", "unknown")
-        raise OrchError(f"{path}/config.json describes a {what} model, not Baichuan: orch builds Baichuan 2 (and 1) checkpoints only")
+        raise BadInput(f"{path}/config.json describes a {what} model, not Baichuan: orch builds Baichuan 2 (and 1) checkpoints only")
     if config.get("quantization_config"):
-        raise OrchError(f"{path} holds a pre-quantized checkpoint ({config['quantization_config'].get('quant_method', 'quantized')}): "
+        raise BadInput(f"{path} holds a pre-quantized checkpoint ({config['quantization_config'].get('quant_method', 'quantized')}): "
                         "build the full-precision model instead")
     if not (path / "tokenizer.model").is_file():
-        raise OrchError(f"{path} has no tokenizer.model: copy the SentencePiece tokenizer.model from the original model repo into it")
+        raise BadInput(f"{path} has no tokenizer.model: copy the SentencePiece tokenizer.model from the original model repo into it")
     layers = int(config.get("num_hidden_layers", 0))
-    if layers not in SUPPORTED_LAYERS:
-        raise OrchError(f"{path} has {layers} layers: llama.cpp's baichuan graph knows 32 (7B, RoPE) and 40 (13B, ALiBi) only, "
+    if layers not in POSITIONS:
+        raise BadInput(f"{path} has {layers} layers: llama.cpp's baichuan graph knows 32 (7B, RoPE) and 40 (13B, ALiBi) only, "
                         "and would run any other count without position encoding")
 
     weight_format, files = _weight_files(path)
@@ -105,7 +105,7 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
     markers = _markers(path, gen_cfg)
     chat = markers is not None if chat_hint is None else chat_hint and markers is not None
     if chat_hint and markers is None:
-        raise OrchError(f"{path}/generation_config.json names no user_token_id/assistant_token_id: "
+        raise BadInput(f"{path}/generation_config.json names no user_token_id/assistant_token_id: "
                         "a chat model needs them; build it as a base model or add them")
     defaults = GenerationDefaults(
         temperature=gen_cfg.get("temperature"),
@@ -121,7 +121,7 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
         generation=generation,
         generation_evidence=evidence,
         layers=layers,
-        positions="alibi" if layers == 40 else "rope",
+        positions=positions(layers),
         chat=chat,
         markers=markers,
         defaults=defaults,
@@ -136,12 +136,12 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
 def _json(path: Path, required: bool = False) -> dict:
     if not path.is_file():
         if required:
-            raise OrchError(f"{path.parent} has no {path.name}: is this a Hugging Face model directory?")
+            raise BadInput(f"{path.parent} has no {path.name}: is this a Hugging Face model directory?")
         return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OrchError(f"{path} is not valid JSON ({e}): download it again") from None
+        raise BadInput(f"{path} is not valid JSON ({e}): download it again") from None
 
 
 def _weight_files(path: Path) -> tuple[str, list[str]]:
@@ -151,12 +151,12 @@ def _weight_files(path: Path) -> tuple[str, list[str]]:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             missing = [f for f in files if not (path / f).is_file()]
             if missing:
-                raise OrchError(f"{path} lacks {', '.join(missing)} named by {index.name}: finish the download (orch build resumes it)")
+                raise BadInput(f"{path} lacks {', '.join(missing)} named by {index.name}: finish the download (orch build resumes it)")
             return fmt, files
         files = sorted(p.name for p in path.glob(f"{prefix}*{ext}"))
         if files:
             return fmt, files
-    raise OrchError(f"{path} has no weights (model*.safetensors or pytorch_model*.bin)")
+    raise BadInput(f"{path} has no weights (model*.safetensors or pytorch_model*.bin)")
 
 
 def tensor_shapes(path: Path, fmt: str, files: list[str]) -> dict[str, tuple[int, ...]]:
@@ -167,7 +167,7 @@ def tensor_shapes(path: Path, fmt: str, files: list[str]) -> dict[str, tuple[int
         try:
             shapes.update(_safetensors_shapes(f) if fmt == "safetensors" else _pickle_shapes(f))
         except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, struct.error) as e:
-            raise OrchError(f"{f} cannot be read as a {fmt} state dict ({type(e).__name__}): download it again") from None
+            raise BadInput(f"{f} cannot be read as a {fmt} state dict ({type(e).__name__}): download it again") from None
     return shapes
 
 
@@ -222,13 +222,13 @@ def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
     ids = int(gen_cfg["user_token_id"]), int(gen_cfg["assistant_token_id"])
     for key, tid in zip(("user_token_id", "assistant_token_id"), ids):
         if not 0 <= tid < sp.vocab_size():
-            raise OrchError(f"generation_config.json {key} {tid} is outside the tokenizer's {sp.vocab_size()} pieces: "
+            raise BadInput(f"generation_config.json {key} {tid} is outside the tokenizer's {sp.vocab_size()} pieces: "
                             "the tokenizer.model does not belong to this model")
         piece = sp.id_to_piece(tid)
         # typed CONTROL in the GGUF, so it must be a reserved piece, never text the model also writes
         reserved = piece.startswith("<") and piece.endswith(">") and len(piece) > 2
         if not reserved or (not sp.is_control(tid) and sp.encode(piece) != [tid]):
-            raise OrchError(f"generation_config.json {key} {tid} is {piece!r}, not a single reserved piece like <reserved_106> "
+            raise BadInput(f"generation_config.json {key} {tid} is {piece!r}, not a single reserved piece like <reserved_106> "
                             "in tokenizer.model: fix generation_config.json or use the model's own tokenizer.model")
     return ChatMarkers(ids[0], ids[1], sp.id_to_piece(ids[0]), sp.id_to_piece(ids[1]))
 

@@ -1,4 +1,4 @@
-"""Run a long llama.cpp job in a child process, with a progress bar fed by the size of its output."""
+"""Run a long llama.cpp job in a child process, its progress read from the size of its output."""
 
 from __future__ import annotations
 
@@ -7,31 +7,30 @@ import time
 from pathlib import Path
 
 from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
 
 
-def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, log: Path, progress=None) -> None:
-    """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` drives the bar.
+def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, log: Path, reporter: Reporter = SILENT) -> None:
+    """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress.
 
     A child process keeps Ctrl-C and kill prompt (a C call in this process
     would hold them until it returns) and keeps llama.cpp's memory out of ours.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    task = progress.add_task(what, total=expected_bytes) if progress is not None else None
-    with open(log, "wb") as logf:
+    with reporter.task(what, total=expected_bytes) as task, open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             while proc.poll() is None:
-                if task is not None and watch.exists():
-                    progress.update(task, completed=min(watch.stat().st_size, int(expected_bytes * 0.99)))
+                if watch.exists():
+                    task.update(completed=min(watch.stat().st_size, int(expected_bytes * 0.99)))
                 time.sleep(0.2)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    if proc.returncode != 0:
-        raise OrchError(f"{what} failed (exit {proc.returncode}): {last_error_line(log)}; full log: {log}")
-    if task is not None:
-        progress.update(task, completed=expected_bytes)
+        if proc.returncode != 0:
+            raise OrchError(f"{what} failed (exit {proc.returncode}): {last_error_line(log)}; full log: {log}")
+        task.update(completed=expected_bytes)
 
 
 def last_error_line(log: Path) -> str:

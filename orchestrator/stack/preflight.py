@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.errors import OrchError
+from orchestrator.files import nearest_existing
 
 DOCKER_INSTALL = "install Docker Engine (https://docs.docker.com/engine/install/)"
 MIN_FREE_BYTES = 8 << 30  # the two images and a 7B q4_K_M model
@@ -56,9 +57,7 @@ def port_free(bind: str, port: int, what: str) -> None:
 
 
 def disk(path: Path, need: int = MIN_FREE_BYTES) -> None:
-    probe = Path(path)
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(path)
     free = shutil.disk_usage(probe).free
     if free < need:
         raise OrchError(f"only {free / 2**30:.1f} GiB free under {probe}, the stack needs about {need / 2**30:.0f} GiB "
@@ -68,3 +67,15 @@ def disk(path: Path, need: int = MIN_FREE_BYTES) -> None:
 def first_line(text: str) -> str:
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[0][:200] if lines else ""
+
+
+def detect_gpu() -> tuple[bool, str]:
+    """NVIDIA through nvidia-smi; the reason is shown so the user knows which was chosen and why."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False, "no nvidia-smi on PATH: CPU only (pass --gpu to reserve NVIDIA GPUs anyway)"
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    gpus = [ln for ln in proc.stdout.splitlines() if ln.startswith("GPU ")]
+    if proc.returncode != 0 or not gpus:
+        return False, "nvidia-smi found no GPU: CPU only"
+    return True, f"{len(gpus)} NVIDIA GPU(s) found by nvidia-smi: reserved for Ollama (pass --no-gpu to skip)"

@@ -1,0 +1,61 @@
+"""The `orch` command line: a thin layer over the library, one module per command group.
+
+Heavy modules (torch, llama_cpp, transformers, huggingface_hub, httpx) are
+imported only inside the commands that need them, so `orch --help` is
+instant. Every command's OrchError becomes one `error:` line on stderr and
+its exit code, in one place (OrchTyper).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from orchestrator.errors import OrchError
+
+
+class OrchTyper(typer.Typer):
+    """A Typer whose commands turn OrchError into one line and an exit code, and Ctrl-C into a quiet exit 130."""
+
+    def __init__(self, **kw):
+        super().__init__(**{"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False} | kw)
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn):
+            @functools.wraps(fn)
+            def mapped(*a, **kw):
+                try:
+                    return fn(*a, **kw)
+                except OrchError as e:
+                    from orchestrator.cli import render
+
+                    render.error(str(e))
+                    raise typer.Exit(e.exit_code) from None
+                except KeyboardInterrupt:
+                    raise typer.Exit(130) from None
+
+            register(mapped)
+            return fn
+
+        return decorator
+
+
+app = OrchTyper(
+    help="Run Baichuan2 privately: weights in, a verified quantized GGUF and an Ollama model out, a browser chat and a monitor.\n\n"
+    "Examples:\n\n"
+    "  orch models\n\n"
+    "  orch build tiny\n\n"
+    "  orch build baichuan2-7b-chat --quant q4_K_M,q8_0\n\n"
+    "  orch up\n\n"
+    "  orch health --watch",
+)
+
+from orchestrator.cli import build, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
+
+
+def main() -> None:
+    app()
+

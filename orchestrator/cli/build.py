@@ -1,0 +1,147 @@
+"""orch models, orch build, orch inspect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import app, render
+
+HOST_HELP = "Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434]."
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON.")) -> None:
+    """List the models orch can build by name, with sizes and sources.
+
+    Example: orch models
+    """
+    from orchestrator.build.catalog import CATALOG
+
+    rows = [e.row() for e in CATALOG.values()]
+    if as_json:
+        render.print_json(rows)
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="orch models  (GGUF sizes are estimates)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col, just in (("name", "left"), ("params", "right"), ("kind", "left"), ("graph", "left"), ("q4_K_M", "right"),
+                      ("q8_0", "right"), ("f16", "right")):
+        table.add_column(col, justify=just, no_wrap=True, min_width=len("28.6 GB") if just == "right" else None)
+    table.add_column("repo (Hugging Face, ModelScope)", overflow="fold", min_width=12)
+    for r in rows:
+        tiny = r["name"] == "tiny"
+        sizes = ["<0.1 GB" if tiny else f"{r[k]} GB" for k in ("q4_K_M_gb", "q8_0_gb", "f16_gb")]
+        repos = {r["huggingface"], r["modelscope"]} - {None}
+        table.add_row(r["name"], "22M" if tiny else f"{r['params_b']}B", r["kind"], f"{r['layers']}L {r['positions']}",
+                      *sizes, " / ".join(sorted(repos)) or "generated locally")
+    render.console().print(table)
+
+
+@app.command()
+def build(
+    source: str = typer.Argument(..., help="A catalog name (orch models), a Hugging Face repo id, or a local checkpoint directory."),
+    hub: str = typer.Option("hf", "--source", help="Where a catalog name or repo id is fetched from: hf or modelscope."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo."),
+    quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Comma-separated output types: f16, bf16, f32, q8_0, q6_K, q5_K_M, q4_K_M, …"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Build directory [default: ~/.local/share/orch/builds/NAME]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Ollama model name NAME[:TAG] for the first type (others get a type tag)."),
+    system: Optional[str] = typer.Option(None, "--system", help="A system prompt to put in the Modelfile."),
+    no_register: bool = typer.Option(False, "--no-register", help="Do not hand the model to Ollama."),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    force: bool = typer.Option(False, "--force", help="Rebuild every stage, even those already done."),
+    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="A llama.cpp tree to take the converter from [default: the pinned release, fetched once via pip; or $ORCH_LLAMA_CPP]."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress goes to stderr)."),
+) -> None:
+    """Build a verified GGUF, a Modelfile per type, and build.json; register with Ollama when one answers.
+
+    Every stage is resumable: run the same command again after an interruption.
+
+    Examples:
+
+      orch build tiny
+
+      orch build baichuan2-7b-chat
+
+      orch build baichuan2-13b-chat --source modelscope --quant q4_K_M,q8_0
+
+      orch build ./my-finetuned-baichuan2 --name mybot:v1 --output ./builds/mybot
+    """
+    from orchestrator.build import catalog, pipeline
+    from orchestrator.build.plan import make_plan
+
+    src = catalog.resolve(source, hub=hub, revision=revision)
+    plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp)
+    try:
+        with render.RichReporter(quiet=as_json) as reporter:
+            record = pipeline.run_build(plan, reporter)
+            if not no_register:
+                from orchestrator.ollama.register import register_build
+
+                record["registration"] = [r.as_dict() for r in register_build(plan.output, host, reporter=reporter)]
+                pipeline.write_record(plan.output, record)
+    except KeyboardInterrupt:
+        render.console(stderr=True).print("interrupted: run the same command again to resume")
+        raise typer.Exit(130) from None
+    if as_json:
+        render.print_json(record | {"output": str(plan.output)})
+    else:
+        _summary(plan, record)
+    if any(r["status"] == "failed" for r in record.get("registration", [])):
+        raise typer.Exit(1)
+
+
+def _summary(plan, record: dict) -> None:
+    from rich.table import Table
+
+    con = render.console()
+    m = record["model"]
+    con.print(f"\n[bold green]Built[/] {plan.source.name}: Baichuan {m['generation']} "
+              f"({m['layers']} layers, {m['positions']}, NormHead {'applied' if m['normhead'] else 'not used'}), "
+              f"{'chat' if m['chat'] else 'base'} model")
+    table = Table(show_edge=False)
+    for col in ("type", "file", "size", "sha256", "check"):
+        table.add_column(col)
+    for a in record["artifacts"]:
+        v = a["verify"]
+        check = f"markers ok, {v['generated_tokens']} tokens generated" if v["markers"] else f"{v['generated_tokens']} tokens generated"
+        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12], check)
+    con.print(table)
+    con.print(f"Directory: {plan.output}  (build.json records sources, hashes, llama.cpp version and timings)")
+    if record.get("resumed_stages"):
+        con.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")
+    for r in record.get("registration", []):
+        render.registration(con, r)
+    if "registration" not in record:
+        for a in record["artifacts"]:
+            con.print(f"Register later: ollama create {a['ollama_name']} -f {plan.output / a['modelfile']}", soft_wrap=True)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    gguf: Path = typer.Argument(..., help="A .gguf file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show what a GGUF holds: architecture, layers, context, quant, chat markers, size.
+
+    Example: orch inspect ./builds/mybot/mybot.Q4_K_M.gguf
+    """
+    from orchestrator.build.inspect import inspect_gguf
+
+    info = inspect_gguf(gguf)
+    if as_json:
+        render.print_json(info)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, show_edge=False)
+    for key, value in info.items():
+        if key == "size":
+            value = f"{value / 1e6:.1f} MB ({value} bytes)"
+        elif key == "chat_markers":
+            value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none (a base model, or markers not typed CONTROL)"
+        table.add_row(key.replace("_", " "), render.escape(str(value)))
+    render.console().print(table)

@@ -1,0 +1,173 @@
+"""orch up, orch down, orch status, orch logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import app, render
+
+STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
+
+
+def _stack_dir(directory: Optional[Path]) -> Path:
+    from orchestrator import paths
+
+    return (directory or paths.default_stack_dir()).expanduser().resolve()
+
+
+@app.command()
+def up(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate everything, print the plan, start nothing."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    port: int = typer.Option(3000, "--port", help="Port for the browser chat (Open WebUI)."),
+    bind: str = typer.Option("0.0.0.0", "--bind", help="Address Open WebUI is published on (it has sign-in)."),
+    ollama_port: int = typer.Option(11434, "--ollama-port", help="Port Ollama is published on."),
+    expose_ollama: bool = typer.Option(False, "--expose-ollama", help="Publish Ollama beyond 127.0.0.1 (it has no authentication)."),
+    ollama_url: Optional[str] = typer.Option(None, "--ollama-url", help="Use an Ollama that already runs instead of starting one."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Reserve NVIDIA GPUs for Ollama [default: detected]."),
+    offline: bool = typer.Option(False, "--offline", help="Tell Open WebUI not to download anything (no internet)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
+    wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
+) -> None:
+    """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
+
+    Examples:
+
+      orch up --dry-run
+
+      orch up --model baichuan2-7b-chat:q4_K_M
+
+      orch up --ollama-url http://127.0.0.1:11434 --bind 127.0.0.1
+
+      orch up --runtime native --offline
+    """
+    from orchestrator.stack import compose, config, preflight
+    from orchestrator.stack import runtime as runtimes
+    from orchestrator.stack import up as stack_up
+
+    chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
+    plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
+                            expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model)
+    con, err = render.console(), render.console(stderr=True)
+
+    def announce() -> None:
+        for warning in plan.warnings():
+            err.print(f"[yellow]warning:[/] {render.escape(warning)}", soft_wrap=True)
+        err.print(f"GPU: {gpu_reason}", soft_wrap=True)
+
+    if dry_run:
+        _dry_run(plan, compose.check(plan), announce)
+        return
+    chosen, why = runtimes.choose(runtime)
+    chosen.preflight(plan)  # before any other output: a failure is one line
+    announce()
+    err.print(f"runtime: {chosen.name} ({why})", soft_wrap=True)
+    with render.RichReporter() as reporter:
+        result = stack_up.up(plan, chosen, wait=wait, reporter=reporter)
+    _print_up(result, con)
+    if result.health.failed:
+        err.print("[red]the stack is up but a health check failed[/] (see the table): orch logs, then orch health", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _dry_run(plan, doc: dict, announce) -> None:
+    import yaml
+
+    from orchestrator.stack.config import ADMIN_EMAIL
+
+    announce()
+    con = render.console()
+    con.print(f"[bold]Plan[/] (nothing started): stack directory {plan.directory}")
+    for service, image in plan.images.items():
+        if service in doc["services"]:
+            con.print(f"  {service}: {image}  ports {', '.join(doc['services'][service]['ports'])}")
+    if plan.ollama_url:
+        con.print(f"  ollama: not started; Open WebUI uses {doc['services']['open-webui']['environment']['OLLAMA_BASE_URL']}")
+    con.print("  compose.yaml (validated against the Compose Specification schema):")
+    con.print(yaml.safe_dump(doc, sort_keys=False), markup=False, highlight=False)
+    con.print(f"  .env (mode 0600): WEBUI_SECRET_KEY, WEBUI_ADMIN_EMAIL={ADMIN_EMAIL}, WEBUI_ADMIN_PASSWORD (generated once)")
+
+
+def _print_up(result, con) -> None:
+    for r in result.registered:
+        render.registration(con, r.as_dict())
+    render.health_table(result.health)
+    for key in result.first_start_only:
+        con.print(f"[yellow]note:[/] {key} changed, but Open WebUI reads it only on its first start: "
+                  "change it in its admin settings, or orch down --volumes to start afresh", soft_wrap=True)
+    urls, admin = result.urls, result.admin
+    model = result.health.model or "MODEL"
+    con.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}", soft_wrap=True)
+    if admin["password"]:
+        con.print(f"[bold]Admin password (shown once, kept in {result.env}):[/] {render.escape(admin['password'])}", soft_wrap=True)
+    con.print(f"Ollama API: {urls['ollama']}\nOpenAI-compatible base URL: {urls['openai']}\n", soft_wrap=True)
+    con.print("from openai import OpenAI\n"
+              f"client = OpenAI(base_url=\"{urls['openai']}\", api_key=\"ollama\")\n"
+              f"print(client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"你好\"}}]).choices[0].message.content)",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def down(
+    volumes: bool = typer.Option(False, "--volumes", help="Also delete the models and chat history volumes."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+) -> None:
+    """Stop the stack orch up started (only the processes or containers it started).
+
+    Example: orch down
+    """
+    from orchestrator.stack import runtime
+
+    d = _stack_dir(directory)
+    rt, _ = runtime.load(d)
+    stopped = rt.down(d, volumes=volumes)
+    render.console().print(f"stopped {', '.join(stopped) or 'nothing (no process of the stack was running)'}"
+                           + (", removed the data" if volumes else ""))
+
+
+@app.command()
+def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP)) -> None:
+    """Services, their health, and the models loaded with their memory.
+
+    Example: orch status
+    """
+    from orchestrator.errors import OrchError
+    from orchestrator.ollama.client import Ollama
+    from orchestrator.stack import runtime
+
+    d = _stack_dir(directory)
+    rt, record = runtime.load(d)
+    con = render.console()
+    for s in rt.status(d):
+        con.print(f"{s.name}: {'running' if s.running else 'not running'}{', ' + s.detail if s.detail else ''}")
+    try:
+        loaded = Ollama(record.ollama_url).loaded()
+    except OrchError as e:
+        con.print(str(e))
+        return
+    for m in loaded:
+        con.print(f"loaded {m['name']}: {m.get('size', 0) / 1e9:.1f} GB, {m.get('size_vram', 0) / 1e9:.1f} GB in GPU memory")
+    if not loaded:
+        con.print(f"no model loaded right now ({record.ollama_url})")
+
+
+@app.command()
+def logs(
+    service: Optional[str] = typer.Argument(None, help="ollama or open-webui [default: both]."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+) -> None:
+    """Show the services' logs.
+
+    Example: orch logs open-webui -f
+    """
+    from orchestrator.stack import runtime
+
+    d = _stack_dir(directory)
+    rt, _ = runtime.load(d)
+    for line in rt.logs(d, [service] if service else None, follow=follow):
+        print(line, flush=True)

@@ -1,0 +1,209 @@
+"""The one owner of orch's HTTP: where Ollama is, the session to it, and what its errors mean in plain words.
+
+Every request to an Ollama server goes through `Ollama`: raw httpx where orch
+needs the stream itself (time to first line, upload progress, line-by-line
+fault checks), the official `ollama` client where its typed answers suffice
+(create, show, chat). The few requests to other services (Open WebUI's
+/health, alert webhooks) use `get` and `post_json` here too, so that no
+other module opens a connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+
+from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+UPLOAD_ATTEMPTS = 3
+CHUNK = 1 << 20
+
+TransportError = httpx.HTTPError  # what a request raises when the server cannot be reached or breaks off
+ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
+
+
+def resolve_host(host: str | None = None) -> str:
+    """--host, else OLLAMA_HOST (a bare host or host:port, as Ollama accepts), else the default; 0.0.0.0 means this host."""
+    raw = (host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST).strip().rstrip("/")
+    if "://" not in raw:
+        raw = "http://" + raw
+    scheme, rest = raw.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("0.0.0.0"):
+        hostport = hostport.replace("0.0.0.0", "127.0.0.1", 1)
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":11434"
+    return f"{scheme}://{hostport}"
+
+
+def manual_command(name: str, modelfile: Path, url: str) -> str:
+    """The `ollama create` line that does by hand what registration does."""
+    prefix = "" if url == DEFAULT_HOST else f"OLLAMA_HOST={url} "
+    return f"{prefix}ollama create {name} -f {modelfile}"
+
+
+def explain(e: Exception) -> str:
+    """A transport failure in plain words."""
+    if isinstance(e, httpx.ConnectError):
+        return f"connection refused or unreachable ({short(e)}): is the server running?"
+    if isinstance(e, httpx.TimeoutException):
+        return "no answer within the timeout"
+    if isinstance(e, httpx.RemoteProtocolError):
+        return f"the server broke off its answer ({short(e)})"
+    return f"{type(e).__name__}: {short(e)}"
+
+
+def short(e: Exception) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0][:120]
+
+
+def body_error(r: httpx.Response) -> str:
+    """The `error` of a JSON error body, or what the body is when it is not one."""
+    try:
+        return str(r.json().get("error", r.text))[:200]
+    except (ValueError, AttributeError):
+        return ("an HTML page" if "<html" in r.text.lower() else r.text.strip()[:200]) or "no body"
+
+
+def error_text(e: Exception) -> str:
+    """One line for an error the `ollama` client raised or orch's own."""
+    text = getattr(e, "error", None) or str(e)
+    try:
+        text = json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        pass
+    return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(e).__name__
+
+
+def get(url: str, timeout: float = 5.0) -> httpx.Response:
+    """A GET to a service that is not Ollama (Open WebUI's /health)."""
+    return httpx.get(url, timeout=timeout)
+
+
+def post_json(url: str, body: dict, timeout: float = 10.0) -> httpx.Response:
+    """A POST of JSON to a service that is not Ollama (an alert webhook)."""
+    return httpx.post(url, json=body, timeout=timeout)
+
+
+class Ollama:
+    """One Ollama server: its URL, a pooled HTTP session, and the official client over the same URL."""
+
+    def __init__(self, host: str | None = None, *, timeout: float = 30.0, connect: float = 5.0):
+        self.url = resolve_host(host)
+        self.timeout, self.connect = timeout, connect
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)))
+
+    @cached_property
+    def api(self):
+        import ollama
+
+        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect))
+
+    def close(self) -> None:
+        if "http" in self.__dict__:
+            self.http.close()
+
+    def __enter__(self) -> "Ollama":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- plain requests -------------------------------------------------------------------------------------------
+    def get(self, path: str) -> httpx.Response:
+        return self.http.get(path)
+
+    def post(self, path: str, body: dict) -> httpx.Response:
+        return self.http.post(path, json=body)
+
+    @contextmanager
+    def stream(self, path: str, body: dict) -> Iterator[httpx.Response]:
+        with self.http.stream("POST", path, json=body) as r:
+            yield r
+
+    def version(self, timeout: float = 3.0) -> str | None:
+        """The server's version, or None when nothing (or something other than Ollama) answers."""
+        try:
+            r = self.http.get("/api/version", timeout=timeout)
+            return str(r.json().get("version", "unknown")) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
+    def models(self) -> list[str]:
+        """Names of the models the server has (empty when it cannot be asked)."""
+        try:
+            return [m.get("name") or m.get("model") for m in self.http.get("/api/tags").json().get("models", [])]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return []
+
+    def loaded(self) -> list[dict]:
+        """/api/ps: the models in memory with their size and GPU share. Raises OrchError when the server does not answer."""
+        try:
+            return self.http.get("/api/ps", timeout=5).json().get("models", [])
+        except (httpx.HTTPError, ValueError, AttributeError) as e:
+            raise OrchError(f"Ollama did not answer {self.url}/api/ps ({explain(e) if isinstance(e, httpx.HTTPError) else 'not JSON'})") from None
+
+    # --- blobs ------------------------------------------------------------------------------------------------------
+    def upload_blob(self, path: Path, digest: str, *, reporter: Reporter = SILENT) -> bool:
+        """Upload `path` unless the server has it; True if it was sent. Streams from disk; a broken transfer is retried."""
+        blob = f"/api/blobs/sha256:{digest}"
+        if self.http.head(blob).status_code == 200:
+            return False
+        size = path.stat().st_size
+        last = ""
+        with reporter.task(f"upload {path.name}", total=size) as task:
+            for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+                task.update(completed=0)
+                try:
+                    r = self.http.post(blob, content=_chunks(path, task.advance), headers={"Content-Length": str(size)})
+                except httpx.TransportError as e:
+                    last = type(e).__name__
+                else:
+                    if r.status_code in (200, 201):
+                        return True
+                    if r.status_code < 500:
+                        raise OrchError(f"the server refused the upload of {path.name} (HTTP {r.status_code}: {body_error(r)})")
+                    last = f"HTTP {r.status_code}: {body_error(r)}"
+                if attempt < UPLOAD_ATTEMPTS:
+                    time.sleep(attempt)
+        raise OrchError(f"uploading {path.name} failed {UPLOAD_ATTEMPTS} times (last: {last}): "
+                        "check the connection to the server and run orch register again")
+
+    # --- through the official client --------------------------------------------------------------------------------
+    def create(self, name: str, *, on_status: Callable[[str], None] = lambda s: None, **request) -> None:
+        """POST /api/create, streamed: each status line to `on_status`; an error line raises."""
+        for status in self.api.create(model=name, stream=True, **request):
+            if status.status:
+                on_status(status.status)
+
+    def show(self, name: str):
+        return self.api.show(name)
+
+    def chat(self, name: str, messages: list[dict], *, stream: bool = False, options: dict | None = None):
+        return self.api.chat(model=name, messages=messages, stream=stream, options=options)
+
+
+def response_error():
+    """The `ollama` client's error type (an HTTP error status from the server)."""
+    import ollama
+
+    return ollama.ResponseError
+
+
+def _chunks(path: Path, advance: Callable[[float], None]):
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            advance(len(block))
+            yield block

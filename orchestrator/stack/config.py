@@ -1,0 +1,112 @@
+"""What a stack is, whatever runs it: the plan, the pinned images, and the secrets kept in its .env.
+
+Planning is pure; write_env is the only part that touches disk. Secrets are
+generated once and kept across runs: Open WebUI signs sessions with
+WEBUI_SECRET_KEY, and a new one logs everyone out.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import BadInput
+from orchestrator.files import write_text
+
+# The only place the images are pinned. Ollama 0.17.1 fixes CVE-2026-7482 (heap leak through /api/create).
+OLLAMA_VERSION = "0.17.1"
+OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
+WEBUI_VERSION = "0.12.4"
+WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
+ADMIN_EMAIL = "admin@orch.local"
+SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
+# read by Open WebUI only on its first start (it then keeps them in its database)
+FIRST_START_ONLY = ("DEFAULT_MODELS", "ENABLE_SIGNUP", "ENABLE_OPENAI_API")
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    directory: Path
+    port: int = 3000
+    bind: str = "0.0.0.0"
+    ollama_port: int = 11434
+    expose_ollama: bool = False
+    ollama_url: str | None = None  # an Ollama that already runs; no ollama service then
+    gpu: bool = False
+    offline: bool = False
+    default_model: str | None = None
+    images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
+
+    def __post_init__(self):
+        validate_port(self.port, "--port")
+        validate_port(self.ollama_port, "--ollama-port")
+
+    @property
+    def local_webui_url(self) -> str:
+        """Where this host reaches Open WebUI: loopback unless it is bound to one address only."""
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::", "127.0.0.1") else self.bind
+        return f"http://{host}:{self.port}"
+
+    @property
+    def local_ollama_url(self) -> str:
+        """Where this host reaches the stack's Ollama: the --ollama-url given, else its published port."""
+        return self.ollama_url or f"http://127.0.0.1:{self.ollama_port}"
+
+    @property
+    def ollama_bind(self) -> str:
+        return "0.0.0.0" if self.expose_ollama else "127.0.0.1"
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.expose_ollama:
+            out.append(f"Ollama will answer on every interface at port {self.ollama_port} with no authentication; Docker's "
+                       "published ports bypass host firewalls such as ufw")
+        if self.bind == "0.0.0.0":
+            out.append(f"Open WebUI listens on every interface at port {self.port} (it has sign-in; Docker's published ports "
+                       "bypass host firewalls such as ufw): pass --bind 127.0.0.1 to keep it on this machine")
+        return out
+
+
+def validate_port(port: int, what: str) -> int:
+    if not 1 <= port <= 65535:
+        raise BadInput(f"{what} {port} is not a TCP port: pass a number from 1 to 65535")
+    return port
+
+
+def env_values(existing: dict[str, str]) -> dict[str, str]:
+    """The .env: the secret key and admin account, generated once and then kept as they are."""
+    values = dict(existing)
+    values.setdefault("WEBUI_SECRET_KEY", secrets.token_urlsafe(48))
+    values.setdefault("WEBUI_ADMIN_EMAIL", ADMIN_EMAIL)
+    values.setdefault("WEBUI_ADMIN_PASSWORD", secrets.token_urlsafe(18))
+    return values
+
+
+def read_env(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def write_env(env_path: Path) -> bool:
+    """Write the .env (0600) with the secrets, generating those missing; True when they were generated now."""
+    old = read_env(env_path)
+    values = env_values(old)
+    if values != old or not env_path.is_file():
+        text = "# secrets for orch's stack: keep this file private (mode 0600)\n" + "".join(f"{k}={v}\n" for k, v in values.items())
+        write_text(env_path, text, mode=0o600)
+    elif os.stat(env_path).st_mode & 0o077:
+        os.chmod(env_path, 0o600)
+    return "WEBUI_ADMIN_PASSWORD" not in old
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """Names of the settings whose values differ between two starts."""
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))

@@ -1,0 +1,116 @@
+"""The docker runtime: the rendered compose stack, run with `docker compose`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator.errors import OrchError
+from orchestrator.events import Reporter
+from orchestrator.stack import compose, preflight
+from orchestrator.stack.config import StackPlan
+from orchestrator.stack.runtime import ServiceState, Started
+
+PROJECT = "orch"
+
+
+class Compose:
+    """`docker compose` for one stack directory."""
+
+    def __init__(self, docker: str, directory: Path):
+        self.docker, self.directory = docker, directory
+
+    def command(self, *args: str) -> list[str]:
+        return [self.docker, "compose", "--project-name", PROJECT, "--project-directory", str(self.directory),
+                "-f", str(self.directory / "compose.yaml"), *args]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.command(*args), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise OrchError(f"docker compose {args[0]} failed ({preflight.first_line(proc.stderr or '')}): "
+                            f"see docker compose logs in {self.directory}")
+        return proc
+
+    def running(self) -> list[dict]:
+        proc = self.run("ps", "--format", "json", check=False)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return []
+        text = proc.stdout.strip()  # one JSON array, or one object a line, depending on the compose version
+        return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def wait_healthy(self, services: list[str], timeout: float, reporter: Reporter) -> None:
+        deadline = time.monotonic() + timeout
+        with reporter.task("waiting for the stack") as task:
+            while True:
+                states = {r.get("Service"): (r.get("Health") or r.get("State") or "") for r in self.running()}
+                task.update(description="waiting: " + ", ".join(f"{s} {states.get(s, 'starting')}" for s in services))
+                if all(states.get(s) == "healthy" for s in services):
+                    return
+                bad = [s for s in services if states.get(s) in ("unhealthy", "exited", "dead")]
+                if bad:
+                    raise OrchError(f"{', '.join(bad)} did not come up healthy: orch logs {bad[0]}")
+                if time.monotonic() > deadline:
+                    raise OrchError(f"the stack was not healthy within {timeout:g} s ({states}): orch logs, then orch up again")
+                time.sleep(2)
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def _compose(self, directory: Path) -> Compose:
+        docker = preflight.docker_binary()
+        preflight.docker_daemon(docker)
+        return Compose(docker, directory)
+
+    def preflight(self, plan: StackPlan) -> None:
+        """Ports free, Docker present, daemon reachable, compose plugin, disk.
+
+        Ports are checked first on a fresh stack (nothing of ours can hold them);
+        once a stack exists its own running containers may hold them, so those are
+        asked about through Docker first.
+        """
+        fresh = not (plan.directory / "compose.yaml").is_file()
+        if fresh:
+            _ports_free(plan, held=set())
+        docker = preflight.docker_binary()
+        info = preflight.docker_daemon(docker)
+        preflight.compose_plugin(docker)
+        if not fresh:
+            _ports_free(plan, held={r.get("Service") for r in Compose(docker, plan.directory).running()})
+        preflight.disk(Path(info["root"]) if info["root"] else plan.directory)
+
+    def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
+        runner = Compose(preflight.docker_binary(), plan.directory)
+        env, created, changed = compose.write_stack(plan)
+        runner.run("up", "-d", "--remove-orphans")
+        runner.wait_healthy(["open-webui"] + ([] if plan.ollama_url else ["ollama"]), wait, reporter)
+        return Started(env, created, changed)
+
+    def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
+        self._compose(directory).run("down", *(["--volumes"] if volumes else []))
+        return ["the compose stack"]
+
+    def status(self, directory: Path) -> list[ServiceState]:
+        return [ServiceState(r.get("Service", "?"), r.get("State") == "running",
+                             " ".join(x for x in (r.get("State"), r.get("Health"), r.get("Image")) if x))
+                for r in self._compose(directory).running()]
+
+    def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
+        cmd = self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or []))
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
+            try:
+                yield from (line.rstrip("\n") for line in proc.stdout)
+            finally:
+                proc.kill()
+
+
+def _ports_free(plan: StackPlan, held: set) -> None:
+    if "open-webui" not in held:
+        preflight.port_free(plan.bind, plan.port, "Open WebUI")
+    if plan.ollama_url is None and "ollama" not in held:
+        preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
+
+

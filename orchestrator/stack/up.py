@@ -1,0 +1,53 @@
+"""`orch up` after the runtime has started the services: register what was built, probe, and say where to chat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import paths
+from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+from orchestrator.ollama import probe, register
+from orchestrator.ollama.client import Ollama
+from orchestrator.stack.config import FIRST_START_ONLY, StackPlan, read_env
+from orchestrator.stack.runtime import Runtime, StackRecord
+
+
+@dataclass
+class UpResult:
+    runtime: str
+    env: Path
+    health: probe.Report
+    urls: dict
+    admin: dict
+    first_start_only: list[str] = field(default_factory=list)
+    registered: list[register.Registration] = field(default_factory=list)
+
+
+def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
+    """(Modelfile, Ollama name) for every build under the data directory."""
+    root = builds or paths.data_home() / "builds"
+    found = []
+    for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
+        try:
+            found += [(mf, name) for mf, name in register.names_in_build(record.parent) if mf.is_file()]
+        except (OrchError, KeyError, ValueError):
+            continue
+    return found
+
+
+def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Reporter = SILENT) -> UpResult:
+    """Start the stack and return what the user needs: URLs, credentials (the first time), registrations, health."""
+    started = runtime.up(plan, wait=wait, reporter=reporter)
+    ollama = plan.local_ollama_url
+    StackRecord(runtime.name, ollama, plan.local_webui_url).save(plan.directory)
+    with Ollama(ollama, timeout=10) as server:
+        have = set(server.models())
+    registered = [register.register(mf, name, ollama, reporter=reporter) for mf, name in built_models() if name not in have]
+    report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
+    env = read_env(started.env)
+    return UpResult(runtime.name, started.env, report,
+                    urls={"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
+                    admin={"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if started.created_secrets else None},
+                    first_start_only=[k for k in started.changed if k in FIRST_START_ONLY], registered=registered)
