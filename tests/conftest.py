@@ -58,17 +58,17 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, checkpoint, llama_tree):
-    """`orch build DIR --quant ...` run once per (layers, quants); returns the output directory."""
+    """`orch build DIR --quant ...` run once per (layers, quants, checkpoint options); returns the output directory."""
     done: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("builds")
 
-    def build(layers: int = 32, quants: str = "f32,f16,q8_0,q4_K_M") -> Path:
-        key = (layers, quants)
+    def build(layers: int = 32, quants: str = "f32,f16,q8_0,q4_K_M", **kw) -> Path:
+        key = (layers, quants, *sorted(kw.items()))
         if key not in done:
-            out = root / f"{layers}L-{quants.replace(',', '-')}"
+            out = root / (f"{layers}L-{quants.replace(',', '-')}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items())))
             env = os.environ | {"XDG_CACHE_HOME": str(root / "cache"), "XDG_DATA_HOME": str(root / "data"),
                                 llamacpp.ENV_OVERRIDE: str(llama_tree), "OLLAMA_HOST": "http://127.0.0.1:9"}
-            orch("build", str(checkpoint(layers)), "--quant", quants, "--no-register", "-o", str(out), env=env)
+            orch("build", str(checkpoint(layers, **kw)), "--quant", quants, "--no-register", "-o", str(out), env=env)
             done[key] = out
         return done[key]
 

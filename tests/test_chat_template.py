@@ -44,14 +44,20 @@ def render(go_render, template: str, messages: list[dict], system: str = "") -> 
     return subprocess.run([str(go_render)], input=json.dumps(req), capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def model(built, checkpoint):
-    out = built(32)
+TOKENIZERS = {"baichuan2 (no dummy prefix)": {}, "dummy prefix (Baichuan 1 lineage)": {"dummy_prefix": True}}
+
+
+@pytest.fixture(scope="module", params=list(TOKENIZERS))
+def model(request, built, checkpoint):
+    """The Q4_K_M build of a tiny chat model, for each kind of tokenizer a checkpoint comes with."""
+    kind = TOKENIZERS[request.param]
+    out = built(32, **kind) if not kind else built(32, "f32,q4_K_M", **kind)  # the fidelity test's dummy-prefix build
     gguf = next(out.glob("*.Q4_K_M.gguf"))
     llm = Llama(model_path=str(gguf), n_ctx=64, vocab_only=True, verbose=False)
-    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32) / "tokenizer.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32, **kind) / "tokenizer.model"))
     markers = ChatMarkers(sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE), USER_PIECE, ASSISTANT_PIECE)
-    yield {"llm": llm, "sp": sp, "markers": markers, "modelfile": gguf.with_suffix(".Modelfile").read_text()}
+    yield {"llm": llm, "sp": sp, "markers": markers, "modelfile": gguf.with_suffix(".Modelfile").read_text(),
+           "dummy_prefix": bool(kind)}
     llm.close()
 
 
@@ -64,6 +70,8 @@ def test_rendered_template_tokenises_like_baichuan2(model, go_render, name):
     got = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
     want = build_chat_input(messages, model["sp"].encode, model["markers"])
     assert got == want, f"rendered prompt {prompt!r}"
+    after_markers = [model["sp"].id_to_piece(want[i + 1]) for i, t in enumerate(want[:-1]) if t in model["markers"].ids]
+    assert all(p.startswith("\u2581") for p in after_markers) == model["dummy_prefix"], after_markers
 
 
 def test_modelfile_system_prompt_comes_first(model, go_render):

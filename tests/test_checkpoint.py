@@ -43,6 +43,15 @@ def test_reading_a_checkpoint(checkpoint):
     assert "modeling_baichuan.py" not in ck.needed_files()
 
 
+def test_markers_of_a_dummy_prefix_tokenizer_are_single_reserved_pieces(checkpoint):
+    """With SentencePiece's dummy prefix a marker's text encodes as [▁, id]; it is still one user-defined piece and accepted."""
+    model = checkpoint(32, dummy_prefix=True)
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    assert sp.encode(USER_PIECE, out_type=str) == ["\u2581", USER_PIECE]
+    ck = ckpt_mod.read(model)
+    assert ck.markers.ids == (sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE))
+
+
 def test_tensor_shapes_of_a_bin_match_torch_without_importing_it(checkpoint):
     import torch
 

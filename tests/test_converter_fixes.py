@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
+import pytest
 from gguf import GGUFReader
 
 from orchestrator.build.llamacpp import provision as llamacpp
@@ -21,7 +22,7 @@ def test_upstream_converter_still_crashes_on_baichuan(checkpoint, llama_tree, tm
     cmd.insert(cmd.index("--"), "--no-fixes")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "RecursionError" in proc.stderr, (
-        "llama.cpp's converter no longer crashes on Baichuan: the crash fix in orchestrator/converter_shim.py "
+        "llama.cpp's converter no longer crashes on Baichuan: the crash fix in orchestrator/build/llamacpp/shim.py "
         "is stale; drop it and update this test"
     )
 
@@ -33,19 +34,24 @@ def test_build_report_records_what_upstream_got_wrong(built):
     types = {v["piece"]: v["type"] for v in report["upstream_marker_types"].values()}
     assert set(types) == {USER_PIECE, ASSISTANT_PIECE}
     assert all(t != "CONTROL" for t in types.values()), (
-        f"upstream now types the chat markers {types}: the marker fix in orchestrator/converter_shim.py is stale"
+        f"upstream now types the chat markers {types}: the marker fix in orchestrator/build/llamacpp/shim.py is stale"
     )
 
 
-def test_only_the_markers_become_control_tokens(built, checkpoint):
+BUILDS = {"baichuan2 tokenizer": ("f32,f16,q8_0,q4_K_M", {}), "dummy-prefix tokenizer": ("f32,q4_K_M", {"dummy_prefix": True})}
+
+
+@pytest.mark.parametrize("kind", BUILDS)
+def test_only_the_markers_become_control_tokens(built, checkpoint, kind):
     """The markers become CONTROL; the other reserved pieces keep the type upstream gives them."""
     import sentencepiece as spm
 
-    out = built(32)
-    reader = GGUFReader(next(out.glob("*.F16.gguf")))
+    quants, options = BUILDS[kind]
+    out = built(32, quants, **options)
+    reader = GGUFReader(next(out.glob("*.F32.gguf")))
     field = reader.fields["tokenizer.ggml.token_type"]
     types = np.array([field.parts[i][0] for i in field.data])
-    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32) / "tokenizer.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32, **options) / "tokenizer.model"))
     markers = {sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE)}
     control = set(np.flatnonzero(types == CONTROL).tolist())
     assert control == markers | {sp.bos_id(), sp.eos_id()}
@@ -53,14 +59,17 @@ def test_only_the_markers_become_control_tokens(built, checkpoint):
     assert all(types[i] == NORMAL for i in reserved)
 
 
-def test_upstream_still_leaves_the_space_prefix_unset(built):
-    """Upstream writes no add_space_prefix for Baichuan, so llama.cpp would put "▁" after every marker."""
-    report = build_record(built(32))["llama_cpp"]["converter_fixes"]
-    assert report["tokenizer_adds_dummy_prefix"] is False
+@pytest.mark.parametrize("kind", BUILDS)
+def test_the_space_prefix_flag_says_what_the_tokenizer_does(built, kind):
+    """Upstream writes no add_space_prefix for Baichuan, so llama.cpp assumes "▁" after every marker; orch writes the tokenizer's own."""
+    quants, options = BUILDS[kind]
+    out = built(32, quants, **options)
+    report = build_record(out)["llama_cpp"]["converter_fixes"]
+    assert report["tokenizer_adds_dummy_prefix"] is options.get("dummy_prefix", False)
     assert report["upstream_add_space_prefix"] is None, (
         "upstream now writes tokenizer.ggml.add_space_prefix for Baichuan: the space-prefix fix in "
-        "orchestrator/converter_shim.py may be stale"
+        "orchestrator/build/llamacpp/shim.py may be stale"
     )
-    reader = GGUFReader(next(built(32).glob("*.F16.gguf")))
+    reader = GGUFReader(next(out.glob("*.F32.gguf")))
     field = reader.fields["tokenizer.ggml.add_space_prefix"]
-    assert bool(field.parts[field.data[0]][0]) is False
+    assert bool(field.parts[field.data[0]][0]) is options.get("dummy_prefix", False)

@@ -27,13 +27,14 @@ def sequences(model_dir) -> list[list[int]]:
 def reference_logits(checkpoint):
     cache = {}
 
-    def get(layers: int):
-        if layers not in cache:
-            model_dir = checkpoint(layers)
+    def get(layers: int, **options):
+        key = (layers, *sorted(options.items()))
+        if key not in cache:
+            model_dir = checkpoint(layers, **options)
             ref = Reference(model_dir, normhead=True)
             seqs = sequences(model_dir)
-            cache[layers] = (seqs, [ref.logits(s) for s in seqs])
-        return cache[layers]
+            cache[key] = (seqs, [ref.logits(s) for s in seqs])
+        return cache[key]
 
     return get
 
@@ -49,6 +50,14 @@ def test_built_gguf_matches_reference(built, reference_logits, layers, quant):
     assert result.passes(allow_near_ties=quant == "F16"), result
     if quant == "F32":
         assert result.near_tie_flips == 0, result
+
+
+def test_a_dummy_prefix_tokenizer_builds_and_matches_reference(built, reference_logits):
+    """A tokenizer with SentencePiece's dummy prefix (Baichuan 1 lineage, retrained fine-tunes) is accepted, and the model is exact."""
+    out = built(32, "f32,q4_K_M", dummy_prefix=True)
+    seqs, want = reference_logits(32, dummy_prefix=True)
+    result = compare(gguf_logits(next(out.glob("*.F32.gguf")), seqs), want)
+    assert result.passes(allow_near_ties=False), result
 
 
 @pytest.mark.parametrize("layers", [32, 40], ids=["7B-shape-rope", "13B-shape-alibi"])

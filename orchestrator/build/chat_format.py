@@ -23,6 +23,10 @@ class ChatMarkers:
     def pieces(self) -> tuple[str, str]:
         return self.user_piece, self.assistant_piece
 
+    @property
+    def ids(self) -> tuple[int, int]:
+        return self.user_id, self.assistant_id
+
 
 def build_chat_input(
     messages: Sequence[dict],

@@ -12,6 +12,7 @@ from pathlib import Path
 from orchestrator.build import normhead
 from orchestrator.build.catalog import POSITIONS, positions
 from orchestrator.build.chat_format import ChatMarkers
+from orchestrator.build.sentencepiece_model import SentencePieceModel
 from orchestrator.errors import BadInput
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -214,23 +215,26 @@ def _pickle_shapes(f: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
+    """The chat markers generation_config.json names, checked to be single reserved pieces of this tokenizer.
+
+    Judged by piece type, not by encoding the piece's text: with a dummy prefix
+    a user-defined piece encodes as [▁, id] and is still one symbol.
+    """
     if "user_token_id" not in gen_cfg or "assistant_token_id" not in gen_cfg:
         return None
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    sp = SentencePieceModel.read(path / "tokenizer.model")
     ids = int(gen_cfg["user_token_id"]), int(gen_cfg["assistant_token_id"])
     for key, tid in zip(("user_token_id", "assistant_token_id"), ids):
-        if not 0 <= tid < sp.vocab_size():
-            raise BadInput(f"generation_config.json {key} {tid} is outside the tokenizer's {sp.vocab_size()} pieces: "
-                            "the tokenizer.model does not belong to this model")
-        piece = sp.id_to_piece(tid)
+        if not 0 <= tid < len(sp):
+            raise BadInput(f"generation_config.json {key} {tid} is outside the tokenizer's {len(sp)} pieces: "
+                           "the tokenizer.model does not belong to this model")
+        piece = sp.pieces[tid]
         # typed CONTROL in the GGUF, so it must be a reserved piece, never text the model also writes
         reserved = piece.startswith("<") and piece.endswith(">") and len(piece) > 2
-        if not reserved or (not sp.is_control(tid) and sp.encode(piece) != [tid]):
-            raise BadInput(f"generation_config.json {key} {tid} is {piece!r}, not a single reserved piece like <reserved_106> "
-                            "in tokenizer.model: fix generation_config.json or use the model's own tokenizer.model")
-    return ChatMarkers(ids[0], ids[1], sp.id_to_piece(ids[0]), sp.id_to_piece(ids[1]))
+        if not reserved or not sp.is_symbol(tid):
+            raise BadInput(f"generation_config.json {key} {tid} is {piece!r} ({sp.types[tid].lower()} piece), not a single reserved "
+                           "piece like <reserved_106> in tokenizer.model: fix generation_config.json or use the model's own tokenizer.model")
+    return ChatMarkers(ids[0], ids[1], sp.pieces[ids[0]], sp.pieces[ids[1]])
 
 
 def _numel(shape: tuple[int, ...]) -> int:

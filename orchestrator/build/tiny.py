@@ -70,8 +70,12 @@ def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
     return out
 
 
-def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> bytes:
-    """A Baichuan2-like SentencePiece BPE model: byte fallback, no dummy prefix, identity normalisation."""
+def train_tokenizer(vocab_size: int = 1024, seed: int = 0, dummy_prefix: bool = False) -> bytes:
+    """A Baichuan2-like SentencePiece BPE model: byte fallback, identity normalisation, and no dummy prefix unless asked.
+
+    Baichuan 2's tokenizer adds no "▁" before a text; Baichuan 1 lineage and
+    fine-tunes that retrain one may (SentencePiece's own default).
+    """
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -82,7 +86,7 @@ def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> bytes:
         vocab_size=vocab_size,
         character_coverage=1.0,
         byte_fallback=True,
-        add_dummy_prefix=False,
+        add_dummy_prefix=dummy_prefix,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
         split_digits=True,
@@ -168,6 +172,7 @@ def make_tiny_checkpoint(
     shards: int = 1,
     seed: int = 0,
     shape: TinyShape | None = None,
+    dummy_prefix: bool = False,
 ) -> Path:
     """Write a tiny Baichuan checkpoint to `dest` (created whole, or not at all).
 
@@ -185,7 +190,7 @@ def make_tiny_checkpoint(
     tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is not
     try:
         pieces = min(shape.vocab, TOKENIZER_PIECES)
-        model = train_tokenizer(pieces, seed)
+        model = train_tokenizer(pieces, seed, dummy_prefix)
         (tmp / "tokenizer.model").write_bytes(model)
         sp = spm.SentencePieceProcessor(model_proto=model)
         assert sp.vocab_size() == pieces, sp.vocab_size()

@@ -10,8 +10,8 @@ The provisioned tree is never edited. Four changes, each as small as it can be:
    parsing on; the marker ids (and only they) are typed CONTROL.
 3. space prefix: upstream never writes `tokenizer.ggml.add_space_prefix` for
    Baichuan, so llama.cpp assumes SentencePiece's dummy prefix and puts a "▁"
-   before the first text and after every marker; a tokenizer trained without
-   the dummy prefix gets the flag written as False.
+   before the first text and after every marker; the flag is written as the
+   tokenizer.model says (False for Baichuan 2's, True for a dummy-prefix one).
 4. NormHead: `lm_head.weight` is row-normalised as it streams through.
 
 And one for memory: the checkpoint is memory-mapped, so every page the
@@ -29,6 +29,8 @@ import inspect
 import json
 import sys
 from pathlib import Path
+
+from orchestrator.build.sentencepiece_model import SentencePieceModel
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -93,21 +95,13 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
         key = "tokenizer.ggml.add_space_prefix"
         written = [kv[key].value for kv in self.gguf_writer.kv_data if key in kv]
         report["upstream_add_space_prefix"] = written[0] if written else None
-        dummy_prefix = adds_dummy_prefix(self.dir_model / "tokenizer.model")
+        dummy_prefix = SentencePieceModel.read(self.dir_model / "tokenizer.model").add_dummy_prefix
         report["tokenizer_adds_dummy_prefix"] = dummy_prefix
-        if not dummy_prefix:
-            self.gguf_writer.remove_key(key)
-            self.gguf_writer.add_add_space_prefix(False)
+        # llama.cpp puts "▁" before every text fragment after a special token when this is true: it must say what the tokenizer does
+        self.gguf_writer.remove_key(key)
+        self.gguf_writer.add_add_space_prefix(dummy_prefix)
 
     model_cls.set_vocab = set_vocab
-
-
-def adds_dummy_prefix(tokenizer_model: Path) -> bool:
-    """Whether SentencePiece puts "▁" before a text, read from its behaviour (no protobuf needed)."""
-    from sentencepiece import SentencePieceProcessor
-
-    sp = SentencePieceProcessor(model_file=str(tokenizer_model))
-    return "".join(sp.encode("a", out_type=str)).startswith("\u2581")
 
 
 RELEASE_EVERY = 32 << 20
