@@ -140,6 +140,7 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
     double = served()
     cmd = [str(ORCH), "health", "--host", double.url, "--model", MODEL, "--watch", "--interval", "0.3", "--failures", "2",
            "--timeout", "2", "--json", "--metrics-port", str(unused_port)]
+    started = time.time()
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     lines: list[dict] = []
 
@@ -180,6 +181,10 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
         watcher.send_signal(signal.SIGINT)
         _, err = watcher.communicate(timeout=30)
     assert watcher.returncode == 0 and "Traceback" not in err
+    # one clock for every line, reports and events alike: wall-clock epoch seconds, in the order they were printed
+    times = [line["time"] for line in lines]
+    assert all(started - 5 < t < time.time() + 5 for t in times), times
+    assert times == sorted(times)
 
 
 @pytest.fixture
