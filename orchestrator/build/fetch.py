@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from orchestrator import paths
 from orchestrator.build.catalog import Source
@@ -36,6 +36,7 @@ class Listing:
     revision: str
     files: list[str]
     sha256: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 class Hub(Protocol):
@@ -56,7 +57,8 @@ def select_files(names: list[str]) -> list[str]:
     return sorted(set(wanted + (safetensors or pickles)))
 
 
-def fetch(source: Source) -> Fetched:
+def fetch(source: Source, before_download: Callable[[], None] = lambda: None) -> Fetched:
+    """The checkpoint on this machine; for a hub, `before_download` runs once the repo is known to exist, before the (long) download."""
     if source.kind == "local":
         return Fetched(source.path, source.revision)
     if source.kind == "tiny":
@@ -68,6 +70,7 @@ def fetch(source: Source) -> Fetched:
         raise BadInput(f"{source.repo_id} has no config.json: it is not a Hugging Face model repo")
     if not any(f.endswith((".bin", ".safetensors")) for f in files):
         raise BadInput(f"{source.repo_id} has no model*.safetensors or pytorch_model*.bin weights")
+    before_download()
     local = hub.download(source, listing, files)
     return Fetched(local, listing.revision, {f: h for f, h in listing.sha256.items() if f in files})
 
@@ -150,13 +153,32 @@ class ModelScope:
             raise unreachable(self.name, e) from None
         files = [f for f in entries if not f.is_dir]
         # the current client keeps the published hashes here; the legacy get_model_files() drops them
-        return Listing(revision, [f.path for f in files], {f.path: f.sha256 for f in files if f.sha256})
+        return Listing(revision, [f.path for f in files], {f.path: f.sha256 for f in files if f.sha256}, {f.path: f.size for f in files})
 
     def download(self, source: Source, listing: Listing, files: list[str]) -> Path:
+        from modelscope_hub import FileDownloadError, FileIntegrityError
+
+        # the listing already made, handed back so that the client does not ask for it again
+        entries = [{"Path": f, "Size": listing.sizes.get(f, 0), "Sha256": listing.sha256.get(f)} for f in files]
         try:
-            return Path(self._api().download_repo(source.repo_id, "model", revision=listing.revision, allow_patterns=files))
+            return Path(self._api().download_repo(source.repo_id, "model", revision=listing.revision, allow_patterns=files,
+                                                  file_list=entries))
+        except FileDownloadError as e:
+            corrupt = sorted(f for f, err in e.failed_files.items() if isinstance(err, FileIntegrityError))
+            if corrupt:
+                raise OrchError(f"{', '.join(corrupt)} as downloaded does not match the sha256 ModelScope publishes for it (a corrupt "
+                                "download, refused by the client): run the same command again, or use --source hf") from None
+            raise unreachable(self.name, e, downloading=True) from None
         except Exception as e:
             raise unreachable(self.name, e, downloading=True) from None
+
+
+def discard(path: Path) -> None:
+    """Remove a downloaded file from the hub client's cache (the snapshot link and the blob it points to), so a rerun fetches it again."""
+    target = path.resolve()
+    path.unlink(missing_ok=True)
+    if target != path:
+        target.unlink(missing_ok=True)
 
 
 def _first_line(e: Exception) -> str:

@@ -45,12 +45,14 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     t0 = time.monotonic()
     _check_writable(plan.output)
     remote = plan.source.kind in ("catalog", "repo")
-    if remote:  # a download can be long: say what it is for before it starts
-        _announce(plan, reporter)
-
-    fetched = fetch.fetch(plan.source)
+    # a download can be long: say what it is for before it starts (and only once the repo is known to exist)
+    fetched = fetch.fetch(plan.source, before_download=lambda: _announce(plan, reporter))
     run.timings["fetch"] = round(time.monotonic() - t0, 3)
-    ckpt = checkpoint.read(fetched.model_dir, chat_hint=plan.source.entry.chat if plan.source.entry else None)
+    try:
+        ckpt = checkpoint.read(fetched.model_dir, chat_hint=plan.source.entry.chat if plan.source.entry else None)
+    except OrchError:
+        _refuse_corrupt(fetched)  # a file that cannot be read may simply be a corrupt download: say so when it is
+        raise
     if plan.system is not None and not ckpt.chat:
         reporter.note("--system on a base model only prefixes the prompt", "warning")
     modelfile.validate_system(plan.system)
@@ -84,15 +86,19 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     derived = [a for a in plan.artifacts if plan.output / a.gguf != base]
     # the intermediate is deleted once every type is quantized; it is needed again only if one is missing
     base_needed = not all(state.done(f"quantize:{a.quant}", quantize_fp(a), [plan.output / a.gguf]) for a in derived)
-    # build.json's source hashes read the files once more: on another core, beside the conversion
+    # the sources are hashed (for build.json, and against the hub's sha256) on another core, beside the conversion;
+    # the GGUF takes its name only once they are proven, so a corrupt download leaves nothing behind
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
         hashing = pool.submit(_stage, state, run, "hash", sources_fp, lambda: _hash_sources(ckpt, fetched, reporter, stop))
         try:
             base_rec = _stage(state, run, "convert", convert_fp,
-                              lambda: _convert(plan, ckpt, llama, prepared, base, control, reporter), outputs=[base] if base_needed else [])
+                              lambda: _convert(plan, ckpt, llama, prepared, base, control, reporter, ready=hashing.result),
+                              outputs=[base] if base_needed else [])
         except BaseException:
             stop.set()
+            if isinstance(hash_error := hashing.exception(), OrchError):
+                raise hash_error from None  # corrupt sources explain whatever the converter made of them
             raise
         hashes = hashing.result()
     _pause_point("convert")
@@ -205,9 +211,22 @@ def _hash_sources(ckpt, fetched, reporter: Reporter, stop: threading.Event) -> d
             digest = sha256_file(ckpt.path / name, advance)
             expected = fetched.expected_sha256.get(name)
             if expected and expected != digest:
-                raise OrchError(f"{ckpt.path / name} does not match the hub's sha256 (corrupt download): delete it and run the build again")
+                raise _corrupt(ckpt.path / name)
             files[name] = {"size": (ckpt.path / name).stat().st_size, "sha256": digest}
     return {"files": files}
+
+
+def _refuse_corrupt(fetched) -> None:
+    for name, expected in fetched.expected_sha256.items():
+        path = fetched.model_dir / name
+        if path.is_file() and sha256_file(path) != expected:
+            raise _corrupt(path)
+
+
+def _corrupt(path: Path) -> OrchError:
+    fetch.discard(path)
+    return OrchError(f"{path.name} as downloaded does not match the sha256 the hub publishes for it (a corrupt download); "
+                     "the bad copy was removed: run the same command again to download it afresh")
 
 
 def _link_prepared(ckpt, prepared: Path) -> dict:
@@ -222,13 +241,13 @@ def _link_prepared(ckpt, prepared: Path) -> dict:
     return {"files": ckpt.needed_files()}
 
 
-def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], reporter: Reporter) -> dict:
+def _convert(plan: BuildPlan, ckpt, llama, prepared: Path, base: Path, control: list[int], reporter: Reporter, ready) -> dict:
     from orchestrator.build.llamacpp.convert import convert
 
     base.parent.mkdir(parents=True, exist_ok=True)
     report = convert(llama, prepared, base, plan.base_type, model_name=plan.source.name, normhead=ckpt.normhead, control_ids=control,
                      expected_bytes=quants.size_bytes(ckpt.n_params, plan.base_type),
-                     log=plan.work / "logs" / "convert.log", reporter=reporter)
+                     log=plan.work / "logs" / "convert.log", reporter=reporter, ready=ready)
     if ckpt.normhead and not report.get("normhead_applied"):
         raise OrchError("the converter never saw lm_head.weight, so NormHead was not applied: the checkpoint lacks an output head")
     # an intermediate in .orch is never published, so it is not worth a hash: the convert fingerprint names it
