@@ -15,8 +15,21 @@ ORCH = Path(sys.executable).with_name("orch")
 
 
 def orch(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the installed `orch` console script, as a user would."""
+    """Run the installed `orch` console script, as a user would (where the process itself is the point: signals, startup)."""
     proc = subprocess.run([str(ORCH), *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orch {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """The same command run in this process through Typer's CliRunner: the same app, no interpreter start-up."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    proc = subprocess.CompletedProcess(["orch", *args], result.exit_code, result.stdout, result.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"orch {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc

@@ -8,7 +8,7 @@ import select
 import subprocess
 import time
 
-from support import ORCH, orch
+from support import ORCH, cli
 
 MODEL = "tiny:q4_K_M"
 
@@ -46,7 +46,7 @@ class Terminal:
 
 def test_chat_streams_a_reply_and_leaves_on_bye(ollama_double, tiny_build):
     double = ollama_double()
-    orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+    cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
     term = Terminal("chat", MODEL, "--host", double.url)
     term.read_until(">>> ")
     before = double.stats()
@@ -61,6 +61,6 @@ def test_chat_streams_a_reply_and_leaves_on_bye(ollama_double, tiny_build):
 
 def test_chat_with_a_model_the_server_lacks_is_one_line(ollama_double):
     double = ollama_double()
-    proc = orch("chat", "nosuch", "--host", double.url, check=False)
+    proc = cli("chat", "nosuch", "--host", double.url, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: nosuch is not on the server at {double.url}: orch build it, or orch register a build"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFReader
 
-from support import build_record, orch
+from support import build_record, cli, orch
 
 HEAVY = ("torch", "llama_cpp", "transformers", "huggingface_hub", "modelscope", "sentencepiece", "gguf", "numpy")
 
@@ -31,24 +31,24 @@ def test_help_and_models_import_nothing_heavy():
 
 
 def test_help_shows_commands_and_examples():
-    out = orch("--help").stdout
-    for command in ("models", "build", "inspect"):
+    out = cli("--help").stdout
+    for command in ("models", "build", "inspect", "register", "chat", "health", "up", "down", "status", "logs"):
         assert command in out
-    build_help = orch("build", "--help").stdout
+    build_help = cli("build", "--help").stdout
     for option in ("--source", "--revision", "--quant", "--output", "--name", "--system", "--no-register", "--force", "--json"):
         assert option in build_help
     assert "orch build baichuan2-13b-chat --source modelscope" in build_help
 
 
 def test_models_lists_the_catalog_with_both_hubs():
-    rows = {r["name"]: r for r in json.loads(orch("models", "--json").stdout)}
+    rows = {r["name"]: r for r in json.loads(cli("models", "--json").stdout)}
     for size in ("7b", "13b"):
         for kind in ("base", "chat"):
             row = rows[f"baichuan2-{size}-{kind}"]
             assert row["huggingface"] == row["modelscope"] == f"baichuan-inc/Baichuan2-{size.upper()}-{kind.capitalize()}"
             assert row["layers"] == (32 if size == "7b" else 40)
     assert "tiny" in rows
-    table = orch("models").stdout
+    table = cli("models").stdout
     assert "baichuan2-13b-chat" in table and "tiny" in table
 
 
@@ -87,7 +87,7 @@ def test_build_tiny_end_to_end(isolated_home):
 
 def test_name_system_and_several_types_on_the_13b_shape(checkpoint, tmp_path):
     out = tmp_path / "mybot"
-    record = json.loads(orch("build", str(checkpoint(40)), "--name", "mybot:v1", "--system", "你是一个乐于助人的助手。",
+    record = json.loads(cli("build", str(checkpoint(40)), "--name", "mybot:v1", "--system", "你是一个乐于助人的助手。",
                              "--quant", "q4_K_M,q8_0", "--no-register", "-o", str(out), "--json").stdout)
     names = {a["type"]: a["ollama_name"] for a in record["artifacts"]}
     assert names == {"Q4_K_M": "mybot:v1", "Q8_0": "mybot:v1-q8_0"}
@@ -96,7 +96,7 @@ def test_name_system_and_several_types_on_the_13b_shape(checkpoint, tmp_path):
         text = (out / a["modelfile"]).read_text()
         assert f"FROM ./{a['file']}" in text
         assert 'SYSTEM """你是一个乐于助人的助手。"""' in text
-    info = json.loads(orch("inspect", str(out / record["artifacts"][1]["file"]), "--json").stdout)
+    info = json.loads(cli("inspect", str(out / record["artifacts"][1]["file"]), "--json").stdout)
     assert (info["positions"], info["quant"]) == ("alibi", "Q8_0")
 
 
@@ -104,7 +104,7 @@ def test_sharded_safetensors_convert_to_the_same_tensors_as_bin(checkpoint, buil
     """Same weights shipped as three safetensors shards instead of one pickle: the same GGUF tensors."""
     sharded = checkpoint(32, fmt="safetensors", shards=3)
     out = tmp_path / "st"
-    orch("build", str(sharded), "--quant", "f32", "--no-register", "-o", str(out))
+    cli("build", str(sharded), "--quant", "f32", "--no-register", "-o", str(out))
     a = {t.name: np.array(t.data) for t in GGUFReader(next(out.glob("*.F32.gguf"))).tensors}
     b = {t.name: np.array(t.data) for t in GGUFReader(next(built(32).glob("*.F32.gguf"))).tensors}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -113,6 +113,6 @@ def test_sharded_safetensors_convert_to_the_same_tensors_as_bin(checkpoint, buil
 def test_inspect_refuses_a_file_that_is_not_gguf(tmp_path):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"not a gguf at all" * 10)
-    proc = orch("inspect", str(bogus), check=False)
+    proc = cli("inspect", str(bogus), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

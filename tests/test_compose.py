@@ -16,7 +16,7 @@ import yaml
 
 from orchestrator.stack import compose
 from orchestrator.stack.config import StackPlan, read_env
-from support import orch
+from support import cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "compose" / "compose-spec.json").read_text())
 
@@ -94,7 +94,7 @@ def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    proc = orch("up", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
+    proc = cli("up", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
     assert "ollama/ollama:0.17.1" in proc.stdout and "127.0.0.1:11434:11434" in proc.stdout
     assert "DEFAULT_MODELS: tiny:q4_K_M" in proc.stdout and "GPU: --no-gpu" in proc.stderr
     assert not (tmp_path / "stack").exists()
@@ -106,7 +106,7 @@ def test_a_port_already_bound_is_refused_before_anything_starts(tmp_path, runtim
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        proc = orch("up", "--runtime", runtime, "--dir", str(tmp_path / "stack"), "--bind", "127.0.0.1", "--port", str(port),
+        proc = cli("up", "--runtime", runtime, "--dir", str(tmp_path / "stack"), "--bind", "127.0.0.1", "--port", str(port),
                     "--ollama-url", "http://127.0.0.1:9", check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 for Open WebUI is already in use "
@@ -117,8 +117,8 @@ def test_a_port_already_bound_is_refused_before_anything_starts(tmp_path, runtim
 def test_no_docker_on_path_is_one_line_naming_the_install(tmp_path):
     bare = tmp_path / "bin"
     bare.mkdir()
-    env = os.environ | {"PATH": str(bare)}
-    proc = orch("up", "--runtime", "docker", "--dir", str(tmp_path / "stack"), "--port", str(free_port()),
+    env = {"PATH": str(bare)}
+    proc = cli("up", "--runtime", "docker", "--dir", str(tmp_path / "stack"), "--port", str(free_port()),
                 "--ollama-port", str(free_port()), env=env, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
@@ -129,8 +129,8 @@ def test_no_docker_on_path_is_one_line_naming_the_install(tmp_path):
 def test_a_docker_whose_daemon_is_unreachable_is_one_line(tmp_path):
     docker = shutil.which("docker")
     assert docker, "the docker CLI is needed for this test: apt-get install docker.io (scripts/test does it)"
-    env = os.environ | {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
-    proc = orch("up", "--runtime", "docker", "--dir", str(tmp_path / "stack"), "--port", str(free_port()),
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    proc = cli("up", "--runtime", "docker", "--dir", str(tmp_path / "stack"), "--port", str(free_port()),
                 "--ollama-port", str(free_port()), env=env, check=False)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
@@ -140,7 +140,7 @@ def test_a_docker_whose_daemon_is_unreachable_is_one_line(tmp_path):
 
 def test_stack_commands_without_a_stack_say_so(tmp_path):
     for command in ("down", "status", "logs"):
-        proc = orch(command, "--dir", str(tmp_path / "none"), check=False)
+        proc = cli(command, "--dir", str(tmp_path / "none"), check=False)
         assert proc.returncode == 1 and proc.stderr.strip() == f"error: no stack in {tmp_path / 'none'}: run orch up first (or pass --dir)"
 
 

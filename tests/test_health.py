@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.ollama.probe import _local_addresses
-from support import ORCH, orch
+from support import ORCH, cli
 
 MODEL = "tiny:q4_K_M"
 
@@ -24,14 +24,14 @@ def served(ollama_double, tiny_build):
     """A double with the tiny model registered through `orch register`."""
     def start(**kw):
         double = ollama_double(**kw)
-        orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+        cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
         return double
     return start
 
 
-def health(url: str, *args: str, timeout: float = 30):
+def health(url: str, *args: str):
     t = time.monotonic()
-    proc = orch("health", "--host", url, "--json", *args, check=False, timeout=timeout + 30)
+    proc = cli("health", "--host", url, "--json", *args, check=False)
     seconds = time.monotonic() - t
     assert "Traceback" not in proc.stderr, proc.stderr
     report = json.loads(proc.stdout) if proc.stdout.strip() else None
@@ -56,7 +56,7 @@ def test_a_healthy_server_is_ok_with_tokens_really_generated(served):
 
 def test_the_table_names_every_check(served):
     double = served()
-    proc = orch("health", "--host", double.url)
+    proc = cli("health", "--host", double.url)
     for name in ("server", "version", "model", "generate", "chat", "placement"):
         assert re.search(rf"│ {name}\s+│ ok", proc.stdout), proc.stdout
 
@@ -132,8 +132,8 @@ def test_a_server_listening_beyond_loopback_is_flagged(served):
 
 
 def test_usage_errors_exit_2():
-    assert orch("health", "--timeout", "soon", check=False).returncode == 2
-    assert orch("health", "--metrics-port", "9100", check=False).returncode == 2
+    assert cli("health", "--timeout", "soon", check=False).returncode == 2
+    assert cli("health", "--metrics-port", "9100", check=False).returncode == 2
 
 
 def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unused_port):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 
 import httpx
@@ -15,11 +14,11 @@ import pytest
 
 from orchestrator import modelfile
 from orchestrator.errors import OrchError
-from support import orch
+from support import cli
 
 
 def register(build_dir, double, *args, check=False):
-    return orch("register", str(build_dir), "--host", double.url, *args, check=check)
+    return cli("register", str(build_dir), "--host", double.url, *args, check=check)
 
 
 def blob_posts(double) -> int:
@@ -28,8 +27,7 @@ def blob_posts(double) -> int:
 
 def test_build_tiny_registers_into_the_server_and_says_how_to_do_it_by_hand(ollama_double, tmp_path):
     double = ollama_double()
-    env = os.environ | {"OLLAMA_HOST": double.url}
-    proc = orch("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env=env)
+    proc = cli("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env={"OLLAMA_HOST": double.url})
     assert "registered" in proc.stdout and "ollama create tiny:q4_K_M -f" in proc.stdout
 
     tags = [m["name"] for m in double.get("/api/tags").json()["models"]]
@@ -91,7 +89,7 @@ def test_an_invalid_name_is_refused_before_anything_is_sent(ollama_double, tiny_
 
 
 def test_no_server_is_a_clear_failure_for_register(tiny_build, unused_port):
-    proc = orch("register", str(tiny_build), "--host", f"127.0.0.1:{unused_port}", check=False)
+    proc = cli("register", str(tiny_build), "--host", f"127.0.0.1:{unused_port}", check=False)
     assert proc.returncode == 1
     assert f"no Ollama answered at http://127.0.0.1:{unused_port}" in proc.stdout and "Traceback" not in proc.stderr
 
@@ -103,7 +101,7 @@ def test_a_modelfile_registers_as_written_under_a_new_name(ollama_double, tiny_b
     shutil.copytree(tiny_build, work)
     mf = next(work.glob("*.Modelfile"))
     mf.write_text(mf.read_text() + '\nSYSTEM """你是一个乐于助人的助手。"""\nparameter top_k 7\nMESSAGE user "hello \\"there\\""\n')
-    proc = orch("register", str(mf), "--host", double.url, "--name", "edited:v1")
+    proc = cli("register", str(mf), "--host", double.url, "--name", "edited:v1")
     assert proc.stdout.startswith("registered edited:v1")
     shown = double.post("/api/show", {"model": "edited:v1"}).json()
     assert shown["system"] == "你是一个乐于助人的助手。" and "top_k 7" in shown["parameters"]
