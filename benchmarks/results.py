@@ -12,8 +12,8 @@ import psutil
 RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
 
 
-def write_section(name: str, lines: list[str], path: Path = RESULTS) -> None:
-    begin, end = f"<!-- {name}: written by benchmarks/{name}_benchmark.py -->", f"<!-- /{name} -->"
+def write_section(name: str, lines: list[str], path: Path = RESULTS, script: str | None = None) -> None:
+    begin, end = f"<!-- {name}: written by benchmarks/{script or name + '_benchmark.py'} -->", f"<!-- /{name} -->"
     block = "\n".join([begin, *lines, end])
     text = path.read_text() if path.is_file() else "# Benchmark results\n"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)

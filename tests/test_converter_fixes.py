@@ -73,3 +73,16 @@ def test_the_space_prefix_flag_says_what_the_tokenizer_does(built, kind):
     reader = GGUFReader(next(out.glob("*.F32.gguf")))
     field = reader.fields["tokenizer.ggml.add_space_prefix"]
     assert bool(field.parts[field.data[0]][0]) is options.get("dummy_prefix", False)
+
+
+def test_vocabulary_sized_tensors_are_converted_in_row_chunks_exactly(built, checkpoint, llama_tree, tmp_path):
+    """embed_tokens and lm_head go through block by block (never whole in float32); the blocks join to the same bytes."""
+    report = build_record(built(32))["llama_cpp"]["converter_fixes"]
+    assert report["chunked_tensors"] == ["model.embed_tokens.weight", "lm_head.weight"]
+    cmd = converter_command(llamacpp.locate(llama_tree), checkpoint(32), tmp_path / "chunks.gguf", "F32", model_name="t",
+                            normhead=True, control_ids=[9, 10], report=tmp_path / "r.json")
+    cmd.insert(cmd.index("--"), "--chunk-rows=100")  # 1024 rows: eleven blocks, the last one short
+    subprocess.run(cmd, check=True, capture_output=True)
+    whole = {t.name: np.array(t.data) for t in GGUFReader(next(built(32).glob("*.F32.gguf"))).tensors}
+    chunked = {t.name: np.array(t.data) for t in GGUFReader(tmp_path / "chunks.gguf").tensors}
+    assert whole.keys() == chunked.keys() and all(np.array_equal(whole[k], chunked[k]) for k in ("token_embd.weight", "output.weight"))

@@ -14,9 +14,11 @@ The provisioned tree is never edited. Four changes, each as small as it can be:
    tokenizer.model says (False for Baichuan 2's, True for a dummy-prefix one).
 4. NormHead: `lm_head.weight` is row-normalised as it streams through.
 
-And one for memory: the checkpoint is memory-mapped, so every page the
-converter has read stays in its resident set until the end; pages of tensors
-already written are handed back as the output grows (see release_source_pages).
+And two for memory: the two vocabulary-sized tensors are converted a block
+of rows at a time as they are written (rows_in_chunks), never whole in
+float32; and the checkpoint is memory-mapped, so every page the converter
+has read stays in its resident set until the end: pages of tensors already
+written are handed back as the output grows (see release_source_pages).
 
 The report (--report) says what upstream did before each fix, so a test
 notices the day a llama.cpp release makes a fix stale.
@@ -43,9 +45,50 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
     p.add_argument("--control-token", type=int, action="append", default=[], help="token id to type CONTROL")
     p.add_argument("--no-fixes", action="store_true", help="run upstream untouched (tests use it to prove the fixes are needed)")
+    p.add_argument("--chunk-rows", type=int, help="rows per chunk of the vocabulary-sized tensors [default: 64 MiB of float32]")
     p.add_argument("--crash-fix-only", action="store_true", help="fix only the crash: upstream as it would be without its bug "
                    "(the benchmark's baseline)")
     return p.parse_args(argv[:split]), argv[split + 1:]
+
+
+# the two vocabulary-sized tensors (125696 rows): 2 GB each in float32 at 7B, the largest anything holds in memory
+CHUNKED = ("model.embed_tokens.weight", "lm_head.weight")
+CHUNK_BYTES = 64 << 20
+
+
+def rows_in_chunks(model, name: str, *, normalize: bool, rows_per_chunk: int | None = None):
+    """The tensor as gguf's LazyChunkedTensor: read, widened to float32 (and row-normalised) and written a block of rows at a time.
+
+    Rows are independent (NormHead normalises each on its own), so the result
+    is the same as converting the whole tensor, without ever holding it: the
+    source rows stay memory-mapped. None when this llama.cpp tree lacks the
+    chunked writer or the source index, and the tensor goes the usual way.
+    """
+    import gguf
+    import numpy as np
+    import torch
+
+    tensors = getattr(model, "model_tensors", None)
+    if not hasattr(gguf, "LazyChunkedTensor") or not tensors or name not in tensors:
+        return None
+    from conversion.base import LazyTorchTensor
+
+    shape = tuple(tensors[name]().shape)
+    if len(shape) != 2:
+        return None
+    step = rows_per_chunk or max(1, CHUNK_BYTES // (shape[1] * 4))
+
+    def load(lo: int, hi: int):
+        def chunk() -> np.ndarray:
+            rows = LazyTorchTensor.to_eager(tensors[name]())[lo:hi]  # a view of the mapped checkpoint: no copy yet
+            if normalize:
+                from orchestrator.build.normhead import normalize_rows
+
+                return normalize_rows(rows).numpy()
+            return rows.to(torch.float32).numpy()
+        return chunk
+
+    return gguf.LazyChunkedTensor([load(lo, min(lo + step, shape[0])) for lo in range(0, shape[0], step)], shape=shape, dtype=np.float32)
 
 
 def has_recursion_bug(model_cls) -> bool:
@@ -53,12 +96,19 @@ def has_recursion_bug(model_cls) -> bool:
     return "self.modify_tensors(" in inspect.getsource(model_cls.modify_tensors)
 
 
-def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict, crash_only: bool = False) -> None:
+def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict, crash_only: bool = False,
+                chunk_rows: int | None = None) -> None:
     upstream_modify = model_cls.modify_tensors
     recursion_bug = has_recursion_bug(model_cls)
     report["upstream_recursion_bug"] = recursion_bug
 
     def modify_tensors(self, data_torch, name, bid):
+        normalize = normhead and name == "lm_head.weight"
+        if not crash_only and name in CHUNKED and (chunked := rows_in_chunks(self, name, normalize=normalize, rows_per_chunk=chunk_rows)):
+            report["normhead_applied"] |= normalize
+            report.setdefault("chunked_tensors", []).append(name)
+            yield self.map_tensor_name(name), chunked
+            return
         if normhead and name == "lm_head.weight":
             from orchestrator.build.normhead import normalize_rows
 
@@ -165,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"normhead_requested": args.normhead, "normhead_applied": False, "fixes": not args.no_fixes}
     if not args.no_fixes:
         apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead,
-                    control_ids=args.control_token, report=report, crash_only=args.crash_fix_only)
+                    control_ids=args.control_token, report=report, crash_only=args.crash_fix_only, chunk_rows=args.chunk_rows)
     if not args.no_fixes and not args.crash_fix_only:
         release_pages_while_writing(gguf.GGUFWriter, Path(converter_args[0]))
     upstream.main()
