@@ -142,6 +142,17 @@ def rss_anon(p: psutil.Process) -> int:
     return 0
 
 
+def _who(p: psutil.Process) -> str:
+    """A process by what it runs: orch, the converter shim, the quantizer, the recipe."""
+    cmd = p.cmdline()
+    module = cmd[cmd.index("-m") + 1] if "-m" in cmd else None
+    if module:
+        return module.rsplit(".", 1)[-1]
+    if "-c" in cmd:
+        return "recipe"
+    return Path(cmd[1]).name if len(cmd) > 1 else p.name()
+
+
 def measure(steps: list[list[str]], env: dict) -> dict:
     """Run the commands one after another: wall time, peak summed RSS and peak summed RssAnon of each process tree, per step."""
     out = {"seconds": 0.0, "peak_rss": 0, "peak_anon": 0, "steps": []}
@@ -149,14 +160,18 @@ def measure(steps: list[list[str]], env: dict) -> dict:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         root = psutil.Process(proc.pid)
-        peak, stop = {"rss": 0, "anon": 0}, threading.Event()
+        peak, stop, by_process = {"rss": 0, "anon": 0}, threading.Event(), {}
 
         def sample():
             while not stop.is_set():
                 try:
                     procs = [root, *root.children(recursive=True)]
+                    anon = {p.pid: rss_anon(p) for p in procs}
                     peak["rss"] = max(peak["rss"], sum(p.memory_info().rss for p in procs if p.is_running()))
-                    peak["anon"] = max(peak["anon"], sum(rss_anon(p) for p in procs))
+                    peak["anon"] = max(peak["anon"], sum(anon.values()))
+                    for p in procs:  # where the anonymous memory sits: the peak of each kind of process
+                        who = _who(p)
+                        by_process[who] = max(by_process.get(who, 0), anon[p.pid])
                 except psutil.Error:
                     pass
                 time.sleep(0.05)
@@ -170,7 +185,8 @@ def measure(steps: list[list[str]], env: dict) -> dict:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
         seconds = time.monotonic() - t0
         out["steps"].append({"cmd": Path(cmd[1]).name if cmd[1] == "-c" else " ".join(Path(c).name for c in cmd[:4]),
-                             "seconds": round(seconds, 1), "peak_rss": peak["rss"], "peak_anon": peak["anon"]})
+                             "seconds": round(seconds, 1), "peak_rss": peak["rss"], "peak_anon": peak["anon"],
+                             "peak_anon_by_process": by_process})
         out["seconds"] += seconds
         out["peak_rss"], out["peak_anon"] = max(out["peak_rss"], peak["rss"]), max(out["peak_anon"], peak["anon"])
     return out
@@ -240,10 +256,12 @@ def write_results(args, size: Size, checkpoint_bytes: int, results: dict) -> Non
     for k, r in results.items():
         lines.append(f"| {labels[k]} | {r['seconds']:.0f} | {r['peak_rss'] / gib:.2f} | {r['peak_anon'] / gib:.2f} | "
                      f"{r['peak_anon'] / checkpoint_bytes:.2f} |")
-    lines += ["", "Per step:", "", "| pipeline | step | seconds | peak RSS (GiB) | peak anonymous (GiB) |", "|---|---|---:|---:|---:|"]
+    lines += ["", "Per step, and the peak anonymous memory of each process in it:", "",
+              "| pipeline | step | seconds | peak RSS (GiB) | peak anonymous (GiB) | by process (GiB) |", "|---|---|---:|---:|---:|---|"]
     for k, r in results.items():
         for s in r["steps"]:
-            lines.append(f"| {k} | `{s['cmd']}` | {s['seconds']:.0f} | {s['peak_rss'] / gib:.2f} | {s['peak_anon'] / gib:.2f} |")
+            who = ", ".join(f"{name} {b / gib:.2f}" for name, b in sorted(s["peak_anon_by_process"].items(), key=lambda kv: -kv[1]))
+            lines.append(f"| {k} | `{s['cmd']}` | {s['seconds']:.0f} | {s['peak_rss'] / gib:.2f} | {s['peak_anon'] / gib:.2f} | {who} |")
     write_section(f"full-{args.size}", lines, args.results, script="full_size_benchmark.py")
 
 

@@ -7,7 +7,7 @@ chat route and the error shapes. Its answers are real: llama.cpp runs the
 registered GGUF on a prompt rendered from the registered TEMPLATE by the same
 Go text/template program the chat template test uses.
 
-Faults for the tests, set with POST /_double/fault {"kind", "delay"?, "times"?, "path"?}
+Faults for the tests, set with POST /_double/fault {"kind", "delay"?, "times"?, "after"?, "path"?}
 (DELETE clears): http500, html, slow_first_token, malformed_line, error_line,
 cut_stream, leak_marker, upload_cut, create_error. GET /_double/stats counts what it saw.
 
@@ -49,7 +49,7 @@ class Double:
         self.models: dict[str, dict] = {}
         self.loaded: dict[str, object] = {}
         self.fault: dict | None = None
-        self.stats = {"requests": [], "blob_uploads": 0, "generated_tokens": 0, "streamed": 0, "busy_s": 0.0}
+        self.stats = {"requests": [], "blob_uploads": 0, "generated_tokens": 0, "streamed": 0, "busy_s": 0.0, "chat_lengths": []}
         self.registry = store / "models.json"  # survives a restart, as Ollama's manifests do
         if self.registry.is_file():
             self.models = json.loads(self.registry.read_text())
@@ -66,6 +66,9 @@ class Double:
     def take_fault(self, path: str, *kinds: str) -> dict | None:
         f = self.fault
         if not f or f["kind"] not in kinds or f.get("path", path) != path:
+            return None
+        if f.get("after"):  # let this many matching requests through first
+            f["after"] -= 1
             return None
         if f.get("times") is not None:
             f["times"] -= 1
@@ -342,6 +345,7 @@ class Handler(BaseHTTPRequestHandler):
         if name is None:
             return None
         messages = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in req.get("messages") or []]
+        self.double.stats["chat_lengths"].append(len(messages))
         return req, name, self.double.render(self.double.models[name], messages=messages)
 
     def collect(self, name: str, text: str, options: dict) -> tuple[str, dict]:
@@ -422,7 +426,7 @@ def main() -> None:
     p.add_argument("--render", type=Path, required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
-    p.add_argument("--version", default="0.31.0-double")
+    p.add_argument("--version", default="0.40.2-double")
     args = p.parse_args()
     Handler.double = Double(args.store, args.render, args.version)
     server = ThreadingHTTPServer((args.bind, args.port), Handler)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from orchestrator.stack import compose
-from orchestrator.stack.config import StackPlan, read_env
+from orchestrator.ollama import vulns
+from orchestrator.stack.config import OLLAMA_IMAGE, StackPlan, read_env
 from support import cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "compose" / "compose-spec.json").read_text())
@@ -53,8 +54,7 @@ def test_secure_defaults(tmp_path):
         assert service["restart"] == "unless-stopped"
         name, _, tag = service["image"].rpartition(":")
         assert name and tag and tag != "latest", f"{service['image']} is not pinned"
-    version = tuple(int(x) for x in ollama["image"].rpartition(":")[2].split("."))
-    assert version >= (0, 17, 1), "CVE-2026-7482 is fixed in Ollama 0.17.1"
+    assert vulns.affecting(ollama["image"].rpartition(":")[2]) == [], "the pinned Ollama is open to a known CVE"
     assert "deploy" not in ollama
 
 
@@ -95,7 +95,7 @@ def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     proc = cli("up", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
-    assert "ollama/ollama:0.17.1" in proc.stdout and "127.0.0.1:11434:11434" in proc.stdout
+    assert OLLAMA_IMAGE in proc.stdout and "127.0.0.1:11434:11434" in proc.stdout
     assert "DEFAULT_MODELS: tiny:q4_K_M" in proc.stdout and "GPU: --no-gpu" in proc.stderr
     assert not (tmp_path / "stack").exists()
 

@@ -115,11 +115,37 @@ def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):
     assert gen["status"] == "degraded" and "first token after 1." in gen["reason"]
 
 
-def test_an_old_server_version_is_flagged_for_the_cve(served):
-    double = served(version="0.17.0")
+@pytest.mark.parametrize("version, cves", [
+    ("0.13.9", ["CVE-2026-7482", "CVE-2026-7020"]),
+    ("0.14.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697"]),
+    ("0.17.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697"]),
+    ("0.17.1", ["CVE-2026-7020", "CVE-2026-102697"]),
+    ("0.20.2", ["CVE-2026-7020", "CVE-2026-102697"]),
+    ("0.20.3", ["CVE-2026-102697"]),
+    ("0.29.9", ["CVE-2026-102697"]),
+    ("0.30.0", ["CVE-2026-85180", "CVE-2026-102697"]),
+    ("0.31.2", ["CVE-2026-85180"]),
+    ("0.33.2", ["CVE-2026-85180"]),
+    ("0.33.3", []),
+    ("0.34.1", []),
+    ("0.34.2", ["CVE-2026-103663"]),
+    ("0.34.9", ["CVE-2026-103663"]),
+    ("0.35.0", []),
+    ("0.40.2", []),
+])
+def test_the_version_is_checked_against_every_known_cve_at_its_range_boundaries(version, cves):
+    from orchestrator.ollama import vulns
+
+    assert [a.cve for a in vulns.affecting(version)] == cves
+
+
+def test_a_vulnerable_server_is_flagged_with_the_cve_and_the_fix(served):
+    double = served(version="0.34.2")
     proc, report, _ = health(double.url, "--model", MODEL)
     assert proc.returncode == 0
-    assert check(report, "version")["status"] == "degraded" and "CVE-2026-7482" in check(report, "version")["reason"]
+    version = check(report, "version")
+    assert version["status"] == "degraded" and version["data"]["cves"] == ["CVE-2026-103663"]
+    assert "CVE-2026-103663" in version["reason"] and "fixed in 0.35.0" in version["reason"]
 
 
 def test_a_server_listening_beyond_loopback_is_flagged(served):
@@ -134,6 +160,8 @@ def test_a_server_listening_beyond_loopback_is_flagged(served):
 def test_usage_errors_exit_2():
     assert cli("health", "--timeout", "soon", check=False).returncode == 2
     assert cli("health", "--metrics-port", "9100", check=False).returncode == 2
+    assert cli("health", "--alert-webhook", "http://127.0.0.1:9/hook", check=False).returncode == 2  # needs --watch
+    assert cli("health", "--watch", "--alert-webhook", "not a url", check=False).returncode == 2
 
 
 def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unused_port):
@@ -154,28 +182,29 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
                 return lines[-1]
         raise AssertionError(f"not seen within {timeout} s: {lines[-3:]}")
 
+    host = f'host="{double.url}"'
     try:
         read_until(lambda r: r.get("ok") is True)
         metrics = httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
-        assert 'orch_health_check_status{check="generate"} 0.0' in metrics
-        assert re.search(r'orch_health_tokens_per_second\{check="generate"\} [1-9]', metrics)
-        assert re.search(r'orch_health_time_to_first_token_seconds\{check="generate"\} \d', metrics)
-        assert "orch_health_availability_ratio 1.0" in metrics
+        assert f'orch_health_check_status{{check="generate",{host}}} 0.0' in metrics
+        assert re.search(rf'orch_health_tokens_per_second\{{check="generate",{host}\}} [1-9]', metrics)
+        assert re.search(rf'orch_health_time_to_first_token_seconds\{{check="generate",{host}\}} \d', metrics)
+        assert f"orch_health_availability_ratio{{{host}}} 1.0" in metrics
 
         double.stop()
-        outage = read_until(lambda r: "event" in r)
-        assert outage["event"].startswith("outage")
-        first = read_until(lambda r: "checks" in r)
+        first = read_until(lambda r: "checks" in r)  # one failure is not yet an outage: no event, no alert
         assert check(first, "server")["status"] == "degraded" and "failing (1 of 2" in check(first, "server")["reason"]
+        outage = read_until(lambda r: True)
+        assert outage.get("kind") == "outage" and outage["event"].startswith("outage: the server stopped answering"), outage
         counted = read_until(lambda r: "checks" in r)
         assert check(counted, "server")["status"] == "fail" and counted["ok"] is False
         metrics = httpx.get(f"http://127.0.0.1:{unused_port}/metrics", timeout=5).text
-        assert "orch_health_up 0.0" in metrics and "orch_health_availability_ratio 1.0" not in metrics
+        assert f"orch_health_up{{{host}}} 0.0" in metrics and f"orch_health_availability_ratio{{{host}}} 1.0" not in metrics
         assert counted["availability"] < 1
 
         double.start()  # the same port and store: the server comes back with its models
         recovered = read_until(lambda r: "event" in r, timeout=90)
-        assert recovered["event"].startswith("recovered")
+        assert recovered["kind"] == "recovered" and recovered["event"].startswith("recovered: the server answers again after")
         read_until(lambda r: r.get("ok") is True)
     finally:
         watcher.send_signal(signal.SIGINT)
@@ -228,7 +257,7 @@ def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
     from orchestrator.ollama.watch import Watch
 
     def report(server: str) -> Report:
-        return Report("http://x", None, [Check("server", server, "")], time.monotonic(), 0.0)
+        return Report("http://x", None, [Check("server", server, "")], time.time(), 0.0)
 
     watch = Watch(failures=2, history=4)
     watch.observe(report(OK))

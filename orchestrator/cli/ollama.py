@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -60,7 +60,7 @@ def chat_cmd(
 
 @app.command()
 def health(
-    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    host: Optional[List[str]] = typer.Option(None, "--host", help=HOST_HELP + " Give it several times to probe several servers."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to probe [default: the first the server lists]."),
     webui: Optional[str] = typer.Option(None, "--webui", help="Open WebUI URL to check too, e.g. http://127.0.0.1:3000."),
     openai: bool = typer.Option(False, "--openai", help="Also probe the OpenAI-compatible /v1/chat/completions."),
@@ -72,8 +72,12 @@ def health(
     failures: int = typer.Option(3, "--failures", min=1, help="Watch mode: consecutive failures before a check counts as failed."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Watch mode: serve Prometheus metrics on this port."),
     metrics_bind: str = typer.Option("127.0.0.1", "--metrics-bind", help="Address for the metrics endpoint."),
+    alert_webhook: Optional[str] = typer.Option(None, "--alert-webhook", envvar="ORCH_ALERT_WEBHOOK",
+                                                help="Watch mode: POST JSON here when the state changes (failed, recovered) "
+                                                     "[or $ORCH_ALERT_WEBHOOK, which keeps the URL's token out of ps]."),
+    alert_format: str = typer.Option("json", "--alert-format", help="json (orch's own fields) or slack (also Mattermost, Rocket.Chat)."),
 ) -> None:
-    """Probe an Ollama server: reachable, version, model, generate, chat (and OpenAI route, Open WebUI).
+    """Probe an Ollama server: reachable, version (against known CVEs), model, generate, chat (and OpenAI route, Open WebUI).
 
     Exits 0 when nothing failed, 1 when something did, 2 on a usage error.
 
@@ -84,47 +88,60 @@ def health(
       orch health --model tiny:q4_K_M --openai --json
 
       orch health --watch --interval 15 --metrics-port 9101
+
+      orch health --watch --alert-webhook https://hooks.slack.com/services/T0/B0/XXXX --alert-format slack
+
+      orch health --host http://ollama-0.ollama:11434 --host http://ollama-1.ollama:11434
     """
     from orchestrator import names
     from orchestrator.errors import OrchError
-    from orchestrator.ollama import probe
+    from orchestrator.ollama import alerts, probe
 
-    if metrics_port is not None and not watch:
-        raise typer.BadParameter("--metrics-port needs --watch", param_hint="--metrics-port")
-    if model is not None:
-        try:
+    if (metrics_port is not None or alert_webhook) and not watch:
+        flag = "--metrics-port" if metrics_port is not None else "--alert-webhook"
+        raise typer.BadParameter(f"{flag} needs --watch", param_hint=flag)
+    try:
+        if model is not None:
             names.validate(model)
-        except OrchError as e:
-            raise typer.BadParameter(str(e), param_hint="--model") from None
-    spec = probe.Probe(host, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow)
+        if alert_webhook:
+            alerts.validate(alert_webhook, alert_format)
+    except OrchError as e:
+        raise typer.BadParameter(str(e), param_hint="--model" if model and "model name" in str(e) else "--alert-webhook") from None
+    specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow) for h in (host or [None])]
     if not watch:
-        report = probe.probe(spec)
+        reports = [probe.probe(spec) for spec in specs]
         if as_json:
-            render.print_json(report.as_dict())
+            render.print_json(reports[0].as_dict() if len(reports) == 1 else [r.as_dict() for r in reports])
         else:
-            render.health_table(report)
-        raise typer.Exit(1 if report.failed else 0)
-    _watch(spec, as_json=as_json, interval=interval, failures=failures, metrics_port=metrics_port, metrics_bind=metrics_bind)
+            for report in reports:
+                render.health_table(report)
+        raise typer.Exit(1 if any(r.failed for r in reports) else 0)
+    _watch(specs, as_json=as_json, interval=interval, failures=failures, metrics_port=metrics_port, metrics_bind=metrics_bind,
+           alert=(alert_webhook, alert_format) if alert_webhook else None)
 
 
-def _watch(spec, *, as_json: bool, interval: float, failures: int, metrics_port: int | None, metrics_bind: str) -> None:
+def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port: int | None, metrics_bind: str, alert) -> None:
     from orchestrator.errors import OrchError
-    from orchestrator.ollama import watch
+    from orchestrator.ollama import alerts, watch
 
-    metrics = None
+    err = render.console(stderr=True)
+    metrics = alerter = None
     if metrics_port is not None:
         try:
             metrics = watch.Metrics(metrics_port, metrics_bind)
         except OSError as e:
             raise OrchError(f"cannot serve metrics on {metrics_bind}:{metrics_port} ({e.strerror}): pick another --metrics-port") from None
-        render.console(stderr=True).print(f"metrics on http://{metrics_bind}:{metrics_port}/metrics")
+        err.print(f"metrics on http://{metrics_bind}:{metrics_port}/metrics")
+    if alert is not None:
+        alerter = alerts.Alerter(*alert, on_note=lambda text: err.print(f"[yellow]alert:[/] {render.escape(text)}", soft_wrap=True))
+        err.print(f"alerts to {alerts.redact(alert[0])} ({alert[1]}) when the state changes")
     con = render.console()
 
     def on_event(event) -> None:
         if as_json:
             print(json.dumps(event.as_dict(), ensure_ascii=False), flush=True)
         else:
-            con.print(f"[bold]{render.clock(event.time)} {render.escape(event.message)}[/]")
+            con.print(f"[bold]{render.clock(event.time)} {render.escape(event.host)} {render.escape(event.message)}[/]", soft_wrap=True)
 
     def on_report(report, watcher) -> None:
         if metrics is not None:
@@ -135,9 +152,60 @@ def _watch(spec, *, as_json: bool, interval: float, failures: int, metrics_port:
             con.print(render.health_line(report) + f"  [dim]{watcher.availability():.0%} ok over the last {len(watcher.history)}[/]")
 
     try:
-        watch.run(spec, interval=interval, failures=failures, on_report=on_report, on_event=on_event)
+        watch.run(specs, interval=interval, failures=failures, on_report=on_report, on_event=on_event, alerter=alerter)
     except KeyboardInterrupt:
         pass
     finally:
+        if alerter is not None:
+            alerter.close()
         if metrics is not None:
             metrics.close()
+
+
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Argument(..., help="The served model to load, e.g. tiny:q4_K_M."),
+    users: str = typer.Option("1,2,4,8", "--users", help="Concurrency levels to try, in turn."),
+    turns: int = typer.Option(3, "--turns", help="Turns of each simulated user's conversation."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, max=4096, help="Tokens each reply may have."),
+    ttft_target: float = typer.Option(2.0, "--ttft-target", min=0.001, help="Seconds a user may wait for the first token (p95)."),
+    timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds one reply may take."),
+    level_timeout: float = typer.Option(600.0, "--level-timeout", min=1, help="Seconds one concurrency level may take in all."),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """How many concurrent users a server holds: multi-turn chats at each level, first-token latency and tokens per second.
+
+    It loads the server as real users would: run it against your own server only.
+
+    Examples:
+
+      orch bench tiny:q4_K_M --users 1,2,4,8 --turns 3
+
+      orch bench baichuan2-7b-chat:q4_K_M --ttft-target 1.5 --host http://gpu-box:11434 --json
+    """
+    from orchestrator import names
+    from orchestrator.ollama import bench
+
+    names.validate(model)
+    plan = bench.BenchPlan(model, bench.parse_users(users), turns, max_tokens, timeout, level_timeout, ttft_target)
+    with render.RichReporter(quiet=as_json) as reporter:
+        result = bench.bench(plan, host, reporter=reporter)
+    if as_json:
+        render.print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"orch bench  {result['host']}  {model}  ({turns} turns, {max_tokens} tokens a reply)", title_justify="left")
+    for col in ("users", "requests", "errors", "ttft p50 (s)", "ttft p95 (s)", "tok/s per user", "tok/s total"):
+        table.add_column(col, justify="right")
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    for lv in result["levels"]:
+        colour = "green" if lv["errors"] == 0 and lv["ttft_p95"] is not None and lv["ttft_p95"] <= ttft_target else "red"
+        table.add_row(f"[{colour}]{lv['users']}[/]", str(lv["requests"]), str(lv["errors"]), fmt(lv["ttft_p50"]), fmt(lv["ttft_p95"]),
+                      fmt(lv["tokens_per_s_per_user"]), fmt(lv["tokens_per_s_total"]))
+    con = render.console()
+    con.print(table)
+    con.print(render.escape(result["recommendation"]), soft_wrap=True)

@@ -99,7 +99,7 @@ def health_line(report) -> str:
     extra = f"  ttft {gen.data['ttft_s'] * 1000:.0f} ms, {gen.data['tokens_per_s']} tok/s" if gen and gen.data.get("ttft_s") else ""
     worst = next((c for c in report.checks if c.status == "fail"), None) or next((c for c in report.checks if c.status == "degraded"), None)
     why = f"  ({worst.name}: {escape(worst.reason)})" if worst else ""
-    return f"{clock(report.started)} " + " ".join(parts) + extra + why
+    return f"{clock(report.started)} {escape(report.host)} " + " ".join(parts) + extra + why
 
 
 def clock(epoch: float) -> str:

@@ -17,11 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
-from orchestrator.ollama import client
+from orchestrator.ollama import client, vulns
 from orchestrator.ollama.client import Ollama, body_error
 
 OK, DEGRADED, FAIL, SKIPPED = "ok", "degraded", "fail", "skipped"
-SAFE_VERSION = (0, 17, 1)
 ALWAYS_LEAKS = ("</s>", "<s>", "<unk>")
 PROBE_TOKENS = 8
 CHAT = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮你？"},
@@ -124,15 +123,14 @@ def _server(http):
 
 
 def _version(http):
-    r = _json(http.get("/api/version"), "/api/version")
-    version = str(r.get("version", ""))
-    parsed = tuple(int(x) for x in re.findall(r"\d+", version)[:3])
-    if len(parsed) < 3:
-        return DEGRADED, f"version {version!r} is not a release number", {"version": version}
-    if parsed < SAFE_VERSION:
-        return DEGRADED, (f"Ollama {version} is older than 0.17.1 and open to CVE-2026-7482 (heap leak through /api/create): "
-                          "upgrade it"), {"version": version}
-    return OK, f"version {version}", {"version": version}
+    version = str(_json(http.get("/api/version"), "/api/version").get("version", ""))
+    open_to = vulns.affecting(version)
+    if open_to is None:
+        return DEGRADED, f"version {version!r} is not a release number: cannot check it against known vulnerabilities", {"version": version}
+    if open_to:
+        named = "; ".join(f"{a.cve} ({a.summary}, {a.remedy})" for a in open_to)
+        return DEGRADED, f"Ollama {version} is open to {named}: upgrade it", {"version": version, "cves": [a.cve for a in open_to]}
+    return OK, f"version {version}, no known vulnerability", {"version": version, "cves": []}
 
 
 def _model(http, wanted: str | None):

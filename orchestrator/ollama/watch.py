@@ -1,4 +1,4 @@
-"""`orch health --watch`: probe again and again, judge failures over a streak, report outages and recoveries, serve metrics.
+"""`orch health --watch`: probe again and again, judge failures over a streak, report failures and recoveries, alert, serve metrics.
 
 The loop is the library's; the CLI only renders what it is handed. Every
 report and event carries wall-clock epoch seconds.
@@ -19,44 +19,57 @@ STATUS_VALUE = {OK: 0, DEGRADED: 1, FAIL: 2, SKIPPED: 0}
 
 @dataclass(frozen=True)
 class Event:
-    """A change worth telling someone about: the server went down (outage), came back (recovered), or a probe broke (error)."""
+    """A change of state worth telling someone: failed (an outage when the server itself is down), recovered, or a probe error."""
 
-    kind: str
+    kind: str  # outage | failed | recovered | error
     message: str
     time: float  # wall clock, epoch seconds
+    host: str = ""
+    failing: tuple = ()
 
     def as_dict(self) -> dict:
-        return {"event": self.message, "kind": self.kind, "time": round(self.time, 3)}
+        return {"event": self.message, "kind": self.kind, "host": self.host, "time": round(self.time, 3)}
 
 
 class Watch:
-    """Rolling state across probes: a check counts as failed only after `failures` in a row."""
+    """Rolling state of one server across probes: a check counts as failed only after `failures` in a row.
+
+    Events mark changes of the judged state, so a single slow probe neither
+    reports an outage nor sends an alert.
+    """
 
     def __init__(self, failures: int = 3, history: int = 60):
         self.failures = failures
         self.streak: dict[str, int] = {}
         self.history: deque[Report] = deque(maxlen=history)
-        self.down_since: float | None = None
+        self.failed_since: float | None = None
+        self.outage = False
 
     def observe(self, report: Report) -> tuple[Report, list[Event]]:
-        """The report as the watcher judges it, and what changed (an outage began or ended)."""
-        self.history.append(report)
-        events, judged = [], []
+        """The report as the watcher judges it, and what changed (it began or stopped failing)."""
+        judged = []
         for c in report.checks:
             streak = self.streak[c.name] = self.streak.get(c.name, 0) + 1 if c.status == FAIL else 0
             if c.status == FAIL and streak < self.failures:
                 c = Check(c.name, DEGRADED, f"failing ({streak} of {self.failures} before it counts): {c.reason}", c.latency_ms, c.data)
             judged.append(c)
-        server = report.check("server")
-        down = server is not None and server.status == FAIL
-        if down and self.down_since is None:
-            self.down_since = report.started
-            events.append(Event("outage", f"outage: the server stopped answering ({server.reason})", report.started))
-        elif not down and self.down_since is not None:
-            events.append(Event("recovered", f"recovered: the server answers again after {report.started - self.down_since:.1f} s",
-                                report.started))
-            self.down_since = None
-        return Report(report.host, report.model, judged, report.started, report.seconds), events
+        report = Report(report.host, report.model, judged, report.started, report.seconds)
+        self.history.append(report)
+        failing = tuple({"check": c.name, "reason": c.reason} for c in judged if c.status == FAIL)
+        events = []
+        if failing and self.failed_since is None:
+            self.failed_since = report.started
+            server = report.check("server")
+            self.outage = server is not None and server.status == FAIL
+            message = (f"outage: the server stopped answering ({server.reason})" if self.outage
+                       else "failed: " + "; ".join(f"{f['check']}: {f['reason']}" for f in failing))
+            events.append(Event("outage" if self.outage else "failed", message, report.started, report.host, failing))
+        elif not failing and self.failed_since is not None:
+            what = "the server answers again" if self.outage else "every check passes again"
+            events.append(Event("recovered", f"recovered: {what} after {report.started - self.failed_since:.1f} s", report.started,
+                                report.host))
+            self.failed_since, self.outage = None, False
+        return report, events
 
     def availability(self) -> float:
         """Share of the probes in the rolling window in which no check failed."""
@@ -68,26 +81,34 @@ class Watch:
         return min(interval * (2 ** max(down - 1, 0)), max(interval, max_backoff)) if down else interval
 
 
-def run(spec: Probe, *, interval: float, failures: int, on_report: Callable[[Report, Watch], None],
-        on_event: Callable[[Event], None], stop: threading.Event | None = None, probes: int | None = None) -> None:
-    """Probe until `stop` is set (or `probes` have run), handing each judged report and each event to the callbacks.
+def run(specs: list[Probe], *, interval: float, failures: int, on_report: Callable[[Report, Watch], None],
+        on_event: Callable[[Event], None], alerter=None, stop: threading.Event | None = None, probes: int | None = None) -> None:
+    """Probe every server in `specs` until `stop` is set (or each has had `probes`), handing each judged report and
+    each event to the callbacks, and each change of state to the alerter.
 
-    The monitor outlives any fault of the server it watches: a probe that
-    raises is an event, and the loop goes on.
+    The monitor outlives any fault of the servers it watches: a probe that
+    raises is an event, and the loop goes on. While a server is down its probes
+    back off, up to a minute apart.
     """
     stop = stop or threading.Event()
-    watcher, count = Watch(failures=failures), 0
-    while not stop.is_set() and (probes is None or count < probes):
-        count += 1
-        try:
-            report, events = watcher.observe(probe(spec))
-        except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
-            report, events = None, [Event("error", f"probe error ({type(e).__name__}: {e}); trying again", time.time())]
-        for event in events:
-            on_event(event)
-        if report is not None:
-            on_report(report, watcher)
-        stop.wait(watcher.next_delay(interval))
+    watchers = [Watch(failures=failures) for _ in specs]
+    rounds = 0
+    while not stop.is_set() and (probes is None or rounds < probes):
+        rounds += 1
+        for spec, watcher in zip(specs, watchers):
+            try:
+                report, events = watcher.observe(probe(spec))
+            except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
+                report, events = None, [Event("error", f"probe error ({type(e).__name__}: {e}); trying again", time.time(),
+                                              spec.host or "")]
+            for event in events:
+                on_event(event)
+                if alerter is not None and event.kind != "error":
+                    alerter.send("recovered" if event.kind == "recovered" else "failed", event.message, event.time, event.host,
+                                 report.model if report else spec.model, list(event.failing))
+            if report is not None:
+                on_report(report, watcher)
+        stop.wait(min(w.next_delay(interval) for w in watchers))
 
 
 class Metrics:
@@ -97,29 +118,31 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
-        self.status = Gauge("orch_health_check_status", "0 ok, 1 degraded, 2 failed", ["check"], registry=self.registry)
-        self.latency = Gauge("orch_health_check_latency_seconds", "Latency of the check", ["check"], registry=self.registry)
-        self.ttft = Gauge("orch_health_time_to_first_token_seconds", "Time to first token", ["check"], registry=self.registry)
-        self.tps = Gauge("orch_health_tokens_per_second", "Generation speed from eval_count/eval_duration", ["check"],
+        labels = ["host", "check"]
+        self.status = Gauge("orch_health_check_status", "0 ok, 1 degraded, 2 failed", labels, registry=self.registry)
+        self.latency = Gauge("orch_health_check_latency_seconds", "Latency of the check", labels, registry=self.registry)
+        self.ttft = Gauge("orch_health_time_to_first_token_seconds", "Time to first token", labels, registry=self.registry)
+        self.tps = Gauge("orch_health_tokens_per_second", "Generation speed from eval_count/eval_duration", labels,
                          registry=self.registry)
-        self.up = Gauge("orch_health_up", "1 when no check failed", registry=self.registry)
-        self.availability = Gauge("orch_health_availability_ratio", "Share of recent probes without a failed check",
+        self.up = Gauge("orch_health_up", "1 when no check failed", ["host"], registry=self.registry)
+        self.availability = Gauge("orch_health_availability_ratio", "Share of recent probes without a failed check", ["host"],
                                   registry=self.registry)
-        self.probes = Counter("orch_health_probes", "Probes run", registry=self.registry)
+        self.probes = Counter("orch_health_probes", "Probes run", ["host"], registry=self.registry)
         self.server, self.thread = start_http_server(port, addr=bind, registry=self.registry)
 
     def update(self, report: Report, availability: float) -> None:
-        self.probes.inc()
-        self.up.set(0 if report.failed else 1)
-        self.availability.set(availability)
+        host = report.host
+        self.probes.labels(host).inc()
+        self.up.labels(host).set(0 if report.failed else 1)
+        self.availability.labels(host).set(availability)
         for c in report.checks:
-            self.status.labels(c.name).set(STATUS_VALUE[c.status])
+            self.status.labels(host, c.name).set(STATUS_VALUE[c.status])
             if c.latency_ms is not None:
-                self.latency.labels(c.name).set(c.latency_ms / 1000)
+                self.latency.labels(host, c.name).set(c.latency_ms / 1000)
             if c.data.get("ttft_s") is not None:
-                self.ttft.labels(c.name).set(c.data["ttft_s"])
+                self.ttft.labels(host, c.name).set(c.data["ttft_s"])
             if c.data.get("tokens_per_s") is not None:
-                self.tps.labels(c.name).set(c.data["tokens_per_s"])
+                self.tps.labels(host, c.name).set(c.data["tokens_per_s"])
 
     def close(self) -> None:
         self.server.shutdown()

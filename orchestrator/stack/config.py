@@ -15,8 +15,10 @@ from pathlib import Path
 from orchestrator.errors import BadInput
 from orchestrator.files import write_text
 
-# The only place the images are pinned. Ollama 0.17.1 fixes CVE-2026-7482 (heap leak through /api/create).
-OLLAMA_VERSION = "0.17.1"
+# The only place the images (and the native Open WebUI) are pinned. Read 2026-11-23: Ollama v0.40.2 (2026-10-08) is
+# its newest release on record and lies past every range in ollama/vulns.py (a test holds it there); Open WebUI
+# 0.12.4 is the newest on PyPI and ghcr.io, with no advisory on record against it.
+OLLAMA_VERSION = "0.40.2"
 OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
 WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"

@@ -1,0 +1,196 @@
+"""`orch bench`: how many people one server holds, measured with concurrent multi-turn chats.
+
+For each concurrency level, that many simulated users each hold a
+conversation of `turns` turns at once, streaming every reply through
+/api/chat. Per level it reports the time to first token (p50, p95), tokens
+per second per user and in total, and errors. The loops are bounded: each
+reply is capped at `max_tokens`, each request at `timeout`, each level at
+`level_timeout` seconds; a level that runs out of time stops sending.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from orchestrator.errors import BadInput
+from orchestrator.events import SILENT, Reporter
+from orchestrator.ollama.client import Ollama, TransportError, body_error, explain
+
+PROMPTS = ["你好，请介绍一下你自己。", "What can you help me with today?", "请用三句话解释什么是量化。",
+           "Give me one tip for writing clear emails.", "北京有哪些值得去的地方？", "Summarise our conversation so far."]
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    model: str
+    users: tuple[int, ...] = (1, 2, 4, 8)
+    turns: int = 3
+    max_tokens: int = 64
+    timeout: float = 120.0
+    level_timeout: float = 600.0
+    ttft_target: float = 2.0
+
+    def __post_init__(self):
+        if not self.users or min(self.users) < 1 or max(self.users) > 256:
+            raise BadInput("--users takes concurrency levels from 1 to 256, e.g. --users 1,2,4,8")
+        if not 1 <= self.turns <= 50:
+            raise BadInput("--turns takes 1 to 50 turns per conversation")
+
+
+@dataclass
+class Turn:
+    ttft: float | None
+    seconds: float
+    tokens: int
+    eval_seconds: float
+    error: str | None = None
+    text: str = ""
+
+
+@dataclass
+class Level:
+    users: int
+    requests: int
+    errors: int
+    seconds: float
+    ttft_p50: float | None
+    ttft_p95: float | None
+    tokens_per_s_per_user: float | None
+    tokens_per_s_total: float
+    error_samples: list[str] = field(default_factory=list)
+
+    def meets(self, target: float) -> bool:
+        return self.errors == 0 and self.ttft_p95 is not None and self.ttft_p95 <= target
+
+
+def parse_users(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise BadInput(f"--users {text!r} is not a list of numbers: pass e.g. --users 1,2,4,8") from None
+    return levels
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def conversation(server: Ollama, plan: BenchPlan, user: int, deadline: float) -> list[Turn]:
+    """One simulated user: `turns` messages, each sent once the previous reply has streamed in."""
+    history, out = [], []
+    for turn in range(plan.turns):
+        if time.monotonic() > deadline:
+            break
+        history.append({"role": "user", "content": PROMPTS[(user + turn) % len(PROMPTS)]})
+        result = chat_once(server, plan, history)
+        out.append(result)
+        if result.error:
+            break
+        history.append({"role": "assistant", "content": result.text})
+    return out
+
+
+def chat_once(server: Ollama, plan: BenchPlan, messages: list[dict]) -> Turn:
+    import json
+
+    body = {"model": plan.model, "messages": messages, "stream": True, "options": {"num_predict": plan.max_tokens, "temperature": 0.7}}
+    t0 = time.monotonic()
+    ttft, final, text = None, None, []
+    try:
+        with server.stream("/api/chat", body) as r:
+            if r.status_code != 200:
+                r.read()
+                return Turn(None, time.monotonic() - t0, 0, 0.0, f"HTTP {r.status_code}: {body_error(r)}")
+            for line in r.iter_lines():
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if obj.get("error"):
+                    return Turn(ttft, time.monotonic() - t0, 0, 0.0, f"error line: {str(obj['error'])[:120]}")
+                piece = (obj.get("message") or {}).get("content") or ""
+                if piece and ttft is None:
+                    ttft = time.monotonic() - t0
+                text.append(piece)
+                if obj.get("done"):
+                    final = obj
+                    break
+                if time.monotonic() - t0 > plan.timeout:
+                    return Turn(ttft, time.monotonic() - t0, 0, 0.0, f"no reply within {plan.timeout:g} s")
+    except TransportError as e:
+        return Turn(ttft, time.monotonic() - t0, 0, 0.0, explain(e))
+    except ValueError:
+        return Turn(ttft, time.monotonic() - t0, 0, 0.0, "a malformed line in the stream")
+    if final is None:
+        return Turn(ttft, time.monotonic() - t0, 0, 0.0, "the stream ended before its final line")
+    return Turn(ttft, time.monotonic() - t0, int(final.get("eval_count") or 0), (final.get("eval_duration") or 0) / 1e9,
+                text="".join(text))
+
+
+def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
+    deadline = time.monotonic() + plan.level_timeout
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(users, thread_name_prefix="bench-user") as pool:
+        turns = [t for conv in pool.map(lambda u: conversation(server, plan, u, deadline), range(users)) for t in conv]
+    seconds = time.monotonic() - t0
+    ok = [t for t in turns if t.error is None]
+    ttfts = [t.ttft for t in ok if t.ttft is not None]
+    per_user = [t.tokens / t.eval_seconds for t in ok if t.eval_seconds > 0 and t.tokens]
+    return Level(users=users, requests=len(turns), errors=len(turns) - len(ok), seconds=round(seconds, 3),
+                 ttft_p50=_r(percentile(ttfts, 50)), ttft_p95=_r(percentile(ttfts, 95)),
+                 tokens_per_s_per_user=_r(statistics.median(per_user)) if per_user else None,
+                 tokens_per_s_total=round(sum(t.tokens for t in ok) / seconds, 2) if seconds else 0.0,
+                 error_samples=sorted({t.error for t in turns if t.error})[:3])
+
+
+def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILENT, stop: threading.Event | None = None) -> dict:
+    """Every level in turn; the result says how many users the server holds under the first-token target."""
+    with Ollama(host, timeout=plan.timeout, connect=5.0) as server:
+        version = server.version()
+        if version is None:
+            from orchestrator.errors import OrchError
+
+            raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host")
+        levels: list[Level] = []
+        with reporter.task("loading the model"):
+            warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])
+        if warm.error:
+            from orchestrator.errors import OrchError
+
+            raise OrchError(f"{plan.model} did not answer at {server.url} ({warm.error}): check the name with orch health")
+        for users in plan.users:
+            if stop is not None and stop.is_set():
+                break
+            with reporter.task(f"{users} concurrent users", total=None):
+                levels.append(run_level(server, plan, users))
+    holds = [lv.users for lv in levels if lv.meets(plan.ttft_target)]
+    most = max(holds) if holds else 0
+    return {"host": server.url, "server_version": version, "model": plan.model, "plan": asdict(plan),
+            "levels": [asdict(lv) for lv in levels], "holds_users": most,
+            "recommendation": _recommend(levels, most, plan.ttft_target)}
+
+
+def _recommend(levels: list[Level], most: int, target: float) -> str:
+    if not levels:
+        return "no level ran"
+    if most == 0:
+        return (f"even one user waits longer than {target:g} s for the first token (p95) or sees errors: use a smaller quant, "
+                "a GPU, or a longer --ttft-target")
+    best = next(lv for lv in levels if lv.users == most)
+    tried_more = [lv.users for lv in levels if lv.users > most]
+    tail = (f"; at {tried_more[0]} users the p95 first token passes {target:g} s" if tried_more
+            else "; try higher --users to find the limit")
+    return (f"holds {most} concurrent users with p95 first token {best.ttft_p95:.2f} s <= {target:g} s "
+            f"({best.tokens_per_s_total:.1f} tokens/s in total): set OLLAMA_NUM_PARALLEL={most}, so that each of them "
+            f"has a slot and requests beyond them queue{tail}")
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)

@@ -1,0 +1,68 @@
+"""`orch bench` against the Ollama double (real llama.cpp generation, one request at a time, as one runner slot would)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support import cli
+
+MODEL = "tiny:q4_K_M"
+
+
+@pytest.fixture
+def served(ollama_double, tiny_build):
+    double = ollama_double()
+    cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+    return double
+
+
+def bench(double, *args: str, check: bool = True):
+    proc = cli("bench", MODEL, "--host", double.url, "--max-tokens", "8", *args, check=check)
+    return proc, (json.loads(proc.stdout) if "--json" in args and proc.returncode == 0 else None)
+
+
+def test_levels_of_concurrent_multi_turn_chats_are_measured(served):
+    before = served.stats()
+    _, result = bench(served, "--users", "1,3", "--turns", "2", "--ttft-target", "120", "--json")
+    after = served.stats()
+    levels = {lv["users"]: lv for lv in result["levels"]}
+    assert sorted(levels) == [1, 3]
+    for users, lv in levels.items():
+        assert (lv["requests"], lv["errors"]) == (users * 2, 0)
+        assert 0 < lv["ttft_p50"] <= lv["ttft_p95"] and lv["tokens_per_s_total"] > 0 and lv["tokens_per_s_per_user"] > 0
+    assert after["streamed"] - before["streamed"] == 1 + 1 * 2 + 3 * 2, "a warm-up, then every turn of every user, streamed"
+    lengths = after["chat_lengths"][len(before["chat_lengths"]):]
+    assert sorted(set(lengths)) == [1, 3], "second turns carry the first exchange: user, assistant, user"
+    assert result["holds_users"] == 3 and "OLLAMA_NUM_PARALLEL=3" in result["recommendation"]
+    # one runner slot answers in turn: the first token waits longer with more users at once
+    assert levels[3]["ttft_p95"] > levels[1]["ttft_p50"]
+
+
+def test_a_target_no_level_meets_says_so(served):
+    _, result = bench(served, "--users", "1", "--turns", "1", "--ttft-target", "0.001", "--json")
+    assert result["holds_users"] == 0 and result["recommendation"].startswith("even one user waits longer")
+
+
+def test_a_model_that_cannot_answer_stops_the_bench_in_one_line(served):
+    served.fault("http500", path="/api/chat", times=1)
+    proc, _ = bench(served, "--users", "2", "--turns", "1", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "HTTP 500" in proc.stderr
+    _, result = bench(served, "--users", "2", "--turns", "2", "--json")  # the server healthy again: the bench runs
+    assert result["levels"][0]["errors"] == 0
+
+
+def test_a_reply_cut_mid_level_is_an_error_of_that_level(served):
+    served.fault("cut_stream", path="/api/chat", after=1, times=1)  # the warm-up passes, one of the level's replies is cut
+    _, result = bench(served, "--users", "2", "--turns", "1", "--json")
+    (level,) = result["levels"]
+    assert (level["requests"], level["errors"]) == (2, 1) and "ended before its final line" in level["error_samples"][0]
+    assert result["holds_users"] == 0, "a level with errors does not count as held"
+
+
+def test_the_table_and_bad_levels(served):
+    proc, _ = bench(served, "--users", "1", "--turns", "1", "--ttft-target", "120")
+    assert "ttft p95" in proc.stdout and "holds 1 concurrent users" in proc.stdout
+    assert cli("bench", MODEL, "--users", "0,2", check=False).returncode == 2
+    assert cli("bench", MODEL, "--users", "two", check=False).returncode == 2
