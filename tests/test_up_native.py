@@ -1,7 +1,9 @@
-"""`orch up --runtime native` for real: Open WebUI from PyPI against the Ollama double, driven by headless Chromium.
+"""`orch up --runtime native` for real: services under supervisord, Open WebUI from PyPI driven by headless Chromium,
+and services that come back after kill -9.
 
-The double (tests/ollama_double.py, llama.cpp generating with the tiny model) stands in for Ollama through
---ollama-url; no Ollama binary runs here. Open WebUI's virtualenv is cached between runs under
+No Ollama binary runs here. The double (tests/ollama_double.py, llama.cpp generating with the tiny model) stands
+in for Ollama: through --ollama-url, or as the `ollama` on PATH that supervisord runs (`ollama_cli_double`, a
+script whose `serve` starts the double). Open WebUI's virtualenv is cached between runs under
 ~/.cache/orch/test-open-webui-venv, with torch==2.13.0 (the CPU wheel) installed into it first.
 """
 
@@ -11,14 +13,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
-from support import orch
+from support import ORCH, cli, orch
 
 MODEL = "tiny:q4_K_M"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,6 +34,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pid_of(stack: Path, name: str) -> int | None:
+    """The pid supervisord reports for a running (or starting) program."""
+    p = native.Supervisor(stack).processes().get(name)
+    return p["pid"] if p and p["statename"] in ("RUNNING", "STARTING") and p["pid"] else None
+
+
+def gone(pid: int | None) -> bool:
+    return pid is None or not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(predicate, timeout: float) -> float:
+    """Seconds until `predicate()` held (it is asserted to hold within `timeout`)."""
+    t = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t < timeout, f"not within {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - t
 
 
 def listening(port: int) -> bool:
@@ -64,11 +98,14 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         env = dict(line.split("=", 1) for line in (stack / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
         assert f"Admin password (shown once, kept in {stack / '.env'}): {env['WEBUI_ADMIN_PASSWORD']}" in first.stdout
         assert oct((stack / ".env").stat().st_mode & 0o777) == "0o600"
-        pids["open-webui"] = json.loads((stack / "run" / "open-webui.pid").read_text())["pid"]
+        pids["open-webui"] = pid_of(stack, "open-webui")
+        pids["supervisord"] = native.Supervisor(stack).pid()
+        assert oct((stack / "supervisord.conf").stat().st_mode & 0o777) == "0o600"
+        assert env["WEBUI_SECRET_KEY"] not in (stack / "supervisord.conf").read_text(), "secrets stay in .env"
         again = orch(*up, timeout=600)  # idempotent: nothing restarted, no password shown again
         assert "Admin password" not in again.stdout
-        assert json.loads((stack / "run" / "open-webui.pid").read_text())["pid"] == pids["open-webui"]
-        assert re.search(r"open-webui: running, pid \d+", orch("status", "--dir", str(stack)).stdout)
+        assert pid_of(stack, "open-webui") == pids["open-webui"]
+        assert re.search(r"open-webui: running, pid \d+, uptime", orch("status", "--dir", str(stack)).stdout)
         assert "== open-webui ==" in orch("logs", "--dir", str(stack)).stdout  # no ollama was started: only its log is shown
 
         with sync_playwright() as p:
@@ -106,30 +143,112 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         orch("register", str(tiny_build), "--host", double.url, "--name", "tiny:other", "--no-check")
         changed = orch(*up_args("tiny:other"), timeout=600)
         assert "DEFAULT_MODELS changed, but Open WebUI reads it only on its first start" in changed.stdout
-        assert json.loads((stack / "run" / "open-webui.pid").read_text())["pid"] != pids["open-webui"], "changed settings: restarted"
-        pids["open-webui"] = json.loads((stack / "run" / "open-webui.pid").read_text())["pid"]
+        assert pid_of(stack, "open-webui") != pids["open-webui"], "changed settings: restarted"
+
+        # kill -9: supervisord starts it again at once; it serves again once it has booted
+        pids["open-webui"] = pid_of(stack, "open-webui")
+        os.kill(pids["open-webui"], signal.SIGKILL)
+        back = wait_for(lambda: (pid_of(stack, "open-webui") or pids["open-webui"]) != pids["open-webui"], 10)
+        assert back < 10, "Open WebUI was not restarted within 10 s"
+        pids["open-webui"] = pid_of(stack, "open-webui")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 240)
     finally:
         down = orch("down", "--dir", str(stack), check=False)
-    assert down.returncode == 0 and "open-webui" in down.stdout
-    assert not list((stack / "run").glob("*.pid"))
+    assert down.returncode == 0 and "open-webui" in down.stdout and "supervisord" in down.stdout
     assert not listening(port), f"port {port} still answers after orch down"
-    assert not Path(f"/proc/{pids['open-webui']}").exists() or "zombie" in Path(f"/proc/{pids['open-webui']}/status").read_text().lower()
+    for name, pid in pids.items():
+        assert gone(pid), f"{name} (pid {pid}) still runs after orch down"
 
 
-def test_down_leaves_alone_a_process_that_reused_a_recorded_pid(tmp_path):
-    """A pid file whose pid now names another program (start time differs) is stale: nothing is signalled."""
+def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
+    """A stack whose supervisord is gone (stale pid file and socket): orch down signals nobody, not even a process that reused the pid."""
     import subprocess
     import sys
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        run = tmp_path / "stack" / "run"
-        run.mkdir(parents=True)
-        StackRecord("native", "http://127.0.0.1:9", None).save(tmp_path / "stack")
-        (run / "open-webui.pid").write_text(json.dumps({"pid": bystander.pid, "start": "1", "command": ["open-webui"]}))
-        proc = orch("down", "--dir", str(tmp_path / "stack"))
+        stack = tmp_path / "stack"
+        (stack / "run").mkdir(parents=True)
+        StackRecord("native", "http://127.0.0.1:9", None).save(stack)
+        (stack / "run" / "supervisord.pid").write_text(f"{bystander.pid}\n")
+        with socket.socket(socket.AF_UNIX) as stale:  # a socket file nobody listens on any more
+            stale.bind(str(native.socket_path(stack)))
+        proc = cli("down", "--dir", str(stack))
         assert "nothing" in proc.stdout and bystander.poll() is None
-        assert not (run / "open-webui.pid").exists()
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.fixture
+def ollama_cli_double(tmp_path, go_render, monkeypatch):
+    """An `ollama` on PATH whose `serve` runs the Ollama double on $OLLAMA_HOST (as `ollama serve` would); it is not Ollama."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "ollama"
+    double = Path(__file__).with_name("ollama_double.py")
+    script.write_text(f"""#!/bin/sh
+# A double of the ollama CLI for tests, not Ollama: `ollama serve` runs tests/ollama_double.py on $OLLAMA_HOST.
+case "$1" in
+  serve) hostport="${{OLLAMA_HOST:-127.0.0.1:11434}}"
+         exec {sys.executable} {double} --store {tmp_path / "ollama-store"} --render {go_render} --bind "${{hostport%:*}}" --port "${{hostport##*:}}" ;;
+  *) echo "this double only serves" >&2; exit 2 ;;
+esac
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return script
+
+
+def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_recovery(ollama_cli_double, tiny_build, tmp_path,
+                                                                                      isolated_home):
+    shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
+    model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
+    stack, port = tmp_path / "stack", free_port()
+    up = orch("up", "--runtime", "native", "--no-webui", "--ollama-port", str(port), "--dir", str(stack), "--wait", "60", check=False)
+    url = f"http://127.0.0.1:{port}"
+    monitor, pids = None, {}
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Chat:" not in up.stdout and not (stack / "open-webui-data").exists(), "--no-webui: Ollama alone"
+        conf = (stack / "supervisord.conf").read_text()
+        assert "[program:ollama]" in conf and "[program:open-webui]" not in conf and "autorestart=true" in conf
+        assert "stdout_logfile_maxbytes=20MB" in conf and "stopasgroup=true" in conf
+        assert f"registered {model}" in up.stdout
+        pids["supervisord"], pids["ollama"] = native.Supervisor(stack).pid(), pid_of(stack, "ollama")
+
+        monitor = subprocess.Popen([str(ORCH), "health", "--host", url, "--model", model, "--watch", "--interval", "0.5",
+                                    "--failures", "1", "--timeout", "20", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        seen = read_json_lines(monitor, lambda r: r.get("ok") is True)
+        os.kill(pids["ollama"], signal.SIGKILL)
+        back = wait_for(lambda: (pid_of(stack, "ollama") or pids["ollama"]) != pids["ollama"] and answers(f"{url}/api/version"), 10)
+        assert back < 10, "ollama serve did not answer again within 10 s"
+        pids["ollama"] = pid_of(stack, "ollama")
+        seen += read_json_lines(monitor, lambda r: r.get("kind") == "recovered", timeout=60)
+        kinds = [r.get("kind") for r in seen if "kind" in r]
+        assert kinds == ["outage", "recovered"], seen[-5:]
+        wait_for(lambda: native.Supervisor(stack).processes()["ollama"]["statename"] == "RUNNING", 15)
+        status = orch("status", "--dir", str(stack)).stdout
+        assert re.search(r"ollama: running, pid \d+", status)
+        assert "== ollama ==" in orch("logs", "ollama", "--dir", str(stack)).stdout
+    finally:
+        if monitor is not None:
+            monitor.send_signal(signal.SIGINT)
+            monitor.communicate(timeout=30)
+        down = orch("down", "--dir", str(stack), check=False)
+    assert down.returncode == 0 and "ollama" in down.stdout
+    assert not listening(port), f"port {port} still answers after orch down"
+    for name, pid in pids.items():
+        assert gone(pid), f"{name} (pid {pid}) still runs after orch down"
+
+
+def read_json_lines(proc, predicate, timeout: float = 60) -> list[dict]:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"the monitor exited: {proc.stderr.read()}"
+        seen.append(json.loads(line))
+        if predicate(seen[-1]):
+            return seen
+    raise AssertionError(f"not seen within {timeout} s: {seen[-3:]}")

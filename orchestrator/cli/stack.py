@@ -32,6 +32,7 @@ def up(
     model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
     wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
+    no_webui: bool = typer.Option(False, "--no-webui", help="Ollama alone, for a headless API box (no browser chat)."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
 
@@ -44,6 +45,8 @@ def up(
       orch up --ollama-url http://127.0.0.1:11434 --bind 127.0.0.1
 
       orch up --runtime native --offline
+
+      orch up --runtime native --no-webui          # a headless API box
     """
     from orchestrator.stack import compose, config, preflight
     from orchestrator.stack import runtime as runtimes
@@ -51,7 +54,8 @@ def up(
 
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
     plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
-                            expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model)
+                            expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
+                            webui=not no_webui)
     con, err = render.console(), render.console(stderr=True)
 
     def announce() -> None:
@@ -101,8 +105,9 @@ def _print_up(result, con) -> None:
                   "change it in its admin settings, or orch down --volumes to start afresh", soft_wrap=True)
     urls, admin = result.urls, result.admin
     model = result.health.model or "MODEL"
-    con.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}", soft_wrap=True)
-    if admin["password"]:
+    if urls["chat"]:
+        con.print(f"\n[bold green]Chat:[/] {urls['chat']}   sign in as {admin['email']}", soft_wrap=True)
+    if admin.get("password"):
         con.print(f"[bold]Admin password (shown once, kept in {result.env}):[/] {render.escape(admin['password'])}", soft_wrap=True)
     con.print(f"Ollama API: {urls['ollama']}\nOpenAI-compatible base URL: {urls['openai']}\n", soft_wrap=True)
     con.print("from openai import OpenAI\n"
@@ -143,7 +148,8 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
     rt, record = runtime.load(d)
     con = render.console()
     for s in rt.status(d):
-        con.print(f"{s.name}: {'running' if s.running else 'not running'}{', ' + s.detail if s.detail else ''}")
+        colour = "green" if s.running else "yellow"
+        con.print(f"{s.name}: [{colour}]{s.state}[/]{', ' + render.escape(s.detail) if s.detail else ''}")
     try:
         loaded = Ollama(record.ollama_url).loaded()
     except OrchError as e:

@@ -44,6 +44,9 @@ def render(plan: StackPlan, template: dict | None = None) -> dict:
         env |= {"OFFLINE_MODE": "True", "HF_HUB_OFFLINE": "1"}
     if plan.gpu:
         ollama["deploy"] = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}
+    if not plan.webui:
+        del services["open-webui"]
+        del doc["volumes"]["open-webui"]
     if plan.ollama_url:
         del services["ollama"]
         del doc["volumes"]["ollama"]

@@ -39,15 +39,20 @@ class StackPlan:
     gpu: bool = False
     offline: bool = False
     default_model: str | None = None
+    webui: bool = True  # False: Ollama alone, a headless API box
     images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
 
     def __post_init__(self):
         validate_port(self.port, "--port")
         validate_port(self.ollama_port, "--ollama-port")
+        if not self.webui and self.ollama_url:
+            raise BadInput("--no-webui with --ollama-url leaves nothing to start: drop one of them")
 
     @property
-    def local_webui_url(self) -> str:
-        """Where this host reaches Open WebUI: loopback unless it is bound to one address only."""
+    def local_webui_url(self) -> str | None:
+        """Where this host reaches Open WebUI (loopback unless it is bound to one address only); None without it."""
+        if not self.webui:
+            return None
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::", "127.0.0.1") else self.bind
         return f"http://{host}:{self.port}"
 
@@ -65,7 +70,7 @@ class StackPlan:
         if self.expose_ollama:
             out.append(f"Ollama will answer on every interface at port {self.ollama_port} with no authentication; Docker's "
                        "published ports bypass host firewalls such as ufw")
-        if self.bind == "0.0.0.0":
+        if self.bind == "0.0.0.0" and self.webui:
             out.append(f"Open WebUI listens on every interface at port {self.port} (it has sign-in; Docker's published ports "
                        "bypass host firewalls such as ufw): pass --bind 127.0.0.1 to keep it on this machine")
         return out

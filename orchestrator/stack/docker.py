@@ -86,7 +86,7 @@ class DockerRuntime:
         runner = Compose(preflight.docker_binary(), plan.directory)
         env, created, changed = compose.write_stack(plan)
         runner.run("up", "-d", "--remove-orphans")
-        runner.wait_healthy(["open-webui"] + ([] if plan.ollama_url else ["ollama"]), wait, reporter)
+        runner.wait_healthy(list(compose.check(plan)["services"]), wait, reporter)
         return Started(env, created, changed)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
@@ -94,8 +94,8 @@ class DockerRuntime:
         return ["the compose stack"]
 
     def status(self, directory: Path) -> list[ServiceState]:
-        return [ServiceState(r.get("Service", "?"), r.get("State") == "running",
-                             " ".join(x for x in (r.get("State"), r.get("Health"), r.get("Image")) if x))
+        return [ServiceState(r.get("Service", "?"), (r.get("State") or "unknown").lower(),
+                             " ".join(x for x in (r.get("Health"), r.get("Image")) if x))
                 for r in self._compose(directory).running()]
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
@@ -108,7 +108,7 @@ class DockerRuntime:
 
 
 def _ports_free(plan: StackPlan, held: set) -> None:
-    if "open-webui" not in held:
+    if plan.webui and "open-webui" not in held:
         preflight.port_free(plan.bind, plan.port, "Open WebUI")
     if plan.ollama_url is None and "ollama" not in held:
         preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")

@@ -1,9 +1,12 @@
-"""The native runtime: `ollama serve` and `open-webui serve` as supervised background processes, for hosts without Docker.
+"""The native runtime: `ollama serve` and `open-webui serve` under supervisord, for hosts without Docker or systemd.
 
-Open WebUI goes into a virtualenv of its own (as pipx would) so its many
-dependencies never meet orch's. Each process gets a pid file recording its
-start time, so `orch down` stops exactly what `orch up` started: a pid reused
-by another program is left alone.
+supervisord (PyPI `supervisor`) is what rented GPU containers without systemd
+already use: one supervisor per stack directory restarts a service that
+crashes (an out-of-memory kill, a CUDA error), rotates its logs, and stops
+exactly what it started. orch writes its configuration (supervisord.conf, no
+secrets in it: they reach supervisord's environment from .env), starts it,
+and talks to it over its XML-RPC socket. Open WebUI goes into a virtualenv of
+its own (as pipx would) so its many dependencies never meet orch's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -67,87 +69,147 @@ class Service:
     command: list[str]
     env: dict
     health_url: str
+    start_seconds: int = 5  # running this long counts as started
 
 
-def services(plan: StackPlan, webui_exe: Path, secrets: dict) -> list[Service]:
-    """The processes for `plan`, with the environment the compose template gives the containers."""
+def services(plan: StackPlan, webui_exe: Path | None) -> list[Service]:
+    """The processes for `plan`, with the environment the compose template gives the containers (secrets come from .env)."""
     out = []
     if plan.ollama_url is None:
         env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
         out.append(Service("ollama", [shutil.which("ollama") or "ollama", "serve"], env,
                            f"http://127.0.0.1:{plan.ollama_port}/api/version"))
-    env = compose.environment(compose.render(plan), "open-webui") | secrets | {
+    if webui_exe is None:
+        return out
+    env = compose.environment(compose.render(plan), "open-webui") | {
         "OLLAMA_BASE_URL": plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}",  # this host's view, not a container's
         "DATA_DIR": str(plan.directory / "open-webui-data")}
     out.append(Service("open-webui", [str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
-                       f"{plan.local_webui_url}/health"))
+                       f"{plan.local_webui_url}/health", start_seconds=10))
     return out
 
 
-def _start_time(pid: int) -> float | None:
-    """When `pid` started: with the pid it names one process for good (a reused pid has another start time)."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+LOG_BYTES = "20MB"
+LOG_BACKUPS = 5
+
+
+def _quote(value: str) -> str:
+    """A value for supervisord's `environment=` (double-quoted; % doubled, since supervisord expands %(...)s)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def config(directory: Path, services: list[Service], socket: Path) -> str:
+    """supervisord.conf for the stack: restart on crash, rotated logs, process groups stopped whole."""
+    lines = [
+        "; written by orch up --runtime native; changes are lost at the next orch up",
+        "[unix_http_server]", f"file={socket}", "chmod=0700", "",
+        "[supervisord]", f"logfile={directory / 'logs' / 'supervisord.log'}", f"logfile_maxbytes={LOG_BYTES}",
+        f"logfile_backups={LOG_BACKUPS}", f"pidfile={directory / 'run' / 'supervisord.pid'}", f"childlogdir={directory / 'logs'}",
+        f"directory={directory}", "loglevel=info", "",
+        "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{socket}", "",
+    ]
+    for priority, service in enumerate(services, 1):
+        secrets = SECRET_KEYS if service.name == "open-webui" else ()  # from supervisord's own environment: never in this file
+        env_line = ",".join([f"{k}={_quote(v)}" for k, v in service.env.items()] + [f'{k}="%(ENV_{k})s"' for k in secrets])
+        lines += [
+            f"[program:{service.name}]",
+            "command=" + " ".join(_arg(a) for a in service.command),
+            f"environment={env_line}",
+            f"priority={priority * 10}",
+            "autostart=true", "autorestart=true", f"startsecs={service.start_seconds}", "startretries=10",
+            "stopsignal=TERM", "stopwaitsecs=20", "stopasgroup=true", "killasgroup=true",
+            "redirect_stderr=true", f"stdout_logfile={directory / 'logs' / (service.name + '.log')}",
+            f"stdout_logfile_maxbytes={LOG_BYTES}", f"stdout_logfile_backups={LOG_BACKUPS}", "",
+        ]
+    return "\n".join(lines)
+
+
+def _arg(a: str) -> str:
+    return a if a and all(c not in a for c in " \t\"'%;") else '"' + a.replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def socket_path(directory: Path) -> Path:
+    """The control socket: in the stack's run/ directory, or under /tmp when that path is too long for a unix socket."""
+    path = directory / "run" / "supervisor.sock"
+    if len(str(path)) < 100:
+        return path
+    return Path("/tmp") / f"orch-supervisor-{hashlib.sha256(str(directory).encode()).hexdigest()[:16]}.sock"
 
 
 class Supervisor:
-    """Pid files and logs of the stack's processes under its directory."""
+    """The supervisord of one stack directory, reached through its XML-RPC socket."""
 
     def __init__(self, directory: Path):
-        self.run, self.logs = directory / "run", directory / "logs"
+        self.directory = directory
+        self.conf = directory / "supervisord.conf"
+        self.socket = socket_path(directory)
+        self.logs = directory / "logs"
 
-    def pidfile(self, name: str) -> Path:
-        return self.run / f"{name}.pid"
+    def rpc(self):
+        from xmlrpc.client import ServerProxy
 
-    def alive(self, name: str) -> dict | None:
-        """The record of `name` if the very process it names still runs."""
-        try:
-            record = json.loads(self.pidfile(name).read_text())
-        except (OSError, ValueError):
-            return None
-        return record if _start_time(record["pid"]) == record["start"] else None
+        from supervisor.xmlrpc import SupervisorTransport
 
-    def start(self, service: Service) -> dict:
-        """Start `service` unless it already runs with the same command and settings (a changed one is restarted)."""
-        wanted = hashlib.sha256(json.dumps([service.command, service.env], sort_keys=True).encode()).hexdigest()[:16]
-        if (running := self.alive(service.name)) is not None:
-            if running.get("settings") == wanted:
-                return running
-            self.stop(service.name)
-        self.run.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{service.name}.log", "ab")
-        proc = subprocess.Popen(service.command, env=os.environ | service.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        record = {"pid": proc.pid, "start": _start_time(proc.pid), "command": service.command, "settings": wanted}
-        write_text(self.pidfile(service.name), json.dumps(record) + "\n", mode=0o600)
-        return record
+        return ServerProxy("http://localhost", transport=SupervisorTransport(serverurl=f"unix://{self.socket}"))
 
-    def stop(self, name: str, timeout: float = 20) -> bool:
-        """Stop `name`'s process group if it is still the process orch started; True if something was stopped."""
-        record = self.alive(name)
-        if record is None:
-            self.pidfile(name).unlink(missing_ok=True)  # stale: its process is gone or the pid now names another
+    def running(self) -> bool:
+        if not self.socket.exists():
             return False
-        pid = record["pid"]
         try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while _start_time(pid) == record["start"] and time.monotonic() < deadline:
-            _reap(pid)
+            return self.rpc().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, Exception):  # noqa: BLE001  a stale socket answers with connection errors of several kinds
+            return False
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.rpc().supervisor.getPID())
+        except Exception:  # noqa: BLE001
+            return None
+
+    def processes(self) -> dict[str, dict]:
+        if not self.running():
+            return {}
+        return {p["name"]: p for p in self.rpc().supervisor.getAllProcessInfo()}
+
+    def start(self, env: dict) -> None:
+        """Start supervisord with this stack's config; it daemonizes and starts the programs itself."""
+        for d in (self.directory / "run", self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)], env=os.environ | env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while not self.running():
+            if time.monotonic() > deadline:
+                why = preflight.first_line(proc.stderr) or preflight.first_line(self.tail("supervisord", 1)) or "no output"
+                raise OrchError(f"supervisord did not start ({why}): see {self.logs / 'supervisord.log'}")
             time.sleep(0.2)
-        if _start_time(pid) == record["start"]:
+
+    def apply(self) -> list[str]:
+        """Take a rewritten config into the running supervisord: new, changed and removed programs (as supervisorctl update)."""
+        rpc = self.rpc()
+        [[added, changed, removed]] = rpc.supervisor.reloadConfig()
+        for name in removed + changed:
+            rpc.supervisor.stopProcessGroup(name)
+            rpc.supervisor.removeProcessGroup(name)
+        for name in changed + added:
+            rpc.supervisor.addProcessGroup(name)
+        return changed + added
+
+    def shutdown(self, timeout: float = 40) -> bool:
+        """Stop every program and supervisord itself; True if one was running."""
+        if not self.running():
+            return False
+        pid = self.pid()
+        self.rpc().supervisor.shutdown()
+        deadline = time.monotonic() + timeout
+        while pid and psutil.pid_exists(pid) and time.monotonic() < deadline:
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(pid)
-        self.pidfile(name).unlink(missing_ok=True)
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.Error:
+                break
+            time.sleep(0.2)
         return True
 
     def tail(self, name: str, lines: int = 200) -> str:
@@ -157,21 +219,15 @@ class Supervisor:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _reap(pid: int) -> None:
-    """Collect the child's exit status when this process started it (orch up and down in one process, as in tests)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 def wait_healthy(service: Service, supervisor: Supervisor, timeout: float, reporter: Reporter) -> None:
+    """Until the service answers its health URL; a program supervisord gave up on (FATAL) is an error at once."""
     deadline = time.monotonic() + timeout
     with reporter.task(f"waiting for {service.name}"):
         while time.monotonic() < deadline:
-            if supervisor.alive(service.name) is None:
+            state = supervisor.processes().get(service.name, {}).get("statename")
+            if state in ("FATAL", "EXITED", None):
                 last = supervisor.tail(service.name, 5).splitlines()
-                raise OrchError(f"{service.name} exited during start-up ({last[-1][:200] if last else 'no output'}): "
+                raise OrchError(f"{service.name} did not stay up ({state or 'not configured'}: {last[-1][:200] if last else 'no output'}): "
                                 f"orch logs {service.name}")
             try:
                 if client.get(service.health_url).status_code == 200:
@@ -183,54 +239,61 @@ def wait_healthy(service: Service, supervisor: Supervisor, timeout: float, repor
 
 
 class NativeRuntime:
-    """ollama serve and open-webui serve as processes of this host, for machines without Docker."""
+    """ollama serve and open-webui serve as supervised processes of this host."""
 
     name = "native"
 
     def preflight(self, plan: StackPlan) -> None:
-        """Ports free (unless our own processes hold them) and an ollama to run; nothing is started or written."""
-        supervisor = Supervisor(plan.directory)
-        if supervisor.alive("open-webui") is None:
+        """Ports free (unless this stack's own programs hold them) and an ollama to run; nothing is started or written."""
+        held = {name for name, p in Supervisor(plan.directory).processes().items() if p["statename"] in ("RUNNING", "STARTING")}
+        if plan.webui and "open-webui" not in held:
             preflight.port_free(plan.bind, plan.port, "Open WebUI")
         if plan.ollama_url is None:
             if shutil.which("ollama") is None:
                 raise OrchError(f"ollama is not installed (no ollama on PATH): install it with: {OLLAMA_INSTALL}, or pass --ollama-url")
-            if supervisor.alive("ollama") is None:
+            if "ollama" not in held:
                 preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
-        """Start the stack's processes in order, each healthy before the next."""
+        """Write supervisord.conf, start supervisord (or hand it the new config), and wait until every service answers."""
         self.preflight(plan)
-        supervisor = Supervisor(plan.directory)
         plan.directory.mkdir(parents=True, exist_ok=True)
-        exe = ensure_webui(reporter)
+        exe = ensure_webui(reporter) if plan.webui else None
         env_path = plan.directory / ".env"
         created = write_env(env_path)
-        started = services(plan, exe, read_env(env_path))
+        wanted = services(plan, exe)
         settings_path = plan.directory / "settings.json"
-        settings = {k: v for k, v in started[-1].env.items() if k not in SECRET_KEYS}
+        settings = next((s.env for s in wanted if s.name == "open-webui"), {})
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
-        changed = changed_settings(old, settings)
-        write_text(settings_path, json.dumps(settings, indent=2) + "\n")
-        for service in started:
-            supervisor.start(service)
+        changed = changed_settings(old, settings) if settings else []
+        supervisor = Supervisor(plan.directory)
+        write_text(supervisor.conf, config(plan.directory, wanted, supervisor.socket), mode=0o600)
+        if supervisor.running():
+            restarted = supervisor.apply()
+            if restarted:
+                reporter.note(f"supervisord restarts {', '.join(restarted)} with the new settings")
+        else:
+            supervisor.start(read_env(env_path))
+        if settings:
+            write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+        for service in wanted:
             wait_healthy(service, supervisor, wait, reporter)
         return Started(env_path, created, changed)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         supervisor = Supervisor(directory)
-        stopped = [name for name in ("open-webui", "ollama") if supervisor.stop(name)]
+        names = [n for n, p in supervisor.processes().items() if p["statename"] not in ("STOPPED", "EXITED", "FATAL")]
+        stopped = names + ["supervisord"] if supervisor.shutdown() else []
         if volumes:
             shutil.rmtree(directory / "open-webui-data", ignore_errors=True)
         return stopped
 
     def status(self, directory: Path) -> list[ServiceState]:
         supervisor = Supervisor(directory)
-        out = []
-        for name in ("ollama", "open-webui"):
-            rec = supervisor.alive(name)
-            out.append(ServiceState(name, rec is not None, f"pid {rec['pid']}" if rec else ""))
-        return out
+        if not supervisor.running():
+            return [ServiceState("supervisord", "not running", f"orch up starts it with {supervisor.conf}")]
+        return [ServiceState(name, p["statename"].lower(), p["description"] or (f"pid {p['pid']}" if p["pid"] else ""))
+                for name, p in supervisor.processes().items()]
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         """The last lines of each service's log (all that have one by default); with follow, new lines as they come."""
@@ -242,11 +305,25 @@ class NativeRuntime:
             yield f"== {name} =="
             yield from supervisor.tail(name).splitlines()
         if follow:
-            handles = {n: open(supervisor.logs / f"{n}.log", errors="replace") for n in names}
-            for h in handles.values():
-                h.seek(0, os.SEEK_END)
-            while True:
-                for n, h in handles.items():
-                    for line in h.readlines():
-                        yield f"{n}: {line.rstrip()}"
-                time.sleep(0.5)
+            yield from _follow({n: supervisor.logs / f"{n}.log" for n in names})
+
+
+def _follow(paths_by_name: dict[str, Path]) -> Iterator[str]:
+    """New lines of each log as they are written, reopening a log that supervisord rotated."""
+    handles = {}
+    for name, path in paths_by_name.items():
+        h = open(path, errors="replace")
+        h.seek(0, os.SEEK_END)
+        handles[name] = (h, os.fstat(h.fileno()).st_ino)
+    while True:
+        for name, (h, inode) in list(handles.items()):
+            for line in h.readlines():
+                yield f"{name}: {line.rstrip()}"
+            try:
+                if os.stat(paths_by_name[name]).st_ino != inode:  # rotated: the old file was renamed to .1
+                    h.close()
+                    h = open(paths_by_name[name], errors="replace")
+                    handles[name] = (h, os.fstat(h.fileno()).st_ino)
+            except OSError:
+                pass
+        time.sleep(0.5)

@@ -31,8 +31,12 @@ class Started:
 @dataclass
 class ServiceState:
     name: str
-    running: bool
+    state: str  # running, starting, backoff, exited, stopped, ...: the runtime's own word, lower case
     detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
 
 
 @dataclass

@@ -46,7 +46,7 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
         have = set(server.models())
     registered = [register.register(mf, name, ollama, reporter=reporter) for mf, name in built_models() if name not in have]
     report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
-    env = read_env(started.env)
+    env = read_env(started.env) if plan.webui else {}
     return UpResult(runtime.name, started.env, report,
                     urls={"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
                     admin={"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if started.created_secrets else None},
