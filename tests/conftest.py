@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,17 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def ollama_cli(tmp_path, go_render, monkeypatch):
+    """`ollama` on PATH: tests/ollama_cli_double.py, a double of the ollama CLI (its serve runs the Ollama double)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "ollama"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ollama_cli_double.py'} \"$@\"\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("OLLAMA_DOUBLE_STORE", str(tmp_path / "ollama-store"))
+    monkeypatch.setenv("OLLAMA_DOUBLE_RENDER", str(go_render))
+    return script

@@ -2,8 +2,8 @@
 and services that come back after kill -9.
 
 No Ollama binary runs here. The double (tests/ollama_double.py, llama.cpp generating with the tiny model) stands
-in for Ollama: through --ollama-url, or as the `ollama` on PATH that supervisord runs (`ollama_cli_double`, a
-script whose `serve` starts the double). Open WebUI's virtualenv is cached between runs under
+in for Ollama: through --ollama-url, or as the `ollama` on PATH that supervisord runs (tests/ollama_cli_double.py,
+whose `serve` starts the double). Open WebUI's virtualenv is cached between runs under
 ~/.cache/orch/test-open-webui-venv, with torch==2.13.0 (the CPU wheel) installed into it first.
 """
 
@@ -163,7 +163,6 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
 def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
     """A stack whose supervisord is gone (stale pid file and socket): orch down signals nobody, not even a process that reused the pid."""
     import subprocess
-    import sys
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -180,27 +179,7 @@ def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
         bystander.wait()
 
 
-@pytest.fixture
-def ollama_cli_double(tmp_path, go_render, monkeypatch):
-    """An `ollama` on PATH whose `serve` runs the Ollama double on $OLLAMA_HOST (as `ollama serve` would); it is not Ollama."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "ollama"
-    double = Path(__file__).with_name("ollama_double.py")
-    script.write_text(f"""#!/bin/sh
-# A double of the ollama CLI for tests, not Ollama: `ollama serve` runs tests/ollama_double.py on $OLLAMA_HOST.
-case "$1" in
-  serve) hostport="${{OLLAMA_HOST:-127.0.0.1:11434}}"
-         exec {sys.executable} {double} --store {tmp_path / "ollama-store"} --render {go_render} --bind "${{hostport%:*}}" --port "${{hostport##*:}}" ;;
-  *) echo "this double only serves" >&2; exit 2 ;;
-esac
-""")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    return script
-
-
-def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_recovery(ollama_cli_double, tiny_build, tmp_path,
+def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_recovery(ollama_cli, tiny_build, tmp_path,
                                                                                       isolated_home):
     shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
     model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]

@@ -53,7 +53,7 @@ app = OrchTyper(
     "  orch health --watch",
 )
 
-from orchestrator.cli import build, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
+from orchestrator.cli import build, k8s, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
 
 
 def main() -> None:

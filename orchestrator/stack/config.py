@@ -22,6 +22,8 @@ OLLAMA_VERSION = "0.40.2"
 OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
 WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
+# the in-cluster monitor's interpreter: the minor-version tag, which takes Debian's security rebuilds
+PYTHON_IMAGE = "python:3.13-slim"
 ADMIN_EMAIL = "admin@orch.local"
 SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
 # read by Open WebUI only on its first start (it then keeps them in its database)

@@ -1,0 +1,137 @@
+"""orch k8s render, apply, status, down: the stack on a Kubernetes cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from orchestrator.cli import OrchTyper, app, render
+
+k8s = OrchTyper(help="The stack on Kubernetes: render plain manifests (a kustomize directory), apply them, watch them, take them down.\n\n"
+                "Examples:\n\n"
+                "  orch k8s render ~/.local/share/orch/builds/baichuan2-7b-chat --replicas 3 --gpu --namespace chat --out ./k8s\n\n"
+                "  orch k8s apply ./k8s\n\n"
+                "  orch k8s status ./k8s\n\n"
+                "  orch k8s down ./k8s")
+app.add_typer(k8s, name="k8s")
+
+
+@k8s.command("render")
+def render_cmd(
+    build: Path = typer.Argument(..., help="An orch build directory (its first type), or a Modelfile beside its GGUF."),
+    out: Path = typer.Option(Path("k8s"), "--out", "-o", help="Directory for the manifests and kustomization.yaml."),
+    namespace: str = typer.Option("orch", "--namespace", "-n", help="Namespace for everything (a DNS-1123 label)."),
+    replicas: int = typer.Option(1, "--replicas", help="Ollama replicas (pods), each serving the model."),
+    gpu: bool = typer.Option(False, "--gpu", help="Give each Ollama pod NVIDIA GPUs (nvidia.com/gpu limits)."),
+    gpu_count: int = typer.Option(1, "--gpu-count", help="GPUs per Ollama pod, with --gpu."),
+    node_selector: Optional[List[str]] = typer.Option(None, "--node-selector", help="KEY=VALUE for the Ollama pods; repeatable."),
+    toleration: Optional[List[str]] = typer.Option(None, "--toleration", help="KEY[=VALUE][:EFFECT] the Ollama pods tolerate; repeatable."),
+    num_parallel: Optional[int] = typer.Option(None, "--num-parallel", help="OLLAMA_NUM_PARALLEL: requests each pod serves at once."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name in Ollama [default: the one build.json records]."),
+    model_volume: str = typer.Option("pvc", "--model-volume", help="pvc (a ReadWriteMany claim) or hostpath (one node's directory)."),
+    host_path: Optional[str] = typer.Option(None, "--host-path", help="The node directory, with --model-volume hostpath."),
+    storage_class: Optional[str] = typer.Option(None, "--storage-class", help="StorageClass for every claim [default: the cluster's]."),
+    host: Optional[str] = typer.Option(None, "--host", help="An Ingress for the browser chat on this host name."),
+    tls_secret: Optional[str] = typer.Option(None, "--tls-secret", help="The TLS Secret for --host."),
+    service_monitor: bool = typer.Option(False, "--service-monitor", help="Add a Prometheus Operator ServiceMonitor for the monitor."),
+    monitor_image: Optional[str] = typer.Option(None, "--monitor-image", help="An image with orch installed for the monitor "
+                                                "[default: the pinned Python image, installing orch's few dependencies at start]."),
+    pip_index_url: Optional[str] = typer.Option(None, "--pip-index-url", help="A PyPI mirror for the monitor's start-up install."),
+) -> None:
+    """Write the manifests and kustomization.yaml for BUILD; applies nothing.
+
+    Example: orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --out ./k8s
+    """
+    from orchestrator.errors import BadInput
+    from orchestrator.stack.kubernetes import manifests, plan as planning
+
+    if model_volume not in ("pvc", "hostpath"):
+        raise BadInput(f"--model-volume {model_volume!r} is not pvc or hostpath")
+    plan = planning.make_plan(build, out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
+                              node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
+                              model_volume=model_volume, host_path=host_path, storage_class=storage_class, host=host,
+                              tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,
+                              pip_index_url=pip_index_url)
+    manifests.write(plan)
+    con = render.console()
+    con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"
+              f"{f', {plan.gpu_count} GPU each' if plan.gpu else ''} into {plan.out}", soft_wrap=True)
+    con.print(f"  the Open WebUI Secret: {plan.out / manifests.SECRET_FILE} (0600, kept across renders)", soft_wrap=True)
+    con.print(f"  apply it: orch k8s apply {plan.out}   (or kubectl apply -k {plan.out}, then put the build on the model volume)",
+              soft_wrap=True)
+
+
+def _dir(directory: Path) -> Path:
+    return directory.expanduser().resolve()
+
+
+@k8s.command("apply")
+def apply_cmd(
+    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    wait: float = typer.Option(1800, "--wait", help="Seconds to wait for the rollouts and readiness."),
+) -> None:
+    """kubectl apply -k DIR, put the GGUF and Modelfile on the model volume, wait for the rollouts and readiness.
+
+    Example: orch k8s apply ./k8s
+    """
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+
+    runtime = KubernetesRuntime()
+    d = _dir(directory)
+    runtime.preflight(d)  # before any output: no cluster is one line
+    with render.RichReporter() as reporter:
+        runtime.up(d, wait=wait, reporter=reporter)
+    _print_status(runtime, d)
+
+
+@k8s.command("status")
+def status_cmd(directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote.")) -> None:
+    """Pods, readiness, and which Ollama replicas serve the model (readiness asks ollama show MODEL).
+
+    Example: orch k8s status ./k8s
+    """
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+
+    _print_status(KubernetesRuntime(), _dir(directory))
+
+
+def _print_status(runtime, directory: Path) -> None:
+    con = render.console()
+    states = runtime.status(directory)
+    for s in states:
+        con.print(f"{s.name}: [{'green' if s.state == 'ready' else 'yellow'}]{s.state}[/], {render.escape(s.detail)}")
+    if not states:
+        con.print("no pod of the stack in the cluster: orch k8s apply")
+
+
+@k8s.command("down")
+def down_cmd(
+    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    volumes: bool = typer.Option(False, "--volumes", help="Also delete the model volume, the replicas' stores and the chat data."),
+) -> None:
+    """Remove what orch k8s apply created (the claims, and with them models and chats, only with --volumes).
+
+    Example: orch k8s down ./k8s
+    """
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+
+    removed = KubernetesRuntime().down(_dir(directory), volumes=volumes)
+    render.console().print(f"removed {len(removed)} objects" + (", the volumes with them" if volumes else " (the volumes are kept)"))
+
+
+@k8s.command("logs")
+def logs_cmd(
+    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    service: Optional[str] = typer.Option(None, "--service", help="ollama, open-webui or orch-health [default: all]."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+) -> None:
+    """The pods' logs, model creation included (kubectl logs).
+
+    Example: orch k8s logs ./k8s --service ollama
+    """
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+
+    for line in KubernetesRuntime().logs(_dir(directory), [service] if service else None, follow=follow):
+        print(line, flush=True)

@@ -1,0 +1,313 @@
+"""The Kubernetes manifests for a K8sPlan: plain YAML in a kustomize directory, so platform teams can patch them with overlays.
+
+Rendering is pure (render() returns the files as text); write() is the only
+part that touches disk. Names and labels follow the community charts
+(otwld/ollama-helm, open-webui/helm-charts): app.kubernetes.io/name ollama and
+open-webui, port 11434 named http, /root/.ollama's role played by a store
+volume per replica.
+
+Objects, and what each is for:
+- StatefulSet ollama: the replicas; each has its own store (volumeClaimTemplate) and creates the model in it from
+  the GGUF and Modelfile on the shared model volume (scripts/create-model.sh, its log is the container's), so a
+  restarted or added replica serves the model with no human step.
+- Services ollama (ClusterIP, balancing across Ready pods) and ollama-headless (each replica by name, for the monitor).
+- NetworkPolicy ollama: only Open WebUI and the monitor reach 11434.
+- PersistentVolumeClaim orch-models (ReadWriteMany) or a hostPath: the build, put there by orch k8s apply.
+- Deployment, Service and PVC open-webui (one replica; see README for what more would need); an Ingress with --host.
+- Deployment and Service orch-health: orch health --watch probing every replica, Prometheus metrics on :9101
+  (a ServiceMonitor with --service-monitor).
+- Secret open-webui (secrets/open-webui.env, 0600, generated once) and ConfigMap ollama-scripts, from generators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from orchestrator import __version__, paths
+from orchestrator.errors import OrchError
+from orchestrator.files import write_text
+from orchestrator.stack.config import OLLAMA_IMAGE, PYTHON_IMAGE, WEBUI_IMAGE, env_values, read_env
+from orchestrator.stack.kubernetes.plan import K8sPlan
+
+OLLAMA_PORT, WEBUI_PORT, METRICS_PORT = 11434, 8080, 9101
+UID = 1000
+MODELS_MOUNT = "/models"
+SECRET_FILE = "secrets/open-webui.env"
+MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
+SOURCE_PACKAGES = ("", "cli", "ollama")  # what `orch health` imports: orchestrator/*.py, cli/ and ollama/
+
+
+def labels(name: str, component: str) -> dict:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": "orch", "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch", "app.kubernetes.io/version": __version__}
+
+
+def selector(name: str) -> dict:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": "orch"}
+
+
+def meta(name: str, component: str, **extra) -> dict:
+    return {"name": name, "labels": labels(name if component != "model" else "orch-models", component), **extra}
+
+
+RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def non_root(read_only: bool = True) -> dict:
+    return RESTRICTED | {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": read_only}
+
+
+def pod_security(non_root_pod: bool = True) -> dict:
+    base = {"seccompProfile": {"type": "RuntimeDefault"}}
+    return base | ({"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID} if non_root_pod else {})
+
+
+def replica_hosts(plan: K8sPlan) -> list[str]:
+    return [f"http://ollama-{i}.ollama-headless.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}" for i in range(plan.replicas)]
+
+
+def model_volume(plan: K8sPlan) -> dict:
+    if plan.model_volume == "hostpath":
+        return {"name": "models", "hostPath": {"path": plan.host_path, "type": "DirectoryOrCreate"}}
+    return {"name": "models", "persistentVolumeClaim": {"claimName": "orch-models"}}
+
+
+def ollama_docs(plan: K8sPlan) -> list[dict]:
+    m = plan.model
+    env = [
+        {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{OLLAMA_PORT}"},
+        {"name": "OLLAMA_MODELS", "value": "/data/models"},
+        {"name": "HOME", "value": "/data"},  # the server keeps its key under $HOME/.ollama: on the store, not the read-only root
+        {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+        {"name": "MODEL_NAME", "value": m.name},
+        {"name": "MODELFILE", "value": f"{MODELS_MOUNT}/{m.slug}/{m.modelfile}"},
+        {"name": "MODEL_SHA256", "value": m.sha256},
+    ]
+    if plan.num_parallel:
+        env.append({"name": "OLLAMA_NUM_PARALLEL", "value": str(plan.num_parallel)})
+    show = {"exec": {"command": ["ollama", "show", m.name]}}
+    container = {
+        "name": "ollama", "image": OLLAMA_IMAGE, "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "/orch/entrypoint.sh"], "env": env,
+        "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
+        # creating the model copies gigabytes: up to 30 minutes before the first readiness check counts
+        "startupProbe": show | {"periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": show | {"periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/api/version", "port": "http"}, "periodSeconds": 20, "timeoutSeconds": 5,
+                          "failureThreshold": 6},
+        "volumeMounts": [{"name": "store", "mountPath": "/data"}, {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+                         {"name": "scripts", "mountPath": "/orch", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+        # non-root with a read-only root: a file written through a path traversal cannot land where the server loads
+        # code from (CVE-2026-103663 ran as root on restart in the default image)
+        "securityContext": non_root(),
+    }
+    if plan.gpu:
+        container["resources"] = {"limits": {"nvidia.com/gpu": plan.gpu_count}}
+    pod = {"securityContext": pod_security(), "containers": [container], "terminationGracePeriodSeconds": 30,
+           "volumes": [model_volume(plan), {"name": "scripts", "configMap": {"name": "ollama-scripts", "defaultMode": 0o555}},
+                       {"name": "tmp", "emptyDir": {}}]}
+    if plan.node_selector:
+        pod["nodeSelector"] = dict(plan.node_selector)
+    if plan.tolerations:
+        pod["tolerations"] = [dict(t) for t in plan.tolerations]
+    statefulset = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("ollama", "ollama"),
+        "spec": {
+            "replicas": plan.replicas, "serviceName": "ollama-headless", "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector("ollama")},
+            "template": {"metadata": {"labels": labels("ollama", "ollama")}, "spec": pod},
+            "volumeClaimTemplates": [{"metadata": {"name": "store", "labels": labels("ollama", "ollama")},
+                                      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": plan.store_size}},
+                                               **({"storageClassName": plan.storage_class} if plan.storage_class else {})}}],
+        },
+    }
+    port = {"name": "http", "port": OLLAMA_PORT, "targetPort": "http", "protocol": "TCP"}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta("ollama", "ollama"),
+               "spec": {"type": "ClusterIP", "selector": selector("ollama"), "ports": [port]}}
+    headless = {"apiVersion": "v1", "kind": "Service", "metadata": meta("ollama-headless", "ollama"),
+                "spec": {"clusterIP": "None", "selector": selector("ollama"), "ports": [port], "publishNotReadyAddresses": True}}
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("ollama", "ollama"),
+              "spec": {"podSelector": {"matchLabels": selector("ollama")}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": selector(client)}} for client in ("open-webui", "orch-health")],
+                                    "ports": [{"port": OLLAMA_PORT, "protocol": "TCP"}]}]}}
+    docs = [statefulset, service, headless, policy]
+    if plan.model_volume == "pvc":
+        docs.insert(0, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-models", "model"),
+                        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": plan.model_volume_size}},
+                                 **({"storageClassName": plan.storage_class} if plan.storage_class else {})}})
+    return docs
+
+
+def webui_docs(plan: K8sPlan) -> list[dict]:
+    env = [
+        {"name": "OLLAMA_BASE_URL", "value": f"http://ollama.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}"},
+        {"name": "WEBUI_AUTH", "value": "True"}, {"name": "ENABLE_SIGNUP", "value": "False"},
+        {"name": "ENABLE_OPENAI_API", "value": "False"}, {"name": "DEFAULT_MODELS", "value": plan.model.name},
+        {"name": "DATA_DIR", "value": "/app/backend/data"},
+    ]
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container = {
+        "name": "open-webui", "image": WEBUI_IMAGE, "imagePullPolicy": "IfNotPresent", "env": env,
+        "envFrom": [{"secretRef": {"name": "open-webui"}}],  # WEBUI_SECRET_KEY and the admin account
+        "ports": [{"name": "http", "containerPort": WEBUI_PORT, "protocol": "TCP"}],
+        "startupProbe": health | {"periodSeconds": 10, "failureThreshold": 60},
+        "readinessProbe": health | {"periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": health | {"periodSeconds": 20, "failureThreshold": 6},
+        "volumeMounts": [{"name": "data", "mountPath": "/app/backend/data"}],
+        # the image runs as root by default (it writes into its own tree at start): restricted otherwise
+        "securityContext": RESTRICTED,
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("open-webui", "open-webui"),
+        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector("open-webui")},
+                 "template": {"metadata": {"labels": labels("open-webui", "open-webui")},
+                              "spec": {"securityContext": pod_security(non_root_pod=False), "containers": [container],
+                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "open-webui"}}]}}},
+    }
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("open-webui", "open-webui"),
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                    **({"storageClassName": plan.storage_class} if plan.storage_class else {})}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta("open-webui", "open-webui"),
+               "spec": {"type": "ClusterIP", "selector": selector("open-webui"),
+                        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
+    docs = [pvc, deployment, service]
+    if plan.host:
+        ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta("open-webui", "open-webui"),
+                   "spec": {"rules": [{"host": plan.host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                                       "backend": {"service": {"name": "open-webui", "port": {"name": "http"}}}}]}}]}}
+        if plan.tls_secret:
+            ingress["spec"]["tls"] = [{"hosts": [plan.host], "secretName": plan.tls_secret}]
+        docs.append(ingress)
+    return docs
+
+
+def monitor_docs(plan: K8sPlan) -> list[dict]:
+    args = ["health", "--watch", "--model", plan.model.name, "--interval", "30", "--failures", "3",
+            "--metrics-port", str(METRICS_PORT), "--metrics-bind", "0.0.0.0", "--json"]
+    for host in replica_hosts(plan):
+        args += ["--host", host]
+    volumes, mounts, init = [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}], []
+    if plan.monitor_image:
+        image, command, env = plan.monitor_image, ["orch", *args], [{"name": "HOME", "value": "/tmp"}]
+    else:
+        # orch's own modules come from a ConfigMap, its few dependencies from PyPI (or $PIP_INDEX_URL) once per start
+        image, command = PYTHON_IMAGE, ["python", "-m", "orchestrator", *args]
+        env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONPATH", "value": "/src:/deps"}]
+        items = [{"key": key, "path": path} for key, path in source_files()]
+        volumes += [{"name": "src", "configMap": {"name": "orch-source", "items": items}}, {"name": "deps", "emptyDir": {}}]
+        mounts += [{"name": "src", "mountPath": "/src", "readOnly": True}, {"name": "deps", "mountPath": "/deps", "readOnly": True}]
+        pip_env = [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"}]
+        if plan.pip_index_url:
+            pip_env.append({"name": "PIP_INDEX_URL", "value": plan.pip_index_url})
+        init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
+                 "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/deps", *MONITOR_DEPENDENCIES],
+                 "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"}],
+                 "securityContext": non_root()}]
+    container = {"name": "orch-health", "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
+                 "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+                 "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 15},
+                 "livenessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 30, "failureThreshold": 4},
+                 "volumeMounts": mounts, "securityContext": non_root()}
+    pod = {"securityContext": pod_security(), "containers": [container], "volumes": volumes}
+    if init:
+        pod["initContainers"] = init
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("orch-health", "monitor"),
+                  "spec": {"replicas": 1, "selector": {"matchLabels": selector("orch-health")},
+                           "template": {"metadata": {"labels": labels("orch-health", "monitor")}, "spec": pod}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta("orch-health", "monitor"),
+               "spec": {"type": "ClusterIP", "selector": selector("orch-health"),
+                        "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}}
+    docs = [deployment, service]
+    if plan.service_monitor:
+        docs.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta("orch-health", "monitor"),
+                     "spec": {"selector": {"matchLabels": selector("orch-health")}, "namespaceSelector": {"matchNames": [plan.namespace]},
+                              "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
+    return docs
+
+
+def loader_pod(plan: K8sPlan) -> dict:
+    """The short-lived pod orch k8s apply copies the build through (kubectl cp needs a container with tar)."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta("orch-model-loader", "model") | {"namespace": plan.namespace},
+            "spec": {"restartPolicy": "Never", "securityContext": pod_security(), **({"nodeSelector": dict(plan.node_selector)}
+                                                                                      if plan.node_selector else {}),
+                     "containers": [{"name": "loader", "image": OLLAMA_IMAGE, "imagePullPolicy": "IfNotPresent",
+                                     "command": ["sleep", "3600"], "securityContext": non_root(),
+                                     "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]}],
+                     "volumes": [model_volume(plan), {"name": "tmp", "emptyDir": {}}]}}
+
+
+def source_files() -> list[tuple[str, str]]:
+    """(ConfigMap key, path under /src) for the modules `orch health` needs."""
+    root = Path(__file__).resolve().parents[2]
+    out = []
+    for package in SOURCE_PACKAGES:
+        for f in sorted((root / package).glob("*.py")):
+            rel = f.relative_to(root.parent).as_posix()
+            out.append((rel.replace("/", "__"), rel))
+    return out
+
+
+def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
+    doc = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": plan.namespace,
+        "resources": resources,
+        "configMapGenerator": [{"name": "ollama-scripts", "files": ["scripts/entrypoint.sh", "scripts/create-model.sh"]}],
+        "secretGenerator": [{"name": "open-webui", "envs": [SECRET_FILE]}],
+    }
+    if not plan.monitor_image:
+        doc["configMapGenerator"].append({"name": "orch-source", "files": [f"monitor-source/{key}" for key, _ in source_files()]})
+    return doc
+
+
+def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
+    """File name -> the documents it holds (YAML), for every manifest of the directory."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": plan.namespace, "labels": {
+        "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch"}}}
+    files = {"namespace.yaml": [namespace], "ollama.yaml": ollama_docs(plan), "open-webui.yaml": webui_docs(plan),
+             "monitor.yaml": monitor_docs(plan)}
+    return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_pod(plan)]}
+
+
+def dump(docs) -> str:
+    import yaml
+
+    header = "# rendered by orch k8s render; patch it with a kustomize overlay rather than by hand\n"
+    if isinstance(docs, dict):
+        return header + yaml.safe_dump(docs, sort_keys=False)
+    return header + "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def write(plan: K8sPlan) -> list[Path]:
+    """The kustomize directory: manifests, scripts, the monitor's source, and the Secret's env file (0600, generated once)."""
+    out = plan.out
+    if out.exists() and not out.is_dir():
+        raise OrchError(f"{out} is a file: pass --out with a directory")
+    written = []
+    secret = out / SECRET_FILE
+    old = read_env(secret)
+    values = env_values(old)
+    (out / "secrets").mkdir(parents=True, exist_ok=True)
+    os.chmod(out / "secrets", 0o700)
+    if values != old:
+        write_text(secret, "# the Open WebUI Secret: keep it private (0600); kept across renders\n"
+                   + "".join(f"{k}={v}\n" for k, v in values.items()), mode=0o600)
+    written.append(secret)
+    for name, docs in render(plan).items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        write_text(out / name, dump(docs))
+        written.append(out / name)
+    write_text(out / "source.json", json.dumps({"build": str(plan.model.directory), "model": plan.model.name,
+                                                "sha256": plan.model.sha256}, indent=2) + "\n")
+    scripts = paths.resource_dir("k8s", "k8s_files")
+    for script in ("entrypoint.sh", "create-model.sh"):
+        (out / "scripts").mkdir(exist_ok=True)
+        write_text(out / "scripts" / script, (scripts / script).read_text())
+        written.append(out / "scripts" / script)
+    if not plan.monitor_image:
+        root = Path(__file__).resolve().parents[3]
+        (out / "monitor-source").mkdir(exist_ok=True)
+        for key, rel in source_files():
+            write_text(out / "monitor-source" / key, (root / rel).read_text())
+    return written

@@ -1,0 +1,137 @@
+"""What `orch k8s render` makes, decided (and every input checked) before anything is written."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import modelfile, names
+from orchestrator.errors import BadInput
+from orchestrator.files import sha256_file
+
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The built model as the pods get it: a GGUF and its Modelfile, copied onto the model volume."""
+
+    name: str  # the Ollama model name the pods create
+    directory: Path
+    modelfile: str
+    gguf: str
+    sha256: str
+    size: int
+
+    @property
+    def slug(self) -> str:
+        """The model's directory on the volume."""
+        return re.sub(r"[^a-z0-9.-]+", "-", self.name.lower()).strip("-.")
+
+
+@dataclass(frozen=True)
+class K8sPlan:
+    out: Path
+    model: ModelFiles
+    namespace: str = "orch"
+    replicas: int = 1
+    gpu: bool = False
+    gpu_count: int = 1
+    node_selector: dict = field(default_factory=dict)
+    tolerations: tuple = ()
+    num_parallel: int | None = None
+    model_volume: str = "pvc"  # pvc (ReadWriteMany) | hostpath (a single node)
+    host_path: str | None = None
+    storage_class: str | None = None
+    host: str | None = None  # an Ingress for Open WebUI on this host name
+    tls_secret: str | None = None
+    service_monitor: bool = False
+    monitor_image: str | None = None  # an image with orch installed; else the pinned Python image installs it at start
+    pip_index_url: str | None = None
+
+    @property
+    def store_size(self) -> str:
+        """Each replica's own Ollama store: the model's blobs plus room."""
+        return f"{max(10, int(self.model.size * 1.3 / 2**30) + 5)}Gi"
+
+    @property
+    def model_volume_size(self) -> str:
+        return f"{max(5, int(self.model.size * 1.2 / 2**30) + 2)}Gi"
+
+
+def load_model(target: Path, name: str | None = None) -> ModelFiles:
+    """BUILD_DIR (an orch build: its first artifact) or one Modelfile beside its GGUF."""
+    target = Path(target).expanduser()
+    if target.is_dir():
+        try:
+            record = json.loads((target / "build.json").read_text())
+            art = record["artifacts"][0]
+        except (OSError, ValueError, KeyError, IndexError):
+            raise BadInput(f"{target} is not an orch build (no usable build.json): pass a directory orch build wrote, or a Modelfile") from None
+        mf = target / art["modelfile"]
+        sha, size = art.get("sha256"), art.get("size")
+        model = name or art["ollama_name"]
+    elif target.is_file():
+        mf, sha, size, model = target, None, None, name
+        if model is None:
+            raise BadInput(f"{target} is a Modelfile with no build.json beside it: pass --name NAME[:TAG]")
+    else:
+        raise BadInput(f"{target} does not exist: pass an orch build directory or a Modelfile")
+    names.validate(model)
+    parsed = modelfile.parse(mf)
+    gguf = parsed.gguf
+    if gguf is None or not gguf.is_file() or gguf.parent != mf.resolve().parent:
+        raise BadInput(f"{mf}: FROM {parsed.from_} is not a GGUF beside the Modelfile: the pods need both on one volume")
+    if sha is None or size != gguf.stat().st_size:
+        sha, size = sha256_file(gguf), gguf.stat().st_size
+    return ModelFiles(model, mf.resolve().parent, mf.name, gguf.name, sha, size)
+
+
+def parse_node_selector(values: list[str]) -> dict:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--node-selector {v!r} is not KEY=VALUE: e.g. --node-selector nvidia.com/gpu.present=true")
+        out[key] = value
+    return out
+
+
+def parse_toleration(value: str) -> dict:
+    """KEY[=VALUE][:EFFECT], as kubectl taint writes taints: nvidia.com/gpu=present:NoSchedule, or nvidia.com/gpu:NoSchedule."""
+    spec, _, effect = value.partition(":")
+    key, sep, val = spec.partition("=")
+    if not key or (effect and effect not in EFFECTS):
+        raise BadInput(f"--toleration {value!r} is not KEY[=VALUE][:EFFECT] with EFFECT one of {', '.join(EFFECTS)}")
+    t = {"key": key, "operator": "Equal" if sep else "Exists"}
+    if sep:
+        t["value"] = val
+    if effect:
+        t["effect"] = effect
+    return t
+
+
+def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: str = "orch", replicas: int = 1, gpu: bool = False,
+              gpu_count: int = 1, node_selector: list[str] = (), tolerations: list[str] = (), **kw) -> K8sPlan:
+    if not DNS_1123_LABEL.match(namespace):
+        raise BadInput(f"--namespace {namespace!r} is not a DNS-1123 label: lower-case letters, digits and '-', at most 63, "
+                       "starting and ending with a letter or digit")
+    if replicas < 1:
+        raise BadInput(f"--replicas {replicas}: at least 1 Ollama replica is needed")
+    if gpu_count < 1:
+        raise BadInput(f"--gpu-count {gpu_count}: at least 1 GPU per replica (or leave out --gpu)")
+    if kw.get("model_volume", "pvc") == "hostpath" and not kw.get("host_path"):
+        raise BadInput("--model-volume hostpath needs --host-path /a/directory/on/the/node")
+    if kw.get("model_volume", "pvc") == "hostpath" and replicas > 1 and not node_selector:
+        raise BadInput("a hostPath model volume is on one node: with --replicas above 1 pin the pods there with --node-selector")
+    if kw.get("tls_secret") and not kw.get("host"):
+        raise BadInput("--tls-secret needs --host (the Ingress host name it is for)")
+    if kw.get("num_parallel") is not None and kw["num_parallel"] < 1:
+        raise BadInput("--num-parallel takes 1 or more")
+    model = load_model(target, name)
+    return K8sPlan(out=Path(out).expanduser().resolve(), model=model, namespace=namespace, replicas=replicas, gpu=gpu,
+                   gpu_count=gpu_count, node_selector=parse_node_selector(list(node_selector)),
+                   tolerations=tuple(parse_toleration(t) for t in tolerations), **kw)

