@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_weights(model_dir: Path) -> dict[str, np.ndarray]:
+def load_weights(model_dir: Path, prefix: str = "pytorch_model") -> dict[str, np.ndarray]:
     import torch
 
     model_dir = Path(model_dir)
@@ -24,7 +24,7 @@ def load_weights(model_dir: Path) -> dict[str, np.ndarray]:
 
         out.update({k: v.to(torch.float64).numpy() for k, v in load_file(str(f)).items()})
     if not out:
-        for f in sorted(model_dir.glob("pytorch_model*.bin")):
+        for f in sorted(model_dir.glob(f"{prefix}*.bin")):
             sd = torch.load(str(f), map_location="cpu", weights_only=True)
             out.update({k: v.to(torch.float64).numpy() for k, v in sd.items()})
     return out
@@ -50,10 +50,28 @@ def _rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+def merge_lora(w: dict[str, np.ndarray], adapter_dir: Path) -> None:
+    """PEFT's LoRA merge, in float64, written from PEFT's documented formula: W += (B @ A) * alpha / r (or / sqrt(r))."""
+    adapter_dir = Path(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    factors = load_weights(adapter_dir, prefix="adapter_model")
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    for key, a in factors.items():
+        if ".lora_A." not in key:
+            continue
+        b = factors[key.replace(".lora_A.", ".lora_B.")]
+        delta = b @ a * scale
+        name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        w[name] = w[name] + (delta.T if cfg.get("fan_in_fan_out") else delta)
+
+
 class Reference:
-    def __init__(self, model_dir: Path, *, normhead: bool = True):
+    def __init__(self, model_dir: Path, *, normhead: bool = True, adapter: Path | None = None):
         self.cfg = json.loads((Path(model_dir) / "config.json").read_text())
         self.w = load_weights(model_dir)
+        if adapter is not None:
+            merge_lora(self.w, adapter)
         head = self.w["lm_head.weight"]
         if normhead:
             head = head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)

@@ -58,9 +58,10 @@ def test_only_the_cli_renders():
 
 def runtimes():
     from orchestrator.stack.docker import DockerRuntime
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
     from orchestrator.stack.native import NativeRuntime
 
-    return [DockerRuntime, NativeRuntime]
+    return [DockerRuntime, NativeRuntime, KubernetesRuntime]
 
 
 @pytest.mark.parametrize("runtime", runtimes(), ids=lambda r: r.__name__)

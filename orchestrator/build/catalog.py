@@ -59,7 +59,7 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 HUBS = ("hf", "modelscope")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FOUR_BITS = re.compile(r"-4bits?$", re.IGNORECASE)
 
 
@@ -107,7 +107,7 @@ def resolve(spec: str, *, hub: str = "hf", revision: str | None = None) -> Sourc
     for entry in CATALOG.values():
         if spec in (entry.hf_id, entry.modelscope_id):
             return Source("catalog", entry.name, hub=hub, repo_id=spec, revision=revision, entry=entry)
-    if _REPO_ID.match(spec):
+    if REPO_ID.match(spec):
         return Source("repo", slug(spec.split("/")[-1]), hub=hub, repo_id=spec, revision=revision)
 
     near = difflib.get_close_matches(key, list(CATALOG), n=3, cutoff=0.5)

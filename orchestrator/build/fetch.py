@@ -75,6 +75,27 @@ def fetch(source: Source, before_download: Callable[[], None] = lambda: None) ->
     return Fetched(local, listing.revision, {f: h for f, h in listing.sha256.items() if f in files})
 
 
+def fetch_adapter(spec: str, hub: str = "hf", revision: str | None = None) -> Fetched:
+    """A LoRA adapter: a local directory, or a hub repo (only adapter_config.json and its weights are downloaded)."""
+    from orchestrator.build.adapter import CONFIG, WEIGHTS
+    from orchestrator.build.catalog import REPO_ID
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return Fetched(path.resolve(), None)
+    if spec.startswith((".", "/", "~")) or not REPO_ID.match(spec):
+        raise BadInput(f"--adapter {spec} is neither a directory nor a hub repo id: pass the directory PEFT saved the adapter into")
+    source = Source("repo", spec.split("/")[-1], hub=hub, repo_id=spec, revision=revision)
+    client: Hub = ModelScope() if hub == "modelscope" else HuggingFace()
+    listing = client.listing(source)
+    files = [f for f in listing.files if f == CONFIG or f in WEIGHTS]
+    if CONFIG not in files:
+        raise BadInput(f"{spec} has no {CONFIG} at its top level: is it a PEFT adapter repo?")
+    weights = [f for f in WEIGHTS if f in files][:1]  # the safetensors when both are there
+    local = client.download(source, listing, [CONFIG, *weights])
+    return Fetched(local, listing.revision, {f: h for f, h in listing.sha256.items() if f in weights})
+
+
 def tiny_checkpoint(layers: int = 32) -> Path:
     """The tiny model for `orch build tiny`, generated once into the cache."""
     from orchestrator.build.tiny import make_tiny_checkpoint

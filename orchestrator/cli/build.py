@@ -53,6 +53,12 @@ def build(
     no_register: bool = typer.Option(False, "--no-register", help="Do not hand the model to Ollama."),
     host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
     force: bool = typer.Option(False, "--force", help="Rebuild every stage, even those already done."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="A PEFT LoRA adapter (a directory, or a repo id on --source) "
+                                          "merged into the weights: Baichuan2's fine-tune script makes these."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality report (KL divergence, top-1 agreement, perplexity)."),
+    eval_tokens: int = typer.Option(512, "--eval-tokens", help="Tokens of orch's calibration text the quality report reads."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Fail the build when a type's top-1 agreement with the "
+                                             "unquantized model is below this share, e.g. 0.9."),
     llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="A llama.cpp tree to take the converter from [default: the pinned release, fetched once via pip; or $ORCH_LLAMA_CPP]."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress goes to stderr)."),
 ) -> None:
@@ -69,12 +75,15 @@ def build(
       orch build baichuan2-13b-chat --source modelscope --quant q4_K_M,q8_0
 
       orch build ./my-finetuned-baichuan2 --name mybot:v1 --output ./builds/mybot
+
+      orch build baichuan2-7b-chat --adapter ./output/checkpoint-1000 --name mybot:v1
     """
     from orchestrator.build import catalog, pipeline
     from orchestrator.build.plan import make_plan
 
     src = catalog.resolve(source, hub=hub, revision=revision)
-    plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp)
+    plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp, adapter=adapter,
+                     evaluate=not no_eval, eval_tokens=eval_tokens, min_top1=min_top1)
     try:
         with render.RichReporter(quiet=as_json) as reporter:
             record = pipeline.run_build(plan, reporter)
@@ -99,17 +108,28 @@ def _summary(plan, record: dict) -> None:
 
     con = render.console()
     m = record["model"]
-    con.print(f"\n[bold green]Built[/] {plan.source.name}: Baichuan {m['generation']} "
+    con.print(f"\n[bold green]Built[/] {plan.stem}: Baichuan {m['generation']} "
               f"({m['layers']} layers, {m['positions']}, NormHead {'applied' if m['normhead'] else 'not used'}), "
               f"{'chat' if m['chat'] else 'base'} model")
     table = Table(show_edge=False)
-    for col in ("type", "file", "size", "sha256", "check"):
-        table.add_column(col)
+    quality = "quality" in record
+    for col in ("type", "file", "size", "sha256", "verified") + (("top-1", "KL", "ppl") if quality else ()):
+        table.add_column(col, justify="right" if col in ("size", "top-1", "KL", "ppl") else "left", no_wrap=col != "file")
+    reference_ppl = next((a["quality"]["perplexity_unquantized"] for a in record["artifacts"] if a.get("quality")), None)
     for a in record["artifacts"]:
         v = a["verify"]
-        check = f"markers ok, {v['generated_tokens']} tokens generated" if v["markers"] else f"{v['generated_tokens']} tokens generated"
-        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12], check)
+        check = f"{'markers ok, ' if v['markers'] else ''}{v['generated_tokens']} tok"
+        figures: tuple = ()
+        if quality and (q := a.get("quality")):
+            figures = (f"{q['top1_agreement']:.0%}", f"{q['kl_divergence']:.4f}", f"{q['perplexity']:.2f}")
+        elif quality:
+            figures = ("reference", "0", f"{reference_ppl:.2f}") if a["type"] == record["quality"]["reference"] else ("", "", "")
+        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12], check, *figures)
     con.print(table)
+    if quality:
+        c = record["quality"]
+        con.print(f"Quality: next-token agreement, KL divergence and perplexity against the unquantized {c['reference']} on "
+                  f"{c['tokens']} tokens of orch's calibration text (Chinese and English).", soft_wrap=True)
     con.print(f"Directory: {plan.output}  (build.json records sources, hashes, llama.cpp version and timings)")
     if record.get("resumed_stages"):
         con.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")

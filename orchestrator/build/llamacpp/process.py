@@ -10,8 +10,9 @@ from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 
 
-def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, log: Path, reporter: Reporter = SILENT) -> None:
-    """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress.
+def run_watched(cmd: list[str], *, watch: Path | None, expected_bytes: int | None, what: str, log: Path,
+                reporter: Reporter = SILENT) -> None:
+    """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress (none: a spinner).
 
     A child process keeps Ctrl-C and kill prompt (a C call in this process
     would hold them until it returns) and keeps llama.cpp's memory out of ours.
@@ -21,7 +22,7 @@ def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, 
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             while proc.poll() is None:
-                if watch.exists():
+                if watch is not None and expected_bytes and watch.exists():
                     task.update(completed=min(watch.stat().st_size, int(expected_bytes * 0.99)))
                 time.sleep(0.2)
         except BaseException:
@@ -30,7 +31,8 @@ def run_watched(cmd: list[str], *, watch: Path, expected_bytes: int, what: str, 
             raise
         if proc.returncode != 0:
             raise OrchError(f"{what} failed (exit {proc.returncode}): {last_error_line(log)}; full log: {log}")
-        task.update(completed=expected_bytes)
+        if expected_bytes:
+            task.update(completed=expected_bytes)
 
 
 def last_error_line(log: Path) -> str:

@@ -45,6 +45,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
     p.add_argument("--control-token", type=int, action="append", default=[], help="token id to type CONTROL")
     p.add_argument("--no-fixes", action="store_true", help="run upstream untouched (tests use it to prove the fixes are needed)")
+    p.add_argument("--adapter", type=Path, help="a PEFT LoRA adapter directory to merge into the weights as they stream")
     p.add_argument("--chunk-rows", type=int, help="rows per chunk of the vocabulary-sized tensors [default: 64 MiB of float32]")
     p.add_argument("--crash-fix-only", action="store_true", help="fix only the crash: upstream as it would be without its bug "
                    "(the benchmark's baseline)")
@@ -97,12 +98,19 @@ def has_recursion_bug(model_cls) -> bool:
 
 
 def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict, crash_only: bool = False,
-                chunk_rows: int | None = None) -> None:
+                chunk_rows: int | None = None, factors=None) -> None:
     upstream_modify = model_cls.modify_tensors
     recursion_bug = has_recursion_bug(model_cls)
     report["upstream_recursion_bug"] = recursion_bug
 
     def modify_tensors(self, data_torch, name, bid):
+        if factors is not None and (delta := factors.delta(name)) is not None:
+            # the LoRA delta, merged before anything else touches the weight (NormHead included): one weight in memory at a time
+            import torch
+            from conversion.base import LazyTorchTensor
+
+            data_torch = LazyTorchTensor.to_eager(data_torch).to(torch.float32).add_(delta)
+            report["adapter_merged"] = report.get("adapter_merged", 0) + 1
         normalize = normhead and name == "lm_head.weight"
         if not crash_only and name in CHUNKED and (chunked := rows_in_chunks(self, name, normalize=normalize, rows_per_chunk=chunk_rows)):
             report["normhead_applied"] |= normalize
@@ -213,8 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     from conversion.baichuan import BaichuanModel
 
     report: dict = {"normhead_requested": args.normhead, "normhead_applied": False, "fixes": not args.no_fixes}
+    factors = None
+    if args.adapter is not None:
+        from orchestrator.build import adapter
+
+        factors = adapter.Factors(adapter.read(args.adapter, base_shapes=None))
     if not args.no_fixes:
-        apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead,
+        apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead, factors=factors,
                     control_ids=args.control_token, report=report, crash_only=args.crash_fix_only, chunk_rows=args.chunk_rows)
     if not args.no_fixes and not args.crash_fix_only:
         release_pages_while_writing(gguf.GGUFWriter, Path(converter_args[0]))

@@ -1,0 +1,67 @@
+"""The quality report: every quantized type against the unquantized GGUF on orch's calibration text, and --min-top1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from orchestrator.build.quality import calibration_tokens
+from support import build_record, cli, gguf_logits
+
+
+def test_the_report_measures_each_type_against_the_unquantized_model(built, checkpoint):
+    out = built(32)  # f32, f16, q8_0, q4_K_M: the reference is the converter's F32
+    record = build_record(out)
+    assert record["quality"]["reference"] == "F32" and record["quality"]["tokens"] == 512
+    by_type = {a["type"]: a.get("quality") for a in record["artifacts"]}
+    assert by_type["F32"] is None and by_type["F16"] is None, "the unquantized types are the yardstick, not measured"
+    q8, q4 = by_type["Q8_0"], by_type["Q4_K_M"]
+    assert q8["kl_divergence"] < q4["kl_divergence"] and q8["top1_agreement"] > q4["top1_agreement"]
+    assert q8["kl_divergence"] < 0.01 and q8["top1_agreement"] > 0.85
+
+    # the same figures computed here, independently, from llama.cpp's logits over the same tokens
+    tokens = calibration_tokens(checkpoint(32) / "tokenizer.model", 512)
+    (base,), (quant,) = gguf_logits(next(out.glob("*.F32.gguf")), [tokens]), gguf_logits(next(out.glob("*.Q4_K_M.gguf")), [tokens])
+
+    def log_softmax(x):
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    b, q = log_softmax(base), log_softmax(quant)
+    kl = float(np.mean((np.exp(b) * (b - q)).sum(axis=1)))
+    top1 = float((b.argmax(1) == q.argmax(1)).mean())
+    ppl = float(np.exp(-q[np.arange(len(tokens) - 1), tokens[1:]].mean()))
+    assert kl == pytest.approx(q4["kl_divergence"], rel=0.05, abs=1e-4)
+    assert top1 == pytest.approx(q4["top1_agreement"], abs=0.01)
+    assert ppl == pytest.approx(q4["perplexity"], rel=0.02)
+
+
+
+
+def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(checkpoint, tmp_path):
+    out = tmp_path / "b"
+    record = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--no-eval", "--no-register", "-o", str(out),
+                            "--json").stdout)
+    assert "quality" not in record and "quality" not in record["timings"]
+    shown = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--no-register", "-o", str(out))
+    assert "top-1" in shown.stdout and "KL" in shown.stdout and "calibration text" in shown.stdout
+    assert build_record(out)["artifacts"][0]["quality"]["positions"] == 64
+    failed = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--min-top1", "0.99", "--no-register",
+                 "-o", str(out), check=False)
+    assert failed.returncode == 1
+    (line,) = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
+    assert failed.stderr.rstrip().endswith(line)
+    assert line.startswith("error: Q4_K_M agrees with the unquantized model on") and "below --min-top1 0.99" in line and "q8_0" in line
+    assert build_record(out)["artifacts"][0]["quality"]["top1_agreement"] < 0.99, "the figures are kept for the user to read"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--eval-tokens", "8"], "--eval-tokens 8"),
+    (["--min-top1", "1.5"], "--min-top1 1.5 is not a share"),
+    (["--min-top1", "0.9", "--no-eval"], "--min-top1 needs the quality report"),
+])
+def test_bad_report_options_are_one_line(tmp_path, args, says):
+    proc = cli("build", "tiny", *args, "--no-register", "-o", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and says in proc.stderr and not (tmp_path / "out").exists()
