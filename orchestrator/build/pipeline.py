@@ -31,6 +31,7 @@ from orchestrator.files import nearest_existing, sha256_file, write_text
 
 PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a stage (the interruption tests kill the process there)
 DISK_MARGIN = 64 << 20
+GAIN_TYPE = "Q4_K_M"  # with --imatrix, the report also measures this type made without it
 
 
 class QualityBelowThreshold(OrchError):
@@ -100,8 +101,12 @@ class Build:
         self.control = [ckpt.markers.user_id, ckpt.markers.assistant_id] if ckpt.markers else []
         self.base = plan.base_gguf
         self.convert_fp = fingerprint(self.sources_fp, self.llama.version, plan.base_type, ckpt.normhead, self.control, __version__)
+        self.imatrix = self.known_imatrix()  # part of every quantization's fingerprint
         base_rec, hashes = self.convert_beside_hashing()
         _pause_point("convert")
+        if plan.imatrix == "compute" and self.imatrix is None:
+            tools = self.tools()  # built once, outside the stage's timing
+            self.imatrix = self.stage("imatrix", self.imatrix_fp(), lambda: self.compute_imatrix(tools))
 
         artifacts = {}
         for art in plan.artifacts:
@@ -113,6 +118,7 @@ class Build:
                                               lambda art=art, path=path: self.quantize(path, art.quant), outputs=[path])
         _pause_point("quantize")
         self.quality = self.stage("quality", self.quality_fp(), self.evaluate) if self.quantized else {}
+        self.baseline.unlink(missing_ok=True)
         if self.base.parent == plan.work and self.base.exists():
             self.base.unlink()  # the intermediate is no longer needed once every quantization is done
 
@@ -140,12 +146,51 @@ class Build:
         return fingerprint(self.convert_fp, [self.quantize_fp(a.quant) for a in self.quantized], self.plan.eval_tokens,
                            sha256_file(quality.CALIBRATION))
 
+    @property
+    def baseline(self) -> Path:
+        """With an importance matrix, q4_K_M made without one too, for the report to show what the matrix gained."""
+        return self.plan.work / f"{self.plan.stem}.{GAIN_TYPE}.no-imatrix.gguf"
+
     def evaluate(self) -> dict:
         tokens = quality.calibration_tokens(self.ckpt.path / "tokenizer.model", self.plan.eval_tokens,
                                             int(self.ckpt.config.get("bos_token_id", 1)))
-        figures = quality.evaluate(self.base, {a.quant: self.plan.output / a.gguf for a in self.quantized}, tokens,
-                                   work=self.plan.work, reporter=self.reporter)
+        measured = {a.quant: self.plan.output / a.gguf for a in self.quantized}
+        if self.imatrix and GAIN_TYPE in measured:
+            self.quantize_plain(self.baseline, GAIN_TYPE)
+            measured[f"{GAIN_TYPE} without imatrix"] = self.baseline
+        figures = quality.evaluate(self.base, measured, tokens, work=self.plan.work, reporter=self.reporter)
+        if (without := figures.pop(f"{GAIN_TYPE} without imatrix", None)) is not None:
+            figures[GAIN_TYPE]["without_imatrix"] = without
         return {"calibration": quality.describe(tokens) | {"reference": self.plan.base_type}, "types": figures}
+
+    def known_imatrix(self) -> dict | None:
+        """The importance matrix: the file given, or the one computed by an earlier run (None until it is computed)."""
+        if not self.plan.imatrix:
+            return None
+        if self.plan.imatrix != "compute":
+            path = Path(self.plan.imatrix)
+            return {"source": str(path), "path": str(path), "sha256": sha256_file(path)}
+        done = self.state.done("imatrix", self.imatrix_fp(), [self.plan.work / "imatrix.gguf"])
+        return done["result"] if done else None
+
+    def imatrix_fp(self) -> str:
+        return fingerprint(self.convert_fp, sha256_file(quality.IMATRIX_TEXT))
+
+    def compute_imatrix(self, tools) -> dict:
+        """llama.cpp's llama-imatrix over orch's imatrix.txt, run on the unquantized GGUF."""
+        from orchestrator.build.llamacpp import tools as llama_tools
+
+        target = self.plan.work / "imatrix.gguf"
+        n = len(quality.calibration_tokens(self.ckpt.path / "tokenizer.model", 1 << 20, text=quality.IMATRIX_TEXT))
+        llama_tools.compute_imatrix(tools, self.base, quality.IMATRIX_TEXT, n, target, log=self.plan.work / "logs" / "imatrix.log",
+                                    reporter=self.reporter)
+        return {"source": "computed on orch's imatrix.txt", "path": str(target), "sha256": sha256_file(target),
+                "size": target.stat().st_size, "tokens": n}
+
+    def tools(self):
+        from orchestrator.build.llamacpp import tools
+
+        return tools.locate(self.llama, reporter=self.reporter)
 
     def check_quality(self) -> None:
         if self.plan.min_top1 is None:
@@ -190,6 +235,7 @@ class Build:
         base_needed = not all(self.state.done(f"quantize:{a.quant}", self.quantize_fp(a.quant), [self.plan.output / a.gguf])
                               for a in derived)
         base_needed |= bool(self.quantized) and self.state.done("quality", self.quality_fp()) is None
+        base_needed |= self.plan.imatrix == "compute" and self.imatrix is None  # the matrix is computed on it
         stop = threading.Event()
         with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
             hashing = pool.submit(self.stage, "hash", self.sources_fp, lambda: self.hash_sources(stop))
@@ -204,7 +250,7 @@ class Build:
             return base_rec, hashing.result()
 
     def quantize_fp(self, quant: str) -> str:
-        return fingerprint(self.convert_fp, quant, self.llama.version)
+        return fingerprint(self.convert_fp, quant, self.llama.version, *([self.imatrix["sha256"]] if self.imatrix else []))
 
     # --- the work of each stage ----------------------------------------------------------------------------------------
     def stage(self, key: str, fp: str, work, outputs: list[Path] = ()) -> dict:
@@ -280,11 +326,21 @@ class Build:
         return _file_record(self.base, hash=self.base.parent != plan.work) | {"report": report}
 
     def quantize(self, path: Path, quant: str) -> dict:
+        if self.imatrix:
+            from orchestrator.build.llamacpp import tools
+
+            tools.quantize(self.tools(), self.base, path, quant, Path(self.imatrix["path"]),
+                           expected_bytes=quants.size_bytes(self.ckpt.n_params, quant),
+                           log=self.plan.work / "logs" / f"quantize-{quant}.log", reporter=self.reporter)
+        else:
+            self.quantize_plain(path, quant)
+        return _file_record(path)
+
+    def quantize_plain(self, path: Path, quant: str) -> None:
         from orchestrator.build.llamacpp.quantize import quantize
 
         quantize(self.base, path, quant, expected_bytes=quants.size_bytes(self.ckpt.n_params, quant),
                  log=self.plan.work / "logs" / f"quantize-{quant}.log", reporter=self.reporter)
-        return _file_record(path)
 
     def verify(self, path: Path) -> dict:
         from orchestrator.build.verify import verify
@@ -327,6 +383,8 @@ class Build:
         }
         if self.quality:
             record["quality"] = self.quality["calibration"]
+        if self.imatrix:
+            record["imatrix"] = {k: v for k, v in self.imatrix.items() if k != "path"}
         if self.adapter:
             record["adapter"] = {"spec": plan.adapter, "path": str(self.adapter.path), "revision": self.adapter_source.revision,
                                  "files": hashes["adapter_files"], "config": self.adapter.summary()}

@@ -34,6 +34,7 @@ class BuildPlan:
     evaluate: bool = True  # the quality report for every quantized type
     eval_tokens: int = 512
     min_top1: float | None = None  # fail the build when a type's top-1 agreement is below this
+    imatrix: str | None = None  # "compute" (on the calibration text) or the path of an importance matrix to use
 
     @property
     def stem(self) -> str:
@@ -66,6 +67,7 @@ def make_plan(
     evaluate: bool = True,
     eval_tokens: int = 512,
     min_top1: float | None = None,
+    imatrix: str | None = None,
 ) -> BuildPlan:
     types = quants.parse(quant)
     if eval_tokens < 16:
@@ -74,6 +76,15 @@ def make_plan(
         raise BadInput(f"--min-top1 {min_top1} is not a share between 0 and 1, e.g. --min-top1 0.9")
     if min_top1 is not None and not evaluate:
         raise BadInput("--min-top1 needs the quality report: drop --no-eval")
+    if imatrix is None and (needing := [q for q in types if q in quants.NEEDS_IMATRIX]):
+        raise BadInput(f"{', '.join(q.lower() for q in needing)} needs an importance matrix: add --imatrix (computed on orch's "
+                       "calibration text) or --imatrix FILE")
+    if imatrix not in (None, "compute"):
+        if not Path(imatrix).expanduser().is_file():
+            raise BadInput(f"--imatrix {imatrix} is not a file: pass an importance matrix made by llama-imatrix, or --imatrix alone")
+        imatrix = str(Path(imatrix).expanduser().resolve())
+    if imatrix and not any(q in quants.QUANTIZED for q in types):
+        raise BadInput("--imatrix guides quantization: ask for a quantized type too, e.g. --quant q4_K_M")
     if name is not None:
         names.validate(name)
     requested_base = [q for q in quants.UNQUANTIZED if q in types]
@@ -91,7 +102,7 @@ def make_plan(
     out = Path(output).expanduser().resolve() if output else paths.default_build_dir(stem)
     return BuildPlan(source=source, output=out, quants=types, base_type=base_type, artifacts=tuple(artifacts),
                      system=system, force=force, llama_cpp=llama_cpp, adapter=adapter, evaluate=evaluate, eval_tokens=eval_tokens,
-                     min_top1=min_top1)
+                     min_top1=min_top1, imatrix=imatrix)
 
 
 def adapter_name(spec: str) -> str:

@@ -11,15 +11,29 @@ from __future__ import annotations
 import functools
 
 import typer
+from typer.core import TyperGroup
 
 from orchestrator.errors import OrchError
+
+# options that may stand alone (their value then is the one here) or take a value: `--imatrix` or `--imatrix FILE`
+OPTIONAL_VALUES = {"--imatrix": "compute"}
+
+
+class OrchGroup(TyperGroup):
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        out = []
+        for i, arg in enumerate(args):
+            out.append(arg)
+            if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                out.append(OPTIONAL_VALUES[arg])
+        return super().parse_args(ctx, out)
 
 
 class OrchTyper(typer.Typer):
     """A Typer whose commands turn OrchError into one line and an exit code, and Ctrl-C into a quiet exit 130."""
 
     def __init__(self, **kw):
-        super().__init__(**{"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False} | kw)
+        super().__init__(**{"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False, "cls": OrchGroup} | kw)
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)

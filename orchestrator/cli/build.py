@@ -59,6 +59,9 @@ def build(
     eval_tokens: int = typer.Option(512, "--eval-tokens", help="Tokens of orch's calibration text the quality report reads."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Fail the build when a type's top-1 agreement with the "
                                              "unquantized model is below this share, e.g. 0.9."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", metavar="[FILE]", help="Quantize with an importance matrix: alone, "
+                                          "computed on orch's calibration text with llama.cpp's own tool (built once); or FILE, one "
+                                          "made by llama-imatrix. Needed by the i-quants (iq4_xs, iq3_m, …)."),
     llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="A llama.cpp tree to take the converter from [default: the pinned release, fetched once via pip; or $ORCH_LLAMA_CPP]."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress goes to stderr)."),
 ) -> None:
@@ -77,13 +80,15 @@ def build(
       orch build ./my-finetuned-baichuan2 --name mybot:v1 --output ./builds/mybot
 
       orch build baichuan2-7b-chat --adapter ./output/checkpoint-1000 --name mybot:v1
+
+      orch build baichuan2-13b-chat --quant q4_K_M,iq4_xs --imatrix --min-top1 0.9
     """
     from orchestrator.build import catalog, pipeline
     from orchestrator.build.plan import make_plan
 
     src = catalog.resolve(source, hub=hub, revision=revision)
     plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp, adapter=adapter,
-                     evaluate=not no_eval, eval_tokens=eval_tokens, min_top1=min_top1)
+                     evaluate=not no_eval, eval_tokens=eval_tokens, min_top1=min_top1, imatrix=imatrix)
     try:
         with render.RichReporter(quiet=as_json) as reporter:
             record = pipeline.run_build(plan, reporter)
@@ -112,24 +117,15 @@ def _summary(plan, record: dict) -> None:
               f"({m['layers']} layers, {m['positions']}, NormHead {'applied' if m['normhead'] else 'not used'}), "
               f"{'chat' if m['chat'] else 'base'} model")
     table = Table(show_edge=False)
-    quality = "quality" in record
-    for col in ("type", "file", "size", "sha256", "verified") + (("top-1", "KL", "ppl") if quality else ()):
-        table.add_column(col, justify="right" if col in ("size", "top-1", "KL", "ppl") else "left", no_wrap=col != "file")
-    reference_ppl = next((a["quality"]["perplexity_unquantized"] for a in record["artifacts"] if a.get("quality")), None)
+    for col in ("type", "file", "size", "sha256", "verified"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col != "file")
     for a in record["artifacts"]:
         v = a["verify"]
-        check = f"{'markers ok, ' if v['markers'] else ''}{v['generated_tokens']} tok"
-        figures: tuple = ()
-        if quality and (q := a.get("quality")):
-            figures = (f"{q['top1_agreement']:.0%}", f"{q['kl_divergence']:.4f}", f"{q['perplexity']:.2f}")
-        elif quality:
-            figures = ("reference", "0", f"{reference_ppl:.2f}") if a["type"] == record["quality"]["reference"] else ("", "", "")
-        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12], check, *figures)
+        table.add_row(a["type"], a["file"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:12],
+                      f"{'markers ok, ' if v['markers'] else ''}{v['generated_tokens']} tokens")
     con.print(table)
-    if quality:
-        c = record["quality"]
-        con.print(f"Quality: next-token agreement, KL divergence and perplexity against the unquantized {c['reference']} on "
-                  f"{c['tokens']} tokens of orch's calibration text (Chinese and English).", soft_wrap=True)
+    if "quality" in record:
+        _quality_table(con, record)
     con.print(f"Directory: {plan.output}  (build.json records sources, hashes, llama.cpp version and timings)")
     if record.get("resumed_stages"):
         con.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")
@@ -138,6 +134,25 @@ def _summary(plan, record: dict) -> None:
     if "registration" not in record:
         for a in record["artifacts"]:
             con.print(f"Register later: ollama create {a['ollama_name']} -f {plan.output / a['modelfile']}", soft_wrap=True)
+
+
+def _quality_table(con, record: dict) -> None:
+    from rich.table import Table
+
+    c = record["quality"]
+    table = Table(title=f"Quality against the unquantized {c['reference']} ({c['tokens']} tokens of orch's calibration text, "
+                  "Chinese and English)", title_justify="left", show_edge=False)
+    for col in ("type", "top-1 agreement", "KL divergence", "perplexity"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    measured = [a for a in record["artifacts"] if a.get("quality")]
+    table.add_row(c["reference"], "reference", "0", f"{measured[0]['quality']['perplexity_unquantized']:.2f}")
+    for a in measured:
+        q = a["quality"]
+        table.add_row(a["type"], f"{q['top1_agreement']:.1%}", f"{q['kl_divergence']:.4f}", f"{q['perplexity']:.2f}")
+        if w := q.get("without_imatrix"):
+            table.add_row(f"  {a['type']} without imatrix", f"{w['top1_agreement']:.1%}", f"{w['kl_divergence']:.4f}",
+                          f"{w['perplexity']:.2f}")
+    con.print(table)
 
 
 @app.command("inspect")

@@ -26,7 +26,8 @@ from orchestrator.files import sha256_file
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 ENV_OVERRIDE = "ORCH_LLAMA_CPP"
 ENV_SDIST = "ORCH_LLAMA_CPP_SDIST"
-_NEEDED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+# the whole tree but what no build reads: the converter and gguf-py, and the sources the imatrix tool compiles from
+_SKIPPED = ("models/", "docs/", "media/", ".github/")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def cache_dir() -> Path:
 def provision(*, reporter: Reporter = SILENT) -> LlamaCpp:
     final = cache_dir()
     meta = final / "orch-provenance.json"
-    if meta.is_file() and (final / "convert_hf_to_gguf.py").is_file():
+    if meta.is_file() and (final / "convert_hf_to_gguf.py").is_file() and (final / "CMakeLists.txt").is_file():
         info = json.loads(meta.read_text())
         return LlamaCpp(root=final, version=info["version"], origin=info["origin"], sdist_sha256=info["sdist_sha256"])
 
@@ -115,7 +116,7 @@ def _extract(sdist: Path, dest: Path) -> None:
             if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
                 continue
             rel = parts[1][len("vendor/llama.cpp/"):]
-            if any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in _NEEDED) and (m.isfile() or m.isdir()):
+            if rel and not rel.startswith(_SKIPPED) and (m.isfile() or m.isdir()):
                 m.name = rel
                 members.append(m)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
