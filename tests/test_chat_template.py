@@ -74,6 +74,19 @@ def test_rendered_template_tokenises_like_baichuan2(model, go_render, name):
     assert all(p.startswith("\u2581") for p in after_markers) == model["dummy_prefix"], after_markers
 
 
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_the_ggufs_own_jinja_template_tokenises_like_baichuan2_too(model, name):
+    """For tools that read the GGUF's chat template (llama.cpp's server): the same ids, rendered as llama-cpp-python renders it."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    messages = CONVERSATIONS[name]
+    llm = model["llm"]
+    template = llm.metadata["tokenizer.chat_template"]
+    prompt = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
+        messages=messages, add_generation_prompt=True)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == build_chat_input(messages, model["sp"].encode, model["markers"])
+
+
 def test_modelfile_system_prompt_comes_first(model, go_render):
     """A SYSTEM line in the Modelfile reaches the prompt as Baichuan2's system text does."""
     messages = CONVERSATIONS["one turn"]

@@ -314,7 +314,7 @@ class Build:
         plan, ckpt = self.plan, self.ckpt
         self.base.parent.mkdir(parents=True, exist_ok=True)
         report = convert(self.llama, self.prepared, self.base, plan.base_type, model_name=plan.source.name, normhead=ckpt.normhead,
-                         control_ids=self.control, adapter=self.adapter.path if self.adapter else None,
+                         control_ids=self.control, adapter=self.adapter.path if self.adapter else None, generation=ckpt.generation,
                          expected_bytes=quants.size_bytes(ckpt.n_params, plan.base_type),
                          log=plan.work / "logs" / "convert.log", reporter=self.reporter, ready=ready)
         if ckpt.normhead and not report.get("normhead_applied"):

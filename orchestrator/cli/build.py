@@ -157,26 +157,47 @@ def _quality_table(con, record: dict) -> None:
 
 @app.command("inspect")
 def inspect_cmd(
-    gguf: Path = typer.Argument(..., help="A .gguf file."),
+    gguf: Path = typer.Argument(..., help="A .gguf file, orch's or anyone's."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when any verdict fails (for scripts)."),
+    generation: Optional[int] = typer.Option(None, "--generation", min=1, max=2, help="Baichuan 1 or 2, when the GGUF cannot tell."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="The model's tokenizer.model, to judge the space prefix by."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show what a GGUF holds: architecture, layers, context, quant, chat markers, size.
+    """Show what a GGUF holds and judge a Baichuan one: NormHead, chat markers, space prefix, position encoding, template.
 
-    Example: orch inspect ./builds/mybot/mybot.Q4_K_M.gguf
+    Examples:
+
+      orch inspect ./builds/mybot/mybot.Q4_K_M.gguf
+
+      orch inspect ~/Downloads/baichuan2-13b-chat.Q4_K_M.gguf --check
     """
-    from orchestrator.build.inspect import inspect_gguf
+    from orchestrator.build.inspect import as_dicts, inspect_gguf, verdicts
 
     info = inspect_gguf(gguf)
+    judged = verdicts(gguf, generation=generation, tokenizer=tokenizer) if info["architecture"] == "baichuan" else []
+    failed = any(v.status == "fail" for v in judged)
     if as_json:
-        render.print_json(info)
-        return
-    from rich.table import Table
+        render.print_json(info | {"verdicts": as_dicts(judged)})
+    else:
+        from rich.table import Table
 
-    table = Table(show_header=False, show_edge=False)
-    for key, value in info.items():
-        if key == "size":
-            value = f"{value / 1e6:.1f} MB ({value} bytes)"
-        elif key == "chat_markers":
-            value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none (a base model, or markers not typed CONTROL)"
-        table.add_row(key.replace("_", " "), render.escape(str(value)))
-    render.console().print(table)
+        table = Table(show_header=False, show_edge=False)
+        for key, value in info.items():
+            if key == "size":
+                value = f"{value / 1e6:.1f} MB ({value} bytes)"
+            elif key == "chat_markers":
+                value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none (a base model, or markers not typed CONTROL)"
+            table.add_row(key.replace("_", " "), render.escape(str(value)))
+        con = render.console()
+        con.print(table)
+        if judged:
+            verdict_table = Table(title="Verdict", title_justify="left", show_edge=False)
+            verdict_table.add_column("check")
+            verdict_table.add_column("")
+            verdict_table.add_column("why", overflow="fold")
+            colour = {"pass": "green", "fail": "red", "warn": "yellow", "unknown": "yellow"}
+            for v in judged:
+                verdict_table.add_row(v.check, f"[{colour[v.status]}]{v.status}[/]", render.escape(v.detail))
+            con.print(verdict_table)
+    if check and failed:
+        raise typer.Exit(1)

@@ -16,8 +16,10 @@ SHIM = "orchestrator.build.llamacpp.shim"
 
 
 def converter_command(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: str, *, model_name: str, normhead: bool,
-                      control_ids: list[int], report: Path, adapter: Path | None = None) -> list[str]:
+                      control_ids: list[int], report: Path, adapter: Path | None = None, generation: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", SHIM, "--llama-cpp", str(llama.root), "--report", str(report)]
+    if generation is not None:
+        cmd += ["--generation", str(generation)]
     if normhead:
         cmd.append("--normhead")
     if adapter is not None:
@@ -29,7 +31,7 @@ def converter_command(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: 
 
 def convert(llama: LlamaCpp, model_dir: Path, final: Path, outtype: str, *, model_name: str, normhead: bool, control_ids: list[int],
             expected_bytes: int, log: Path, reporter: Reporter = SILENT, ready: Callable[[], None] | None = None,
-            adapter: Path | None = None) -> dict:
+            adapter: Path | None = None, generation: int | None = None) -> dict:
     """Write `final` (a GGUF of `outtype`) and return the shim's report of what it fixed.
 
     `ready` is called before the GGUF takes its final name: a failure there
@@ -39,6 +41,6 @@ def convert(llama: LlamaCpp, model_dir: Path, final: Path, outtype: str, *, mode
     report.unlink(missing_ok=True)
     with atomic_path(final, ready=ready) as tmp:
         cmd = converter_command(llama, model_dir, tmp, outtype, model_name=model_name, normhead=normhead, control_ids=control_ids,
-                                report=report, adapter=adapter)
+                                report=report, adapter=adapter, generation=generation)
         run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"convert to {outtype}", log=log, reporter=reporter)
     return json.loads(report.read_text())

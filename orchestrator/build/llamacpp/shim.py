@@ -43,6 +43,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--llama-cpp", type=Path, required=True)
     p.add_argument("--report", type=Path)
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
+    p.add_argument("--generation", type=int, choices=(1, 2), help="the Baichuan generation, recorded in the GGUF for orch inspect")
     p.add_argument("--control-token", type=int, action="append", default=[], help="token id to type CONTROL")
     p.add_argument("--no-fixes", action="store_true", help="run upstream untouched (tests use it to prove the fixes are needed)")
     p.add_argument("--adapter", type=Path, help="a PEFT LoRA adapter directory to merge into the weights as they stream")
@@ -98,7 +99,7 @@ def has_recursion_bug(model_cls) -> bool:
 
 
 def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int], report: dict, crash_only: bool = False,
-                chunk_rows: int | None = None, factors=None) -> None:
+                chunk_rows: int | None = None, factors=None, generation: int | None = None) -> None:
     upstream_modify = model_cls.modify_tensors
     recursion_bug = has_recursion_bug(model_cls)
     report["upstream_recursion_bug"] = recursion_bug
@@ -141,6 +142,7 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
                 raise SystemExit(f"control token id {tid} is outside the vocabulary of {len(toktypes)} tokens")
             before[str(tid)] = {"piece": tokens[tid].decode("utf-8", "replace"), "type": token_types(toktypes[tid]).name}
             toktypes[tid] = token_types.CONTROL
+        self._orch_pieces = [tokens[tid] for tid in control_ids]
         report["upstream_marker_types"] = before
         return tokens, scores, toktypes
 
@@ -158,8 +160,42 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
         # llama.cpp puts "▁" before every text fragment after a special token when this is true: it must say what the tokenizer does
         self.gguf_writer.remove_key(key)
         self.gguf_writer.add_add_space_prefix(dummy_prefix)
+        record_facts(self.gguf_writer, generation=generation, normhead=normhead, dummy_prefix=dummy_prefix, markers=control_ids)
+        if len(control_ids) == 2 and not any("tokenizer.chat_template" in kv for kv in self.gguf_writer.kv_data):
+            pieces = [p.decode("utf-8") for p in (getattr(self, "_orch_pieces", None) or [])]
+            if len(pieces) == 2:
+                self.gguf_writer.add_chat_template(chat_template(*pieces))
+                report["chat_template_written"] = True
 
     model_cls.set_vocab = set_vocab
+
+
+def chat_template(user: str, assistant: str) -> str:
+    """Baichuan2's prompt as a Jinja chat template, for tools that read the GGUF's own (llama.cpp's server, LM Studio).
+
+    The same turns as the Modelfile's Go template: the system text, each turn
+    opened by its marker, nothing between turns, the assistant marker to
+    ask for a reply.
+    """
+    return ("{%- for message in messages -%}"
+            "{%- if message['role'] == 'system' -%}{{ message['content'] }}"
+            f"{{%- elif message['role'] == 'user' -%}}{user}{{{{ message['content'] }}}}"
+            f"{{%- elif message['role'] == 'assistant' -%}}{assistant}{{{{ message['content'] }}}}"
+            "{%- endif -%}{%- endfor -%}"
+            f"{{%- if add_generation_prompt and messages[-1]['role'] != 'assistant' -%}}{assistant}{{%- endif -%}}")
+
+
+def record_facts(writer, *, generation: int | None, normhead: bool, dummy_prefix: bool, markers: list[int]) -> None:
+    """What orch knew about the model, in the GGUF itself, so that orch inspect can judge it later without the checkpoint."""
+    from orchestrator import __version__
+
+    writer.add_string("orch.version", __version__)
+    if generation is not None:
+        writer.add_uint32("orch.baichuan.generation", generation)
+    writer.add_bool("orch.normhead", normhead)
+    writer.add_bool("orch.tokenizer.add_dummy_prefix", dummy_prefix)
+    if markers:
+        writer.add_array("orch.chat.marker_ids", list(markers))
 
 
 RELEASE_EVERY = 32 << 20
@@ -227,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
 
         factors = adapter.Factors(adapter.read(args.adapter, base_shapes=None))
     if not args.no_fixes:
-        apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead, factors=factors,
+        apply_fixes(BaichuanModel, base.SentencePieceTokenTypes, normhead=args.normhead, factors=factors, generation=args.generation,
                     control_ids=args.control_token, report=report, crash_only=args.crash_fix_only, chunk_rows=args.chunk_rows)
     if not args.no_fixes and not args.crash_fix_only:
         release_pages_while_writing(gguf.GGUFWriter, Path(converter_args[0]))
