@@ -18,14 +18,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 
+from harness import measure, pipelines
 from orchestrator.build.llamacpp import provision as llamacpp
 from results import machine, write_section
 from orchestrator.build.tiny import TinyShape, make_tiny_checkpoint
@@ -45,53 +42,6 @@ for f in src.iterdir():
     if f.name != "pytorch_model.bin":
         shutil.copy(f, dst / f.name)
 """
-
-
-def measure(steps: list[list[str]], env: dict) -> dict:
-    """Run the commands one after another; wall time and peak summed RSS of each command's process tree."""
-    peak = 0
-    t0 = time.monotonic()
-    for cmd in steps:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        root = psutil.Process(proc.pid)
-        stop = threading.Event()
-        seen = [0]
-
-        def sample():
-            while not stop.is_set():
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                    seen[0] = max(seen[0], sum(p.memory_info().rss for p in procs if p.is_running()))
-                except psutil.Error:
-                    pass
-                time.sleep(0.02)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        _, err = proc.communicate()
-        stop.set()
-        thread.join()
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-        peak = max(peak, seen[0])
-    return {"seconds": time.monotonic() - t0, "peak_rss": peak}
-
-
-def pipelines(ckpt: Path, work: Path, tree: Path) -> dict[str, list[list[str]]]:
-    py = sys.executable
-    orch = str(Path(py).with_name("orch"))
-    shim = [py, "-m", "orchestrator.build.llamacpp.shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
-    quant = [py, "-m", "orchestrator.build.llamacpp.quantize"]
-
-    def convert_quantize(model: Path, out: Path) -> list[list[str]]:
-        return [shim + [str(model), "--outfile", str(out / "f16.gguf"), "--outtype", "f16"],
-                quant + [str(out / "f16.gguf"), str(out / "q4_K_M.gguf"), "Q4_K_M"]]
-
-    return {
-        "a": [[orch, "build", str(ckpt), "--quant", "q4_K_M", "--no-register", "-o", str(work / "a")]],
-        "b": convert_quantize(ckpt, work / "b"),
-        "c": [[py, "-c", RECIPE, str(ckpt), str(work / "c" / "normalised")]] + convert_quantize(work / "c" / "normalised", work / "c"),
-    }
 
 
 def main() -> None:
@@ -117,7 +67,7 @@ def main() -> None:
 
     runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
     for i in range(args.repeat):
-        order = list(pipelines(ckpt, args.work / "runs", tree).items())
+        order = list(pipelines(ckpt, args.work / "runs", tree, RECIPE).items())
         order = order[i % 3:] + order[:i % 3]  # rotate, so no pipeline always runs first on a cold cache
         for name, steps in order:
             shutil.rmtree(args.work / "runs" / name, ignore_errors=True)

@@ -20,18 +20,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from harness import measure, pipelines  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from orchestrator.build.llamacpp import provision  # noqa: E402
@@ -132,83 +129,6 @@ def generate(size: Size, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def rss_anon(p: psutil.Process) -> int:
-    try:
-        for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _who(p: psutil.Process) -> str:
-    """A process by what it runs: orch, the converter shim, the quantizer, the recipe."""
-    cmd = p.cmdline()
-    module = cmd[cmd.index("-m") + 1] if "-m" in cmd else None
-    if module:
-        return module.rsplit(".", 1)[-1]
-    if "-c" in cmd:
-        return "recipe"
-    return Path(cmd[1]).name if len(cmd) > 1 else p.name()
-
-
-def measure(steps: list[list[str]], env: dict) -> dict:
-    """Run the commands one after another: wall time, peak summed RSS and peak summed RssAnon of each process tree, per step."""
-    out = {"seconds": 0.0, "peak_rss": 0, "peak_anon": 0, "steps": []}
-    for cmd in steps:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        root = psutil.Process(proc.pid)
-        peak, stop, by_process = {"rss": 0, "anon": 0}, threading.Event(), {}
-
-        def sample():
-            while not stop.is_set():
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                    anon = {p.pid: rss_anon(p) for p in procs}
-                    peak["rss"] = max(peak["rss"], sum(p.memory_info().rss for p in procs if p.is_running()))
-                    peak["anon"] = max(peak["anon"], sum(anon.values()))
-                    for p in procs:  # where the anonymous memory sits: the peak of each kind of process
-                        who = _who(p)
-                        by_process[who] = max(by_process.get(who, 0), anon[p.pid])
-                except psutil.Error:
-                    pass
-                time.sleep(0.05)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        _, err = proc.communicate()
-        stop.set()
-        thread.join()
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-        seconds = time.monotonic() - t0
-        out["steps"].append({"cmd": Path(cmd[1]).name if cmd[1] == "-c" else " ".join(Path(c).name for c in cmd[:4]),
-                             "seconds": round(seconds, 1), "peak_rss": peak["rss"], "peak_anon": peak["anon"],
-                             "peak_anon_by_process": by_process})
-        out["seconds"] += seconds
-        out["peak_rss"], out["peak_anon"] = max(out["peak_rss"], peak["rss"]), max(out["peak_anon"], peak["anon"])
-    return out
-
-
-def pipelines(ckpt: Path, work: Path, tree: Path) -> dict[str, list[list[str]]]:
-    py = sys.executable
-    orch = str(Path(py).with_name("orch"))
-    shim = [py, "-m", "orchestrator.build.llamacpp.shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
-    quant = [py, "-m", "orchestrator.build.llamacpp.quantize"]
-
-    def convert_quantize(model: Path, out: Path) -> list[list[str]]:
-        return [shim + [str(model), "--outfile", str(out / "f16.gguf"), "--outtype", "f16"],
-                quant + [str(out / "f16.gguf"), str(out / "q4_K_M.gguf"), "Q4_K_M"]]
-
-    return {
-        "a": [[orch, "build", str(ckpt), "--quant", "q4_K_M", "--no-register", "-o", str(work / "a")]],
-        "b": convert_quantize(ckpt, work / "b"),
-        "c": [[py, "-c", RECIPE, str(ckpt), str(work / "c" / "normalised")]] + convert_quantize(work / "c" / "normalised", work / "c"),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["generate", "run"])
@@ -227,12 +147,15 @@ def main() -> None:
     env = os.environ | {"XDG_CACHE_HOME": str(args.work / "cache"), "XDG_DATA_HOME": str(args.work / "data"),
                         provision.ENV_OVERRIDE: str(tree)}
     results = {}
-    for name, steps in pipelines(ckpt, args.work / "full-runs", tree).items():
+    for name, steps in pipelines(ckpt, args.work / "full-runs", tree, RECIPE).items():
         if name not in args.only:
             continue
         shutil.rmtree(args.work / "full-runs" / name, ignore_errors=True)
         (args.work / "full-runs" / name).mkdir(parents=True)
         results[name] = measure(steps, env)
+        record = args.work / "full-runs" / name / "build.json"
+        if record.is_file():  # orch's own account of its stages: what the quality report cost, say
+            results[name]["timings"] = json.loads(record.read_text())["timings"]
         print(json.dumps({name: results[name]}), flush=True)
         shutil.rmtree(args.work / "full-runs" / name, ignore_errors=True)  # the next pipeline needs the disk
     (args.work / f"full-size-{args.size}.json").write_text(json.dumps({"checkpoint_bytes": checkpoint_bytes, "results": results}, indent=2))
@@ -262,6 +185,12 @@ def write_results(args, size: Size, checkpoint_bytes: int, results: dict) -> Non
         for s in r["steps"]:
             who = ", ".join(f"{name} {b / gib:.2f}" for name, b in sorted(s["peak_anon_by_process"].items(), key=lambda kv: -kv[1]))
             lines.append(f"| {k} | `{s['cmd']}` | {s['seconds']:.0f} | {s['peak_rss'] / gib:.2f} | {s['peak_anon'] / gib:.2f} | {who} |")
+    if "timings" in results.get("a", {}):
+        t = results["a"]["timings"]
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k not in ("total_this_run", "prepare", "fetch"))
+        lines += ["", f"orch's stages in (a): {stages}.",
+                  f"The quality report (KL divergence, top-1 agreement and perplexity of q4_K_M against the F16 on "
+                  f"{512} calibration tokens) cost {t.get('quality', 0):.0f} s, {t.get('quality', 0) / t['total_this_run']:.0%} of the build."]
     write_section(f"full-{args.size}", lines, args.results, script="full_size_benchmark.py")
 
 

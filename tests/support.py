@@ -135,3 +135,17 @@ class OllamaDouble:
         import httpx
 
         return httpx.post(f"{self.url}{path}", json=body, timeout=60)
+
+
+def read_json_lines(proc: subprocess.Popen, predicate, timeout: float = 60) -> list[dict]:
+    """JSON lines a running `orch health --watch --json` prints, up to the first one `predicate` accepts."""
+    import time
+
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"the monitor exited: {proc.stderr.read()}"
+        seen.append(json.loads(line))
+        if predicate(seen[-1]):
+            return seen
+    raise AssertionError(f"not seen within {timeout} s: {seen[-3:]}")

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestrator.ollama.alerts import Alerter, redact
-from support import ORCH, cli
+from support import ORCH, cli, read_json_lines
 
 MODEL = "tiny:q4_K_M"
 TOKEN = "T000/B000/s3cr3t-token"
@@ -108,29 +108,19 @@ def watch(url: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-def lines_until(proc: subprocess.Popen, predicate, timeout: float = 60) -> list[dict]:
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, f"the monitor exited: {proc.stderr.read()}"
-        seen.append(json.loads(line))
-        if predicate(seen[-1]):
-            return seen
-    raise AssertionError(f"not seen within {timeout} s: {seen[-3:]}")
-
 
 def test_watch_alerts_once_per_change_of_state_with_the_secret_never_printed(served, receiver):
     monitor = watch(served.url, "--alert-webhook", receiver.url)
     try:
-        lines_until(monitor, lambda r: r.get("ok") is True)
-        lines_until(monitor, lambda r: r.get("ok") is True)  # a healthy server: nothing sent
+        read_json_lines(monitor, lambda r: r.get("ok") is True)
+        read_json_lines(monitor, lambda r: r.get("ok") is True)  # a healthy server: nothing sent
         assert receiver.bodies == []
         served.stop()
-        lines_until(monitor, lambda r: r.get("kind") == "outage")
-        lines_until(monitor, lambda r: "checks" in r and not r["ok"])
-        lines_until(monitor, lambda r: "checks" in r and not r["ok"])  # still down: no second alert
+        read_json_lines(monitor, lambda r: r.get("kind") == "outage")
+        read_json_lines(monitor, lambda r: "checks" in r and not r["ok"])
+        read_json_lines(monitor, lambda r: "checks" in r and not r["ok"])  # still down: no second alert
         served.start()
-        lines_until(monitor, lambda r: r.get("kind") == "recovered", timeout=90)
+        read_json_lines(monitor, lambda r: r.get("kind") == "recovered", timeout=90)
         bodies = receiver.wait_for(2)
     finally:
         monitor.send_signal(signal.SIGINT)
@@ -145,12 +135,12 @@ def test_a_receiver_that_hangs_never_holds_up_probing(served, receiver):
     receiver.mode = "hang"
     monitor = watch(served.url, "--alert-webhook", receiver.url)
     try:
-        lines_until(monitor, lambda r: r.get("ok") is True)
+        read_json_lines(monitor, lambda r: r.get("ok") is True)
         served.stop()
-        lines_until(monitor, lambda r: r.get("kind") == "outage")
+        read_json_lines(monitor, lambda r: r.get("kind") == "outage")
         t = time.monotonic()
-        lines_until(monitor, lambda r: "checks" in r and not r["ok"])
-        lines_until(monitor, lambda r: "checks" in r and not r["ok"])
+        read_json_lines(monitor, lambda r: "checks" in r and not r["ok"])
+        read_json_lines(monitor, lambda r: "checks" in r and not r["ok"])
         assert time.monotonic() - t < 10, "probing waited on the alert"
         assert receiver.attempts >= 1
     finally:

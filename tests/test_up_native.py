@@ -24,7 +24,7 @@ import pytest
 
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
-from support import ORCH, cli, orch
+from support import ORCH, cli, orch, read_json_lines
 
 MODEL = "tiny:q4_K_M"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -221,13 +221,3 @@ def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_reco
     for name, pid in pids.items():
         assert gone(pid), f"{name} (pid {pid}) still runs after orch down"
 
-
-def read_json_lines(proc, predicate, timeout: float = 60) -> list[dict]:
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, f"the monitor exited: {proc.stderr.read()}"
-        seen.append(json.loads(line))
-        if predicate(seen[-1]):
-            return seen
-    raise AssertionError(f"not seen within {timeout} s: {seen[-3:]}")

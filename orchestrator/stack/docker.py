@@ -12,7 +12,7 @@ from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.stack import compose, preflight
 from orchestrator.stack.config import StackPlan
-from orchestrator.stack.runtime import ServiceState, Started
+from orchestrator.stack.runtime import ServiceState, Started, stream
 
 PROJECT = "orch"
 
@@ -99,12 +99,7 @@ class DockerRuntime:
                 for r in self._compose(directory).running()]
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
-        cmd = self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or []))
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
-            try:
-                yield from (line.rstrip("\n") for line in proc.stdout)
-            finally:
-                proc.kill()
+        yield from stream(self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or [])))
 
 
 def _ports_free(plan: StackPlan, held: set) -> None:

@@ -68,6 +68,17 @@ class Runtime(Protocol):
         """The services' recent log lines, then (with follow) new ones as they come."""
 
 
+def stream(cmd: list[str]) -> Iterator[str]:
+    """The lines a command prints (stdout and stderr together) as they come; the command is killed when the reader stops."""
+    import subprocess
+
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
+        try:
+            yield from (line.rstrip("\n") for line in proc.stdout)
+        finally:
+            proc.kill()
+
+
 def choose(requested: str | None) -> tuple[Runtime, str]:
     """docker where a daemon answers, else native; an explicit --runtime is taken as given."""
     from orchestrator.stack import preflight

@@ -19,7 +19,7 @@ import yaml
 
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
-from orchestrator.stack.runtime import ServiceState, Started
+from orchestrator.stack.runtime import ServiceState, Started, stream
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
 
 KUBECTL_ENV = "ORCH_KUBECTL"
@@ -160,21 +160,14 @@ class KubernetesRuntime:
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         k = Kubectl(namespace_of(directory))
         for service in services or ["ollama", "open-webui", "orch-health"]:
-            cmd = [k.binary, "-n", k.namespace, "logs", "-l", f"app.kubernetes.io/name={service}", "--all-containers", "--prefix",
-                   "--tail=200", *(["-f"] if follow else [])]
-            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
-                try:
-                    yield from (line.rstrip("\n") for line in proc.stdout)
-                finally:
-                    proc.kill()
+            yield from stream([k.binary, "-n", k.namespace, "logs", "-l", f"app.kubernetes.io/name={service}", "--all-containers",
+                               "--prefix", "--tail=200", *(["-f"] if follow else [])])
 
 
 def _sha256_matches(path: Path, sha: str) -> bool:
-    import json as _json
-
     record = path.parent / "build.json"
     if record.is_file():
-        for a in _json.loads(record.read_text()).get("artifacts", []):
+        for a in json.loads(record.read_text()).get("artifacts", []):
             if a.get("file") == path.name:
                 return a.get("sha256") == sha
     from orchestrator.files import sha256_file
