@@ -92,7 +92,7 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
 
     up = up_args(MODEL)
     first = orch(*up, timeout=1400, check=False)
-    pids = {}
+    pids, monitor = {}, None
     try:  # from here on, whatever fails, orch down runs: no Open WebUI is left behind
         assert first.returncode == 0, first.stderr
         env = dict(line.split("=", 1) for line in (stack / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
@@ -145,14 +145,24 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         assert "DEFAULT_MODELS changed, but Open WebUI reads it only on its first start" in changed.stdout
         assert pid_of(stack, "open-webui") != pids["open-webui"], "changed settings: restarted"
 
-        # kill -9: supervisord starts it again at once; it serves again once it has booted
+        # kill -9: supervisord starts it again at once; it serves again once it has booted, and the monitor sees both
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 240)
+        monitor = subprocess.Popen([str(ORCH), "health", "--host", double.url, "--model", MODEL, "--webui", f"http://127.0.0.1:{port}",
+                                    "--watch", "--interval", "1", "--failures", "1", "--timeout", "20", "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        read_json_lines(monitor, lambda r: r.get("ok") is True)
         pids["open-webui"] = pid_of(stack, "open-webui")
         os.kill(pids["open-webui"], signal.SIGKILL)
         back = wait_for(lambda: (pid_of(stack, "open-webui") or pids["open-webui"]) != pids["open-webui"], 10)
         assert back < 10, "Open WebUI was not restarted within 10 s"
         pids["open-webui"] = pid_of(stack, "open-webui")
-        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 240)
+        failed = read_json_lines(monitor, lambda r: r.get("kind") == "failed")[-1]
+        assert failed["event"].startswith("failed: webui"), failed
+        read_json_lines(monitor, lambda r: r.get("kind") == "recovered", timeout=240)
     finally:
+        if monitor is not None:
+            monitor.send_signal(signal.SIGINT)
+            monitor.communicate(timeout=30)
         down = orch("down", "--dir", str(stack), check=False)
     assert down.returncode == 0 and "open-webui" in down.stdout and "supervisord" in down.stdout
     assert not listening(port), f"port {port} still answers after orch down"

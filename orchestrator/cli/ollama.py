@@ -100,13 +100,12 @@ def health(
     if (metrics_port is not None or alert_webhook) and not watch:
         flag = "--metrics-port" if metrics_port is not None else "--alert-webhook"
         raise typer.BadParameter(f"{flag} needs --watch", param_hint=flag)
-    try:
-        if model is not None:
-            names.validate(model)
-        if alert_webhook:
-            alerts.validate(alert_webhook, alert_format)
-    except OrchError as e:
-        raise typer.BadParameter(str(e), param_hint="--model" if model and "model name" in str(e) else "--alert-webhook") from None
+    for flag, check in (("--model", lambda: model is None or names.validate(model)),
+                        ("--alert-webhook", lambda: not alert_webhook or alerts.validate(alert_webhook, alert_format))):
+        try:
+            check()
+        except OrchError as e:
+            raise typer.BadParameter(str(e), param_hint=flag) from None
     specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow) for h in (host or [None])]
     if not watch:
         reports = [probe.probe(spec) for spec in specs]

@@ -39,11 +39,10 @@ class Kubectl:
     def __init__(self, namespace: str | None = None):
         self.binary, self.namespace = kubectl_binary(), namespace
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120, namespaced: bool = True, input: str | None = None):
+    def run(self, *args: str, check: bool = True, timeout: float = 120, namespaced: bool = True):
         cmd = [self.binary, *(["-n", self.namespace] if namespaced and self.namespace else []), *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise OrchError(f"kubectl {args[0]} did not finish within {timeout:g} s: check the cluster with kubectl get pods") from None
         if check and proc.returncode != 0:
