@@ -1,0 +1,96 @@
+"""llama.cpp's imatrix and quantize programs, built once from the pinned tree: importance-matrix quantization.
+
+llama-cpp-python exposes llama_model_quantize, but its imatrix parameter is a
+pointer to a C++ map, out of Python's reach; so for --imatrix and the IQ
+types orch compiles `llama-imatrix` and `llama-quantize` from the same
+llama.cpp release (CPU only, for this machine) into its cache, once (a few
+minutes; cmake and a C++ compiler needed). Without --imatrix none of this runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import paths
+from orchestrator.build.llamacpp.process import run_watched
+from orchestrator.build.llamacpp.provision import LlamaCpp
+from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+from orchestrator.files import atomic_path
+
+PROGRAMS = ("llama-imatrix", "llama-quantize")
+CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                 "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"]
+
+
+@dataclass(frozen=True)
+class Tools:
+    imatrix: Path
+    quantize: Path
+
+
+def cmake() -> str:
+    found = shutil.which("cmake") or (Path(sys.executable).with_name("cmake") if Path(sys.executable).with_name("cmake").is_file() else None)
+    if not found or not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        raise OrchError("building llama.cpp's imatrix tool needs cmake and a C++ compiler: apt-get install cmake g++ "
+                        "(or pip install cmake), then run the build again")
+    return str(found)
+
+
+def locate(llama: LlamaCpp, *, reporter: Reporter = SILENT) -> Tools:
+    """The two programs for this llama.cpp tree, compiled into the cache the first time they are needed."""
+    key = hashlib.sha256(f"{llama.version}|{llama.root}|{' '.join(CMAKE_OPTIONS)}".encode()).hexdigest()[:12]
+    # beside orch's own provisioned tree (shared by every build that uses it), else in orch's cache
+    provisioned = (llama.root / "orch-provenance.json").is_file()
+    home = (llama.root.parent if provisioned else paths.cache_home() / "llama.cpp") / f"tools-{key}"
+    tools = Tools(home / PROGRAMS[0], home / PROGRAMS[1])
+    if tools.imatrix.is_file() and tools.quantize.is_file():
+        return tools
+    if not (llama.root / "CMakeLists.txt").is_file():
+        raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a llama.cpp checkout, "
+                        "or clear ~/.cache/orch/llama.cpp to provision the full tree")
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=home.parent, prefix=".tools-") as tmp:
+        build, log = Path(tmp) / "build", Path(tmp) / "build.log"
+        jobs = str(os.cpu_count() or 1)
+        reporter.note(f"building llama.cpp's {' and '.join(PROGRAMS)} from {llama.version} (once; a few minutes)")
+        for what, cmd in (("configure", [cmake(), "-S", str(llama.root), "-B", str(build), *CMAKE_OPTIONS]),
+                          ("compile", [cmake(), "--build", str(build), "--target", *PROGRAMS, "-j", jobs])):
+            run_watched(cmd, watch=None, expected_bytes=None, what=f"{what} llama.cpp tools", log=log, reporter=reporter)
+        staged = Path(tmp) / "tools"
+        staged.mkdir()
+        for program in PROGRAMS:
+            built = next((p for p in build.rglob(program) if p.is_file() and os.access(p, os.X_OK)), None)
+            if built is None:
+                raise OrchError(f"the llama.cpp build made no {program}: see {log}")
+            shutil.copy2(built, staged / program)
+        shutil.copy2(log, staged / "build.log")
+        shutil.rmtree(home, ignore_errors=True)
+        os.replace(staged, home)
+    return tools
+
+
+def compute_imatrix(tools: Tools, model: Path, text: Path, tokens: int, final: Path, *, log: Path, reporter: Reporter = SILENT) -> None:
+    """An importance matrix of `model` over `text` (`tokens` long in the model's tokens): llama-imatrix, chunks of half of them."""
+    ctx = max(32, min(512, tokens // 2))
+    with atomic_path(final) as tmp:
+        cmd = [str(tools.imatrix), "-m", str(model), "-f", str(text), "-o", str(tmp), "-c", str(ctx), "--no-ppl",
+               "-t", str(os.cpu_count() or 1)]
+        run_watched(cmd, watch=None, expected_bytes=None, what="importance matrix", log=log, reporter=reporter)
+        if not tmp.is_file():
+            raise OrchError(f"llama-imatrix wrote no importance matrix: see {log}")
+
+
+def quantize(tools: Tools, source: Path, final: Path, quant: str, imatrix: Path, *, expected_bytes: int, log: Path,
+             reporter: Reporter = SILENT) -> None:
+    """llama-quantize with the importance matrix."""
+    with atomic_path(final) as tmp:
+        cmd = [str(tools.quantize), "--imatrix", str(imatrix), str(source), str(tmp), quant, str(os.cpu_count() or 1)]
+        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"quantize to {quant} (imatrix)", log=log, reporter=reporter)
