@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import psutil  # noqa: E402
 from harness import measure, pipelines  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
@@ -162,6 +163,10 @@ def main() -> None:
     write_results(args, size, checkpoint_bytes, results)
 
 
+def ram_bytes() -> int:
+    return psutil.virtual_memory().total
+
+
 def write_results(args, size: Size, checkpoint_bytes: int, results: dict) -> None:
     labels = {"a": "(a) orch build --quant q4_K_M --no-register",
               "b": "(b) converter alone (crash fixed, no NormHead) + quantizer",
@@ -169,7 +174,9 @@ def write_results(args, size: Size, checkpoint_bytes: int, results: dict) -> Non
     gib = 2 ** 30
     lines = [f"## Build at full size ({args.size.upper()})", "",
              f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/full_size_benchmark.py run --size {args.size}`, one run each,",
-             "one after another on a warm page cache.", "",
+             "one after another, nothing else running." + (
+                 " The checkpoint fits in the page cache, which is warm." if checkpoint_bytes < ram_bytes()
+                 else " The checkpoint is larger than RAM, so every pipeline reads it from disk."), "",
              f"- Machine: {machine()}",
              f"- Checkpoint: random Baichuan2-{args.size.upper()} dimensions ({size.layers} layers, hidden {size.hidden}, ffn {size.ffn}, "
              f"vocab {size.vocab}), bf16, {checkpoint_bytes / 1e9:.1f} GB in 2 GiB pytorch_model-*.bin shards",
@@ -185,6 +192,9 @@ def write_results(args, size: Size, checkpoint_bytes: int, results: dict) -> Non
         for s in r["steps"]:
             who = ", ".join(f"{name} {b / gib:.2f}" for name, b in sorted(s["peak_anon_by_process"].items(), key=lambda kv: -kv[1]))
             lines.append(f"| {k} | `{s['cmd']}` | {s['seconds']:.0f} | {s['peak_rss'] / gib:.2f} | {s['peak_anon'] / gib:.2f} | {who} |")
+    if "c" not in results and checkpoint_bytes > ram_bytes():
+        lines += ["", f"(c) not run: its first step loads the whole {checkpoint_bytes / 1e9:.1f} GB checkpoint into memory, "
+                  f"and this machine has {ram_bytes() / gib:.0f} GiB."]
     if "a" in results:
         a = results["a"]
         lines += ["", "| ratio | measured | target |", "|---|---:|---:|",
