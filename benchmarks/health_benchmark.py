@@ -95,7 +95,7 @@ def main() -> None:
         "| per probe (median) | requests | tokens generated | wall (s) | server busy (s) | monitor overhead (s) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    labels = {"cli": "`orch health` (fresh process)", "probe": "health.probe() in a running process (watch mode)"}
+    labels = {"cli": "`orch health` (fresh process)", "probe": "orchestrator.ollama.probe.probe() in a running process (watch mode)"}
     for k, m in med.items():
         lines.append(f"| {labels[k]} | {m['requests']:.0f} | {m['tokens']:.0f} | {m['wall_s']:.3f} | {m['server_s']:.3f} | "
                      f"{m['overhead_s']:.3f} |")
