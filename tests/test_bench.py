@@ -30,7 +30,7 @@ def test_levels_of_concurrent_multi_turn_chats_are_measured(served):
     levels = {lv["users"]: lv for lv in result["levels"]}
     assert sorted(levels) == [1, 3]
     for users, lv in levels.items():
-        assert (lv["requests"], lv["errors"]) == (users * 2, 0)
+        assert (lv["requests"], lv["errors"], lv["meets_target"]) == (users * 2, 0, True)
         assert 0 < lv["ttft_p50"] <= lv["ttft_p95"] and lv["tokens_per_s_total"] > 0 and lv["tokens_per_s_per_user"] > 0
     assert after["streamed"] - before["streamed"] == 1 + 1 * 2 + 3 * 2, "a warm-up, then every turn of every user, streamed"
     lengths = after["chat_lengths"][len(before["chat_lengths"]):]
@@ -43,6 +43,7 @@ def test_levels_of_concurrent_multi_turn_chats_are_measured(served):
 def test_a_target_no_level_meets_says_so(served):
     _, result = bench(served, "--users", "1", "--turns", "1", "--ttft-target", "0.001", "--json")
     assert result["holds_users"] == 0 and result["recommendation"].startswith("even one user waits longer")
+    assert result["levels"][0]["meets_target"] is False
 
 
 def test_a_model_that_cannot_answer_stops_the_bench_in_one_line(served):
@@ -57,8 +58,8 @@ def test_a_reply_cut_mid_level_is_an_error_of_that_level(served):
     served.fault("cut_stream", path="/api/chat", after=1, times=1)  # the warm-up passes, one of the level's replies is cut
     _, result = bench(served, "--users", "2", "--turns", "1", "--json")
     (level,) = result["levels"]
-    assert (level["requests"], level["errors"]) == (2, 1) and "ended before its final line" in level["error_samples"][0]
-    assert result["holds_users"] == 0, "a level with errors does not count as held"
+    assert (level["requests"], level["errors"]) == (2, 1) and "ended before its final done line" in level["error_samples"][0]
+    assert result["holds_users"] == 0 and level["meets_target"] is False, "a level with errors does not count as held"
 
 
 def test_the_table_and_bad_levels(served):

@@ -198,11 +198,12 @@ def bench_cmd(
     table = Table(title=f"orch bench  {result['host']}  {model}  ({turns} turns, {max_tokens} tokens a reply)", title_justify="left")
     for col in ("users", "requests", "errors", "ttft p50 (s)", "ttft p95 (s)", "tok/s per user", "tok/s total"):
         table.add_column(col, justify="right")
+
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     for lv in result["levels"]:
-        colour = "green" if lv["errors"] == 0 and lv["ttft_p95"] is not None and lv["ttft_p95"] <= ttft_target else "red"
+        colour = "green" if lv["meets_target"] else "red"
         table.add_row(f"[{colour}]{lv['users']}[/]", str(lv["requests"]), str(lv["errors"]), fmt(lv["ttft_p50"]), fmt(lv["ttft_p95"]),
                       fmt(lv["tokens_per_s_per_user"]), fmt(lv["tokens_per_s_total"]))
     con = render.console()

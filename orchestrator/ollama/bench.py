@@ -16,9 +16,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
-from orchestrator.ollama.client import Ollama, TransportError, body_error, explain
+from orchestrator.ollama.client import Ollama, StreamError, TransportError, explain
 
 PROMPTS = ["你好，请介绍一下你自己。", "What can you help me with today?", "请用三句话解释什么是量化。",
            "Give me one tip for writing clear emails.", "北京有哪些值得去的地方？", "Summarise our conversation so far."]
@@ -99,39 +99,16 @@ def conversation(server: Ollama, plan: BenchPlan, user: int, deadline: float) ->
 
 
 def chat_once(server: Ollama, plan: BenchPlan, messages: list[dict]) -> Turn:
-    import json
-
+    """One reply, streamed; a failure is the turn's error, never an exception, so the level goes on."""
     body = {"model": plan.model, "messages": messages, "stream": True, "options": {"num_predict": plan.max_tokens, "temperature": 0.7}}
     t0 = time.monotonic()
-    ttft, final, text = None, None, []
     try:
-        with server.stream("/api/chat", body) as r:
-            if r.status_code != 200:
-                r.read()
-                return Turn(None, time.monotonic() - t0, 0, 0.0, f"HTTP {r.status_code}: {body_error(r)}")
-            for line in r.iter_lines():
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                if obj.get("error"):
-                    return Turn(ttft, time.monotonic() - t0, 0, 0.0, f"error line: {str(obj['error'])[:120]}")
-                piece = (obj.get("message") or {}).get("content") or ""
-                if piece and ttft is None:
-                    ttft = time.monotonic() - t0
-                text.append(piece)
-                if obj.get("done"):
-                    final = obj
-                    break
-                if time.monotonic() - t0 > plan.timeout:
-                    return Turn(ttft, time.monotonic() - t0, 0, 0.0, f"no reply within {plan.timeout:g} s")
+        s = server.read_stream("/api/chat", body, lambda line: (line.get("message") or {}).get("content", ""), plan.timeout)
+    except StreamError as e:
+        return Turn(None, time.monotonic() - t0, 0, 0.0, str(e))
     except TransportError as e:
-        return Turn(ttft, time.monotonic() - t0, 0, 0.0, explain(e))
-    except ValueError:
-        return Turn(ttft, time.monotonic() - t0, 0, 0.0, "a malformed line in the stream")
-    if final is None:
-        return Turn(ttft, time.monotonic() - t0, 0, 0.0, "the stream ended before its final line")
-    return Turn(ttft, time.monotonic() - t0, int(final.get("eval_count") or 0), (final.get("eval_duration") or 0) / 1e9,
-                text="".join(text))
+        return Turn(None, time.monotonic() - t0, 0, 0.0, explain(e))
+    return Turn(s.ttft, s.seconds, int(s.final.get("eval_count") or 0), (s.final.get("eval_duration") or 0) / 1e9, text=s.text)
 
 
 def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
@@ -155,15 +132,11 @@ def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILE
     with Ollama(host, timeout=plan.timeout, connect=5.0) as server:
         version = server.version()
         if version is None:
-            from orchestrator.errors import OrchError
-
             raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host")
         levels: list[Level] = []
         with reporter.task("loading the model"):
             warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])
         if warm.error:
-            from orchestrator.errors import OrchError
-
             raise OrchError(f"{plan.model} did not answer at {server.url} ({warm.error}): check the name with orch health")
         for users in plan.users:
             if stop is not None and stop.is_set():
@@ -173,7 +146,7 @@ def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILE
     holds = [lv.users for lv in levels if lv.meets(plan.ttft_target)]
     most = max(holds) if holds else 0
     return {"host": server.url, "server_version": version, "model": plan.model, "plan": asdict(plan),
-            "levels": [asdict(lv) for lv in levels], "holds_users": most,
+            "levels": [asdict(lv) | {"meets_target": lv.meets(plan.ttft_target)} for lv in levels], "holds_users": most,
             "recommendation": _recommend(levels, most, plan.ttft_target)}
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +30,18 @@ CHUNK = 1 << 20
 
 TransportError = httpx.HTTPError  # what a request raises when the server cannot be reached or breaks off
 ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
+
+
+class StreamError(OrchError):
+    """A streamed answer that broke Ollama's NDJSON contract, said in plain words."""
+
+
+@dataclass(frozen=True)
+class Streamed:
+    text: str
+    final: dict  # the last line, done: true, with eval_count and eval_duration
+    ttft: float | None  # seconds to the first non-empty piece
+    seconds: float
 
 
 def resolve_host(host: str | None = None) -> str:
@@ -132,6 +145,45 @@ class Ollama:
     def stream(self, path: str, body: dict) -> Iterator[httpx.Response]:
         with self.http.stream("POST", path, json=body) as r:
             yield r
+
+    def read_stream(self, path: str, body: dict, piece: Callable[[dict], str], timeout: float) -> Streamed:
+        """POST and read the NDJSON answer line by line, timing the first token; every line is checked.
+
+        A broken contract (an HTTP error, an HTML page, a malformed or error
+        line, a stream cut before its final line, no finish in `timeout`) is a
+        StreamError in plain words; a lost connection stays a TransportError.
+        """
+        t = time.monotonic()
+        text, ttft = [], None
+        try:
+            with self.stream(path, body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise StreamError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
+                if "html" in r.headers.get("content-type", ""):
+                    raise StreamError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
+                for line in r.iter_lines():
+                    if time.monotonic() > t + timeout:
+                        raise StreamError(f"{path} did not finish within {timeout:g} s")
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        raise StreamError(f"{path} sent a malformed JSON line: {line[:60]!r}") from None
+                    if not isinstance(obj, dict):
+                        raise StreamError(f"{path} sent a JSON line that is not an object: {line[:60]!r}")
+                    if obj.get("error"):
+                        raise StreamError(f"{path} reported an error mid-stream: {str(obj['error'])[:200]}")
+                    chunk = piece(obj) or ""
+                    if chunk and ttft is None:
+                        ttft = time.monotonic() - t
+                    text.append(chunk)
+                    if obj.get("done"):
+                        return Streamed("".join(text), obj, ttft, time.monotonic() - t)
+        except httpx.ReadTimeout:
+            raise StreamError(f"{path}: no token within {timeout:g} s") from None
+        raise StreamError(f"{path} stream ended before its final done line (after {len(''.join(text))} characters)")
 
     def version(self, timeout: float = 3.0) -> str | None:
         """The server's version, or None when nothing (or something other than Ollama) answers."""

@@ -2,14 +2,13 @@
 
 Each check yields ok, degraded or fail with its latency and a reason. Probes
 are cheap (a few tokens at temperature 0, the server's own keep-alive, one
-request in flight at a time). They read the raw stream through the client's
-session: the checks need the time to the first streamed line and must tell a
-malformed line, an error line and a cut stream apart.
+request in flight at a time). Streamed answers are read by the client's
+read_stream, which times the first token and tells a malformed line, an error
+line and a cut stream apart.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket
@@ -17,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
+from orchestrator import names
 from orchestrator.ollama import client, vulns
 from orchestrator.ollama.client import Ollama, body_error
 
@@ -104,7 +104,7 @@ def _run(name: str, fn, checks: list[Check]) -> Check:
     t = time.monotonic()
     try:
         status, reason, data = fn()
-    except ProbeError as e:
+    except (ProbeError, client.StreamError) as e:
         status, reason, data = FAIL, str(e), {}
     except client.TransportError as e:
         status, reason, data = FAIL, client.explain(e), {}
@@ -139,7 +139,7 @@ def _model(http, wanted: str | None):
         if not models:
             raise ProbeError("the server has no models: orch build tiny, or orch register a build")
         return OK, f"{len(models)} models; probing {models[0]}", {"model": models[0], "models": models}
-    full = wanted if ":" in wanted.rsplit("/", 1)[-1] else f"{wanted}:latest"
+    full = names.full(wanted)
     if full not in models and wanted not in models:
         near = ", ".join(models[:5]) or "none"
         raise ProbeError(f"model {wanted} is not on the server (it has: {near}): orch register it or pass --model")
@@ -148,19 +148,18 @@ def _model(http, wanted: str | None):
 
 def _generate(http, model: str, p: Probe):
     body = {"model": model, "prompt": "你好", "stream": True, "options": {"num_predict": PROBE_TOKENS, "temperature": 0}}
-    text, final, ttft = _stream(http, "/api/generate", body, lambda line: line.get("response", ""), p.timeout)
-    return _judge_stream("generate", text, final, ttft, p)
+    return _judge_stream("generate", http.read_stream("/api/generate", body, lambda line: line.get("response", ""), p.timeout), p)
 
 
 def _chat(http, model: str, p: Probe):
     body = {"model": model, "messages": CHAT, "stream": True, "options": {"num_predict": PROBE_TOKENS, "temperature": 0}}
     markers = _template_markers(http, model)
-    text, final, ttft = _stream(http, "/api/chat", body, lambda line: (line.get("message") or {}).get("content", ""), p.timeout)
-    leak = next((m for m in (*markers, *ALWAYS_LEAKS) if m in text), None)
+    streamed = http.read_stream("/api/chat", body, lambda line: (line.get("message") or {}).get("content", ""), p.timeout)
+    leak = next((m for m in (*markers, *ALWAYS_LEAKS) if m in streamed.text), None)
     if leak:
         raise ProbeError(f"chat-marker text {leak!r} leaked into the reply: the model's template or token types are wrong "
                          "(rebuild with orch build)")
-    return _judge_stream("chat", text, final, ttft, p)
+    return _judge_stream("chat", streamed, p)
 
 
 def _template_markers(http, model: str) -> list[str]:
@@ -169,45 +168,8 @@ def _template_markers(http, model: str) -> list[str]:
     return sorted(set(re.findall(r"<[A-Za-z_|][^<>\s{}]*>", template)))
 
 
-def _stream(http: Ollama, path: str, body: dict, piece, timeout: float):
-    """POST and read NDJSON lines; returns (text, final line, seconds to first token). Every line is checked."""
-    t = time.monotonic()
-    text, final, ttft = "", None, None
-    try:
-        with http.stream(path, body) as r:
-            if r.status_code != 200:
-                r.read()
-                raise ProbeError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
-            if "html" in r.headers.get("content-type", ""):
-                raise ProbeError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
-            for line in r.iter_lines():
-                if time.monotonic() > t + timeout:
-                    raise ProbeError(f"{path} did not finish within {timeout:g} s")
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise ProbeError(f"{path} sent a malformed JSON line: {line[:60]!r}") from None
-                if not isinstance(obj, dict):
-                    raise ProbeError(f"{path} sent a JSON line that is not an object: {line[:60]!r}")
-                if obj.get("error"):
-                    raise ProbeError(f"{path} reported an error mid-stream: {str(obj['error'])[:200]}")
-                chunk = piece(obj)
-                if chunk and ttft is None:
-                    ttft = time.monotonic() - t
-                text += chunk or ""
-                if obj.get("done"):
-                    final = obj
-                    break
-    except client.ReadTimeout:
-        raise ProbeError(f"{path}: no token within {timeout:g} s") from None
-    if final is None:
-        raise ProbeError(f"{path} stream ended before its final done line (after {len(text)} characters)")
-    return text, final, ttft
-
-
-def _judge_stream(name: str, text: str, final: dict, ttft: float | None, p: Probe):
+def _judge_stream(name: str, streamed: client.Streamed, p: Probe):
+    text, final, ttft = streamed.text, streamed.final, streamed.ttft
     count, duration = final.get("eval_count") or 0, final.get("eval_duration") or 0
     tps = round(count / duration * 1e9, 2) if duration else None
     data = {"ttft_s": round(ttft, 4) if ttft is not None else None, "tokens_per_s": tps, "eval_count": count,
