@@ -79,17 +79,17 @@ def test_an_existing_ollama_on_this_host_is_reached_through_the_host_gateway(tmp
 
 
 def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
-    env_path, created, _ = compose.write_stack(plan(tmp_path, default_model="a:q4_K_M"))
+    env_path, created, _, _ = compose.write_stack(plan(tmp_path, default_model="a:q4_K_M"))
     env = read_env(env_path)
     assert stat.S_IMODE(os.stat(env_path).st_mode) == 0o600
     assert len(env["WEBUI_SECRET_KEY"]) >= 32 and len(env["WEBUI_ADMIN_PASSWORD"]) >= 16 and created
 
-    env_again, created_again, changed = compose.write_stack(plan(tmp_path, default_model="b:q8_0", offline=True))
+    env_again, created_again, changed, _ = compose.write_stack(plan(tmp_path, default_model="b:q8_0", offline=True))
     assert read_env(env_again) == env and not created_again
     assert {"DEFAULT_MODELS", "OFFLINE_MODE", "HF_HUB_OFFLINE"} <= set(changed)
     rendered = yaml.safe_load((tmp_path / "stack" / "compose.yaml").read_text())
     assert rendered["services"]["open-webui"]["environment"]["DEFAULT_MODELS"] == "b:q8_0"
-    other, _, _ = compose.write_stack(plan(tmp_path / "elsewhere"))
+    other, _, _, _ = compose.write_stack(plan(tmp_path / "elsewhere"))
     assert read_env(other)["WEBUI_SECRET_KEY"] != env["WEBUI_SECRET_KEY"]
 
 

@@ -88,8 +88,9 @@ def environment(doc: dict, service: str) -> dict:
     return ((doc.get("services") or {}).get(service) or {}).get("environment") or {}
 
 
-def write_stack(plan: StackPlan) -> tuple[Path, bool, list[str]]:
-    """compose.yaml and .env (0600) in the stack directory: the .env path, whether its secrets are new, changed settings."""
+def write_stack(plan: StackPlan) -> tuple[Path, bool, list[str], dict]:
+    """compose.yaml and .env (0600) in the stack directory: the .env path, whether its secrets are new, changed settings,
+    and the validated document."""
     import yaml
 
     plan.directory.mkdir(parents=True, exist_ok=True)
@@ -101,4 +102,4 @@ def write_stack(plan: StackPlan) -> tuple[Path, bool, list[str]]:
     text = "# rendered by orch up; the template is compose/compose.yaml in orch\n" + yaml.safe_dump(doc, sort_keys=False)
     if not compose_path.is_file() or compose_path.read_text() != text:
         write_text(compose_path, text)
-    return env_path, created, changed
+    return env_path, created, changed, doc

@@ -105,7 +105,7 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 def write_env(env_path: Path) -> bool:
-    """Write the .env (0600) with the secrets, generating those missing; True when they were generated now."""
+    """Write an env file of the secrets (the stack's .env, the k8s Secret's), 0600, generating those missing; True when generated now."""
     old = read_env(env_path)
     values = env_values(old)
     if values != old or not env_path.is_file():

@@ -84,9 +84,9 @@ class DockerRuntime:
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
         runner = Compose(preflight.docker_binary(), plan.directory)
-        env, created, changed = compose.write_stack(plan)
+        env, created, changed, doc = compose.write_stack(plan)
         runner.run("up", "-d", "--remove-orphans")
-        runner.wait_healthy(list(compose.check(plan)["services"]), wait, reporter)
+        runner.wait_healthy(list(doc["services"]), wait, reporter)
         return Started(env, created, changed)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:

@@ -158,7 +158,7 @@ class Supervisor:
             return False
         try:
             return self.rpc().supervisor.getState()["statename"] == "RUNNING"
-        except (OSError, Exception):  # noqa: BLE001  a stale socket answers with connection errors of several kinds
+        except Exception:  # noqa: BLE001  a stale socket answers with connection errors of several kinds
             return False
 
     def pid(self) -> int | None:
@@ -256,7 +256,6 @@ class NativeRuntime:
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
         """Write supervisord.conf, start supervisord (or hand it the new config), and wait until every service answers."""
-        self.preflight(plan)
         plan.directory.mkdir(parents=True, exist_ok=True)
         exe = ensure_webui(reporter) if plan.webui else None
         env_path = plan.directory / ".env"

@@ -56,7 +56,7 @@ class Runtime(Protocol):
         """Check what `up` needs (ports, binaries, daemons, disk) without starting or writing anything."""
 
     def up(self, plan, *, wait: float, reporter: Reporter) -> Started:
-        """Start (or reconcile) the stack and wait until its services answer."""
+        """Start (or reconcile) the stack and wait until its services answer; the caller has run preflight first."""
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         """Stop exactly what `up` started; with volumes, delete the models and chats too. The names of what was stopped."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from orchestrator import __version__, paths
 from orchestrator.errors import OrchError
 from orchestrator.files import write_text
-from orchestrator.stack.config import OLLAMA_IMAGE, PYTHON_IMAGE, WEBUI_IMAGE, env_values, read_env
+from orchestrator.stack.config import OLLAMA_IMAGE, PYTHON_IMAGE, WEBUI_IMAGE, write_env
 from orchestrator.stack.kubernetes.plan import K8sPlan
 
 OLLAMA_PORT, WEBUI_PORT, METRICS_PORT = 11434, 8080, 9101
@@ -286,13 +286,9 @@ def write(plan: K8sPlan) -> list[Path]:
         raise OrchError(f"{out} is a file: pass --out with a directory")
     written = []
     secret = out / SECRET_FILE
-    old = read_env(secret)
-    values = env_values(old)
     (out / "secrets").mkdir(parents=True, exist_ok=True)
     os.chmod(out / "secrets", 0o700)
-    if values != old:
-        write_text(secret, "# the Open WebUI Secret: keep it private (0600); kept across renders\n"
-                   + "".join(f"{k}={v}\n" for k, v in values.items()), mode=0o600)
+    write_env(secret)  # the Open WebUI Secret's values: generated once, kept across renders, 0600
     written.append(secret)
     for name, docs in render(plan).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import yaml
 
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
+from orchestrator.files import sha256_file
 from orchestrator.stack.runtime import ServiceState, Started, stream
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
 
@@ -97,7 +98,6 @@ class KubernetesRuntime:
         `plan` is the rendered directory (it records which build it was rendered from).
         """
         directory = plan
-        self.preflight(directory)
         k = Kubectl(namespace_of(directory))
         with reporter.task("kubectl apply -k"):
             k.run("apply", "-k", str(directory), namespaced=False, timeout=300)
@@ -113,7 +113,10 @@ class KubernetesRuntime:
         """Copy the GGUF and Modelfile onto the model volume through a short-lived pod, unless the same bytes are there."""
         model = model_of(directory)
         target = str(Path(model["modelfile"]).parent)
-        gguf_name = next(p.name for p in source.glob("*.gguf") if _sha256_matches(p, model["sha256"]))
+        gguf_name = next((p.name for p in source.glob("*.gguf") if _sha256_matches(p, model["sha256"])), None)
+        if gguf_name is None:
+            raise OrchError(f"{source} no longer holds the GGUF these manifests were rendered for (sha256 {model['sha256'][:12]}): "
+                            "render them again with orch k8s render")
         k.run("apply", "-f", str(directory / "loader" / "model-loader.yaml"), namespaced=False)
         try:
             k.run("wait", "--for=condition=Ready", f"pod/{LOADER}", "--timeout=300s", timeout=330)
@@ -124,7 +127,7 @@ class KubernetesRuntime:
             incoming = f"{MODELS_MOUNT}/.incoming-{model['sha256'][:12]}"
             k.run("exec", LOADER, "--", "mkdir", "-p", incoming)
             for f in (source / gguf_name, source / Path(model["modelfile"]).name):
-                with reporter.task(f"copy {f.name} to the model volume", total=f.stat().st_size):
+                with reporter.task(f"copy {f.name} to the model volume"):  # kubectl cp tells no progress
                     k.run("cp", str(f), f"{LOADER}:{incoming}/{f.name}", timeout=3600)
             script = (f'set -e; test "$(sha256sum {incoming}/{gguf_name} | cut -d" " -f1)" = {model["sha256"]} '
                       f'|| {{ echo "the copied GGUF does not match sha256 {model["sha256"]}"; exit 1; }}; '
@@ -169,8 +172,6 @@ def _sha256_matches(path: Path, sha: str) -> bool:
         for a in json.loads(record.read_text()).get("artifacts", []):
             if a.get("file") == path.name:
                 return a.get("sha256") == sha
-    from orchestrator.files import sha256_file
-
     return sha256_file(path) == sha
 
 
