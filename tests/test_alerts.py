@@ -108,7 +108,6 @@ def watch(url: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-
 def test_watch_alerts_once_per_change_of_state_with_the_secret_never_printed(served, receiver):
     monitor = watch(served.url, "--alert-webhook", receiver.url)
     try:

@@ -42,7 +42,8 @@ def test_a_converter_only_gguf_is_flagged_on_normhead_and_the_markers(upstream_g
     assert code == 1
     assert v["generation"]["status"] == "unknown"  # a 1024-piece vocabulary and no orch metadata
     assert v["NormHead"]["status"] == "fail" and "pass --generation 1" in v["NormHead"]["detail"]
-    assert v["chat markers"]["status"] == "fail" and "not CONTROL" in v["chat markers"]["detail"]
+    assert v["chat markers"]["status"] == "fail" and "<reserved_106> typed NORMAL" in v["chat markers"]["detail"]
+    assert "not CONTROL" in v["chat markers"]["detail"]
     code, v = judge(upstream_gguf, "--generation", "2")
     assert code == 1 and v["NormHead"]["status"] == "fail" and "--generation 1" not in v["NormHead"]["detail"]
     assert v["space prefix"]["status"] == "fail" and "unset" in v["space prefix"]["detail"]

@@ -38,8 +38,6 @@ def test_the_report_measures_each_type_against_the_unquantized_model(built, chec
     assert ppl == pytest.approx(q4["perplexity"], rel=0.02)
 
 
-
-
 def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(checkpoint, tmp_path):
     out = tmp_path / "b"
     record = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--no-eval", "--no-register", "-o", str(out),

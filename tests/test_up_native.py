@@ -172,8 +172,6 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
 
 def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
     """A stack whose supervisord is gone (stale pid file and socket): orch down signals nobody, not even a process that reused the pid."""
-    import subprocess
-
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         stack = tmp_path / "stack"

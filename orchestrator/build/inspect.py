@@ -141,22 +141,25 @@ def _markers(reader, path: Path, tokens: list[str]) -> Verdict:
     ids = list(recorded) if recorded else [tokens.index(p) for p in MARKER_PIECES if p in tokens]
     if not ids:
         return Verdict("chat markers", WARN, "no <reserved_106>/<reserved_107> in the vocabulary: a base model, or not Baichuan 2's")
-    untyped = [tokens[i] for i in ids if types[i] != CONTROL]
-    split = {tokens[i]: got for i in ids if (got := _tokenize(path, tokens[i])) != [i]}
+    from gguf import TokenType
+
+    untyped = [f"{tokens[i]} typed {TokenType(types[i]).name}" for i in ids if types[i] != CONTROL]
+    split = {tokens[i]: got for i, got in zip(ids, _tokenize(path, [tokens[i] for i in ids])) if got != [i]}
     if untyped or split:
-        what = [f"{', '.join(untyped)} typed {'NORMAL' if untyped else ''} not CONTROL"] if untyped else []
+        what = [f"{', '.join(untyped)}, not CONTROL"] if untyped else []
         what += [f"{piece} tokenises to {got[:6]}{'…' if len(got) > 6 else ''}" for piece, got in split.items()]
         return Verdict("chat markers", FAIL, f"{'; '.join(what)}: no chat template can produce the markers, so every chat "
                                              "reads as plain text: rebuild it with orch build")
     return Verdict("chat markers", PASS, f"{', '.join(f'{tokens[i]} = {i}' for i in ids)}: typed CONTROL, single tokens")
 
 
-def _tokenize(path: Path, piece: str) -> list[int]:
+def _tokenize(path: Path, pieces: list[str]) -> list[list[int]]:
+    """Each piece as llama.cpp tokenises it with special tokens parsed (the vocabulary loaded once, no weights)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
-        return llm.tokenize(piece.encode(), add_bos=False, special=True)
+        return [llm.tokenize(piece.encode(), add_bos=False, special=True) for piece in pieces]
     finally:
         llm.close()
 

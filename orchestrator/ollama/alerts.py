@@ -66,7 +66,6 @@ class Alerter:
         validate(url, fmt)
         self.url, self.fmt, self.on_note, self.max_age, self.timeout = url, fmt, on_note, max_age, timeout
         self.queue: queue.Queue[Alert | None] = queue.Queue()
-        self.delivered: list[Alert] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
         self.thread.start()
@@ -94,7 +93,6 @@ class Alerter:
             try:
                 r = client.post_json(self.url, alert.body(self.fmt), timeout=self.timeout)
                 if 200 <= r.status_code < 300:
-                    self.delivered.append(alert)
                     return
                 why = f"HTTP {r.status_code}"
             except client.TransportError as e:

@@ -14,7 +14,11 @@ def chat(model: str, host: str | None = None, *, system: str | None = None, read
     """Talk to `model` until the user leaves; each reply is printed as it streams."""
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     refused = response_error()
-    server = Ollama(host, timeout=300.0)
+    with Ollama(host, timeout=300.0) as server:
+        _converse(server, model, system, read, write, refused)
+
+
+def _converse(server: Ollama, model: str, system: str | None, read, write, refused) -> None:
     try:
         server.show(model)
     except refused as e:

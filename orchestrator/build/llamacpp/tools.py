@@ -53,8 +53,8 @@ def locate(llama: LlamaCpp, *, reporter: Reporter = SILENT) -> Tools:
     if tools.imatrix.is_file() and tools.quantize.is_file():
         return tools
     if not (llama.root / "CMakeLists.txt").is_file():
-        raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a llama.cpp checkout, "
-                        "or clear ~/.cache/orch/llama.cpp to provision the full tree")
+        raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a full llama.cpp "
+                        "checkout, or leave it out to use the pinned release")
     home.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=home.parent, prefix=".tools-") as tmp:
         build, log = Path(tmp) / "build", Path(tmp) / "build.log"
