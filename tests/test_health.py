@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.ollama.probe import _local_addresses
-from support import ORCH, cli
+from support import ORCH, cli, read_json_lines
 
 MODEL = "tiny:q4_K_M"
 
@@ -173,14 +173,8 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(served, unu
     lines: list[dict] = []
 
     def read_until(predicate, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = watcher.stdout.readline()
-            assert line, f"the monitor exited: {watcher.stderr.read()}"
-            lines.append(json.loads(line))
-            if predicate(lines[-1]):
-                return lines[-1]
-        raise AssertionError(f"not seen within {timeout} s: {lines[-3:]}")
+        lines.extend(read_json_lines(watcher, predicate, timeout))
+        return lines[-1]
 
     host = f'host="{double.url}"'
     try:
