@@ -33,10 +33,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog
         table.add_column(col, justify=just, no_wrap=True, min_width=len("28.6 GB") if just == "right" else None)
     table.add_column("repo (Hugging Face, ModelScope)", overflow="fold", min_width=12)
     for r in rows:
-        tiny = r["name"] == "tiny"
-        sizes = ["<0.1 GB" if tiny else f"{r[k]} GB" for k in ("q4_K_M_gb", "q8_0_gb", "f16_gb")]
+        sizes = ["<0.1 GB" if r[k] < 0.1 else f"{r[k]} GB" for k in ("q4_K_M_gb", "q8_0_gb", "f16_gb")]
         repos = {r["huggingface"], r["modelscope"]} - {None}
-        table.add_row(r["name"], "22M" if tiny else f"{r['params_b']}B", r["kind"], f"{r['layers']}L {r['positions']}",
+        params = f"{r['params_b']}B" if r["params_b"] >= 1 else f"{r['params_b'] * 1000:.0f}M"
+        table.add_row(r["name"], params, r["kind"], f"{r['layers']}L {r['positions']}",
                       *sizes, " / ".join(sorted(repos)) or "generated locally")
     render.console().print(table)
 
