@@ -23,9 +23,9 @@ from pathlib import Path
 
 
 from harness import measure, pipelines
-from orchestrator.build.llamacpp import provision as llamacpp
+from orchestrator.builder.llamacpp import provision as llamacpp
 from results import machine, write_section
-from orchestrator.build.tiny import TinyShape, make_tiny_checkpoint
+from orchestrator.builder.tiny import TinyShape, make_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 

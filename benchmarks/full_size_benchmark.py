@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 from harness import measure, pipelines  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from orchestrator.build.llamacpp import provision  # noqa: E402
+from orchestrator.builder.llamacpp import provision  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def generate(size: Size, dest: Path) -> None:
     """Shards of at most SHARD_BYTES, each made and saved before the next: memory stays at one shard."""
     import torch
 
-    from orchestrator.build.tiny import TinyShape, _config, _write_json, train_tokenizer
+    from orchestrator.builder.tiny import TinyShape, _config, _write_json, train_tokenizer
 
     if (dest / "config.json").is_file():
         print(f"{dest} exists", flush=True)

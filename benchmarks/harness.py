@@ -75,8 +75,8 @@ def pipelines(ckpt: Path, work: Path, tree: Path, recipe: str) -> dict[str, list
     """(a) orch build, (b) the converter (crash fixed only) and the quantizer, (c) `recipe` (load, normalise, save) then (b)."""
     py = sys.executable
     orch = str(Path(py).with_name("orch"))
-    shim = [py, "-m", "orchestrator.build.llamacpp.shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
-    quant = [py, "-m", "orchestrator.build.llamacpp.quantize"]
+    shim = [py, "-m", "orchestrator.builder.llamacpp.shim", "--llama-cpp", str(tree), "--crash-fix-only", "--"]
+    quant = [py, "-m", "orchestrator.builder.llamacpp.quantize"]
 
     def convert_quantize(model: Path, out: Path) -> list[list[str]]:
         return [shim + [str(model), "--outfile", str(out / "f16.gguf"), "--outtype", "f16"],

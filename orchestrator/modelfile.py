@@ -195,6 +195,33 @@ def _value(text: str, start: int, fail) -> tuple[str, int]:
     return value, end + 1
 
 
+def parse_shown_parameters(text: str) -> dict:
+    """The `parameters` text of Ollama's /api/show (`name   value` a line, strings Go-quoted) as typed values, as parse() types them."""
+    import ast
+    import json
+
+    params: dict = {}
+
+    def fail(problem: str) -> None:
+        raise ValueError(problem)
+
+    for line in (text or "").splitlines():
+        name, _, raw = line.strip().partition(" ")
+        raw = raw.strip()
+        if not name:
+            continue
+        if raw.startswith('"'):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raw = ast.literal_eval(raw)
+        try:
+            _set_parameter(params, name.lower(), str(raw), fail)
+        except ValueError:
+            params[name.lower()] = raw  # a parameter this orch does not know: kept as text, so it shows in a difference
+    return params
+
+
 def _set_parameter(params: dict, name: str, raw: str, fail) -> None:
     try:
         if name in LIST_PARAMETERS:

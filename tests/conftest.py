@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.build.llamacpp import provision as llamacpp
-from orchestrator.build.tiny import make_tiny_checkpoint
+from orchestrator.builder.llamacpp import provision as llamacpp
+from orchestrator.builder.tiny import make_tiny_checkpoint
 
 from support import orch
 
@@ -143,4 +143,5 @@ def ollama_cli(tmp_path, go_render, monkeypatch):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("OLLAMA_DOUBLE_STORE", str(tmp_path / "ollama-store"))
     monkeypatch.setenv("OLLAMA_DOUBLE_RENDER", str(go_render))
+    monkeypatch.setenv("OLLAMA_DOUBLE_HOLD", str(tmp_path / "hold-serve"))  # touch it to keep a restarted serve down
     return script

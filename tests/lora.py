@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.build.checkpoint import read, tensor_shapes
+from orchestrator.builder.checkpoint import read, tensor_shapes
 
 
 def make_lora(dest: Path, base: Path, *, targets: tuple[str, ...] = ("W_pack",), r: int = 4, alpha: int = 8, rslora: bool = False,

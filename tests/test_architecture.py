@@ -35,9 +35,23 @@ def importing(prefixes: set[str], where=lambda module: True) -> dict[str, list[s
     return found
 
 
-def test_build_never_imports_ollama_or_stack():
-    """A build needs no server: the build package stands on its own."""
-    assert importing({"orchestrator.ollama", "orchestrator.stack"}, lambda m: m.startswith("build/")) == {}
+def test_the_builder_never_imports_ollama_or_stack():
+    """A build needs no server: the builder package stands on its own."""
+    assert importing({"orchestrator.ollama", "orchestrator.stack"}, lambda m: m.startswith("builder/")) == {}
+
+
+def test_no_module_shadows_the_standard_library():
+    """A module named like a standard one (inspect, say) is imported in its place by code beside it."""
+    import sys
+
+    shadowing = {m for m in modules() if Path(m).stem in sys.stdlib_module_names}
+    assert shadowing == set()
+
+
+def test_the_runtime_protocol_is_a_leaf():
+    """stack/runtime.py holds the protocol and its records; choosing a runtime (stack/choice.py) imports the runtimes."""
+    assert importing({"orchestrator.stack.docker", "orchestrator.stack.native", "orchestrator.stack.kubernetes",
+                      "orchestrator.stack.choice"}, lambda m: m == "stack/runtime.py") == {}
 
 
 def test_nothing_imports_the_cli():
@@ -66,10 +80,30 @@ def runtimes():
 
 @pytest.mark.parametrize("runtime", runtimes(), ids=lambda r: r.__name__)
 def test_each_runtime_implements_the_one_protocol(runtime):
-    from orchestrator.stack.runtime import Runtime
+    """The same parameters, kinds, defaults and types as Runtime's, with Plan being the runtime's own plan type."""
+    import typing
+
+    from orchestrator.stack import runtime as protocol
 
     assert isinstance(runtime.name, str) and runtime.name
+    plan_type = typing.get_type_hints(runtime.up)["plan"]
     for method in ("preflight", "up", "down", "status", "logs"):
-        want = list(inspect.signature(getattr(Runtime, method)).parameters)
-        got = list(inspect.signature(getattr(runtime, method)).parameters)
-        assert got == want, f"{runtime.__name__}.{method}{got} is not Runtime.{method}{want}"
+        want_sig, got_sig = inspect.signature(getattr(protocol.Runtime, method)), inspect.signature(getattr(runtime, method))
+        want_types = {k: plan_type if v is protocol.Plan else v
+                      for k, v in typing.get_type_hints(getattr(protocol.Runtime, method), vars(protocol)).items()}
+        got_types = typing.get_type_hints(getattr(runtime, method))
+        shape = [(p.name, p.kind, p.default) for p in want_sig.parameters.values()]
+        assert [(p.name, p.kind, p.default) for p in got_sig.parameters.values()] == shape, f"{runtime.__name__}.{method}{got_sig}"
+        assert got_types == want_types, f"{runtime.__name__}.{method}: {got_types} is not {want_types}"
+
+
+def test_every_module_the_tree_names_exists():
+    """Comments, docs and templates that name a module of orch's name one that is there (moved files leave stale names)."""
+    import re
+
+    root = PACKAGE.parent
+    texts = [p for pattern in ("*.md", "**/*.md", "**/*.py", "**/*.yaml", "**/*.sh", "scripts/*") for p in root.glob(pattern)
+             if p.is_file() and ".venv" not in p.parts and "artifacts" not in p.parts]
+    stale = {f"{p.relative_to(root)}: {ref}" for p in texts for ref in re.findall(r"\borchestrator/[\w/]+\.py\b", p.read_text(errors="replace"))
+             if not (root / ref).is_file()}
+    assert stale == set()

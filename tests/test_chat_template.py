@@ -10,8 +10,8 @@ import pytest
 import sentencepiece as spm
 from llama_cpp import Llama
 
-from orchestrator.build.chat_format import ChatMarkers, build_chat_input
-from orchestrator.build.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.builder.chat_format import ChatMarkers, build_chat_input
+from orchestrator.builder.tiny import ASSISTANT_PIECE, USER_PIECE
 
 CONVERSATIONS = {
     "one turn": [{"role": "user", "content": "你好，请介绍一下你自己。"}],

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from orchestrator.build import catalog, checkpoint as ckpt_mod
+from orchestrator.builder import catalog, checkpoint as ckpt_mod
 from orchestrator.errors import OrchError
-from orchestrator.build.fetch import select_files
-from orchestrator.build.plan import make_plan
-from orchestrator.build.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.builder.fetch import select_files
+from orchestrator.builder.plan import make_plan
+from orchestrator.builder.tiny import ASSISTANT_PIECE, USER_PIECE
 from reference import load_weights
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from orchestrator.build.llamacpp import provision as llamacpp
-from orchestrator.build.llamacpp.convert import converter_command
-from orchestrator.build.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.builder.llamacpp import provision as llamacpp
+from orchestrator.builder.llamacpp.convert import converter_command
+from orchestrator.builder.tiny import ASSISTANT_PIECE, USER_PIECE
 from support import build_record
 
 NORMAL, CONTROL = 1, 3
@@ -22,7 +22,7 @@ def test_upstream_converter_still_crashes_on_baichuan(checkpoint, llama_tree, tm
     cmd.insert(cmd.index("--"), "--no-fixes")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "RecursionError" in proc.stderr, (
-        "llama.cpp's converter no longer crashes on Baichuan: the crash fix in orchestrator/build/llamacpp/shim.py "
+        "llama.cpp's converter no longer crashes on Baichuan: the crash fix in orchestrator/builder/llamacpp/shim.py "
         "is stale; drop it and update this test"
     )
 
@@ -34,7 +34,7 @@ def test_build_report_records_what_upstream_got_wrong(built):
     types = {v["piece"]: v["type"] for v in report["upstream_marker_types"].values()}
     assert set(types) == {USER_PIECE, ASSISTANT_PIECE}
     assert all(t != "CONTROL" for t in types.values()), (
-        f"upstream now types the chat markers {types}: the marker fix in orchestrator/build/llamacpp/shim.py is stale"
+        f"upstream now types the chat markers {types}: the marker fix in orchestrator/builder/llamacpp/shim.py is stale"
     )
 
 
@@ -68,7 +68,7 @@ def test_the_space_prefix_flag_says_what_the_tokenizer_does(built, kind):
     assert report["tokenizer_adds_dummy_prefix"] is options.get("dummy_prefix", False)
     assert report["upstream_add_space_prefix"] is None, (
         "upstream now writes tokenizer.ggml.add_space_prefix for Baichuan: the space-prefix fix in "
-        "orchestrator/build/llamacpp/shim.py may be stale"
+        "orchestrator/builder/llamacpp/shim.py may be stale"
     )
     reader = GGUFReader(next(out.glob("*.F32.gguf")))
     field = reader.fields["tokenizer.ggml.add_space_prefix"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from orchestrator.build.llamacpp import provision as llamacpp
-from orchestrator.build.llamacpp.convert import converter_command
+from orchestrator.builder.llamacpp import provision as llamacpp
+from orchestrator.builder.llamacpp.convert import converter_command
 from reference import Reference
 from support import compare, gguf_logits
 

@@ -34,7 +34,13 @@ def test_a_computed_matrix_guides_every_type_and_the_report_shows_its_gain(imatr
         assert field(imatrix_build / a["file"], "quantize.imatrix.entries_count") > 0
         assert a["verify"]["generated_tokens"] > 0
     q4 = types["Q4_K_M"]["quality"]
-    assert q4["without_imatrix"]["kl_divergence"] != q4["kl_divergence"] and "without_imatrix" not in types["IQ4_XS"]["quality"]
+    # the matrix (learned on imatrix.txt) must bring q4_K_M closer to the unquantized model on the report's other text
+    assert q4["kl_divergence"] < q4["without_imatrix"]["kl_divergence"], q4
+    assert "without_imatrix" not in types["IQ4_XS"]["quality"]
+    logs = sorted(p.name for p in (imatrix_build / ".orch" / "logs").glob("quantize-Q4_K_M*.log"))
+    assert logs == ["quantize-Q4_K_M-no-imatrix.log", "quantize-Q4_K_M.log"]
+    assert all("llama_quantize: quantizing" in (imatrix_build / ".orch" / "logs" / n).read_text() for n in logs), \
+        "both rows of the comparison come from the same quantizer, llama-quantize"
     assert not list((imatrix_build / ".orch").glob("*no-imatrix*")), "the comparison's extra quantization is not kept"
 
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from orchestrator.build.llamacpp import provision
-from orchestrator.build.llamacpp.convert import converter_command
+from orchestrator.builder.llamacpp import provision
+from orchestrator.builder.llamacpp.convert import converter_command
 from support import cli
 
 

@@ -80,6 +80,16 @@ def test_a_create_that_ends_in_an_error_line_is_a_failure(ollama_double, tiny_bu
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("name, value", [("temperature", 0.9), ("top_k", 4), ("stop", ["</s>"])])
+def test_a_parameter_the_server_kept_with_another_value_fails_the_confirmation(ollama_double, tiny_build, name, value):
+    """The values /api/show gives back are compared with the Modelfile's, not looked up as substrings."""
+    double = ollama_double()
+    double.fault("alter_parameter", name=name, value=value, path="/api/show")
+    proc = register(tiny_build, double)
+    assert proc.returncode == 1 and "did not keep these parameters" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert f"{name} " in proc.stdout + proc.stderr
+
+
 def test_an_invalid_name_is_refused_before_anything_is_sent(ollama_double, tiny_build):
     double = ollama_double()
     proc = register(tiny_build, double, "--name", "My Bot!")
@@ -133,3 +143,20 @@ def test_modelfile_parser_names_the_line_and_the_problem(tmp_path, text, problem
     path.write_text(text)
     with pytest.raises(OrchError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         modelfile.parse(path)
+
+
+def test_the_clients_errors_are_orchs_whichever_library_sent_the_request(ollama_double, unused_port):
+    """The official client's ResponseError and ConnectionError never leave orch's client: Refused and TransportError do."""
+    from orchestrator.ollama import client
+
+    double = ollama_double()
+    with client.Ollama(double.url) as server:
+        with pytest.raises(client.Refused) as refused:
+            server.show("nosuch:latest")
+        assert refused.value.status_code == 404 and "not found" in refused.value.error
+        assert server.models() == []
+    with client.Ollama(f"http://127.0.0.1:{unused_port}", timeout=5) as server:
+        for call in (lambda: server.show("x"), lambda: list(server.chat("x", [{"role": "user", "content": "hi"}], stream=True)),
+                     lambda: server.create("x", files={})):
+            with pytest.raises(client.TransportError):
+                call()

@@ -18,7 +18,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog
 
     Example: orch models
     """
-    from orchestrator.build.catalog import CATALOG
+    from orchestrator.builder.catalog import CATALOG
 
     rows = [e.row() for e in CATALOG.values()]
     if as_json:
@@ -83,8 +83,8 @@ def build(
 
       orch build baichuan2-13b-chat --quant q4_K_M,iq4_xs --imatrix --min-top1 0.9
     """
-    from orchestrator.build import catalog, pipeline
-    from orchestrator.build.plan import make_plan
+    from orchestrator.builder import catalog, pipeline
+    from orchestrator.builder.plan import make_plan
 
     src = catalog.resolve(source, hub=hub, revision=revision)
     plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp, adapter=adapter,
@@ -171,7 +171,7 @@ def inspect_cmd(
 
       orch inspect ~/Downloads/baichuan2-13b-chat.Q4_K_M.gguf --check
     """
-    from orchestrator.build.inspect import as_dicts, inspect_gguf, verdicts
+    from orchestrator.builder.gguf_check import as_dicts, inspect_gguf, verdicts
 
     info = inspect_gguf(gguf)
     judged = verdicts(gguf, generation=generation, tokenizer=tokenizer) if info["architecture"] == "baichuan" else []

@@ -76,13 +76,13 @@ def apply_cmd(
 
     Example: orch k8s apply ./k8s
     """
-    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime, Rendered
 
     runtime = KubernetesRuntime()
     d = _dir(directory)
-    runtime.preflight(d)  # before any output: no cluster is one line
+    runtime.preflight(Rendered(d))  # before any output: no cluster is one line
     with render.RichReporter() as reporter:
-        runtime.up(d, wait=wait, reporter=reporter)
+        runtime.up(Rendered(d), wait=wait, reporter=reporter)
     _print_status(runtime, d)
 
 

@@ -49,7 +49,7 @@ def up(
       orch up --runtime native --no-webui          # a headless API box
     """
     from orchestrator.stack import compose, config, preflight
-    from orchestrator.stack import runtime as runtimes
+    from orchestrator.stack import choice as runtimes
     from orchestrator.stack import up as stack_up
 
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
@@ -125,7 +125,7 @@ def down(
 
     Example: orch down
     """
-    from orchestrator.stack import runtime
+    from orchestrator.stack import choice as runtime
 
     d = _stack_dir(directory)
     rt, _ = runtime.load(d)
@@ -142,7 +142,7 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
     """
     from orchestrator.errors import OrchError
     from orchestrator.ollama.client import Ollama
-    from orchestrator.stack import runtime
+    from orchestrator.stack import choice as runtime
 
     d = _stack_dir(directory)
     rt, record = runtime.load(d)
@@ -151,7 +151,8 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
         colour = "green" if s.running else "yellow"
         con.print(f"{s.name}: [{colour}]{s.state}[/]{', ' + render.escape(s.detail) if s.detail else ''}")
     try:
-        loaded = Ollama(record.ollama_url).loaded()
+        with Ollama(record.ollama_url) as server:
+            loaded = server.loaded()
     except OrchError as e:
         con.print(str(e))
         return
@@ -171,7 +172,7 @@ def logs(
 
     Example: orch logs open-webui -f
     """
-    from orchestrator.stack import runtime
+    from orchestrator.stack import choice as runtime
 
     d = _stack_dir(directory)
     rt, _ = runtime.load(d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from orchestrator.errors import OrchError
-from orchestrator.ollama.client import Ollama, TransportError, response_error
+from orchestrator.ollama.client import Ollama, Refused, TransportError
 
 HELP = "Type a message and press Enter. /clear forgets the conversation, /bye (or Ctrl-D) leaves."
 
@@ -13,25 +13,25 @@ HELP = "Type a message and press Enter. /clear forgets the conversation, /bye (o
 def chat(model: str, host: str | None = None, *, system: str | None = None, read=input, write=None) -> None:
     """Talk to `model` until the user leaves; each reply is printed as it streams."""
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    refused = response_error()
     with Ollama(host, timeout=300.0) as server:
-        _converse(server, model, system, read, write, refused)
+        _converse(server, model, system, read, write)
 
 
-def _converse(server: Ollama, model: str, system: str | None, read, write, refused) -> None:
+def _converse(server: Ollama, model: str, system: str | None, read, write) -> None:
     try:
         server.show(model)
-    except refused as e:
+    except Refused as e:
         if e.status_code == 404:
             raise OrchError(f"{model} is not on the server at {server.url}: orch build it, or orch register a build") from None
         raise OrchError(f"the server at {server.url} refused {model}: {e.error}") from None
-    except (ConnectionError, TransportError):
+    except TransportError:
         raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host") from None
     write(f"Chatting with {model} at {server.url}. {HELP}\n")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
+    unsent = ""  # a message the server never answered, sent again on an empty line
     while True:
         try:
-            text = read(">>> ").strip()
+            text = read(">>> ").strip() or unsent
         except (EOFError, KeyboardInterrupt):
             write("\n")
             return
@@ -43,6 +43,7 @@ def _converse(server: Ollama, model: str, system: str | None, read, write, refus
             continue
         if not text:
             continue
+        unsent = ""
         history.append({"role": "user", "content": text})
         reply = ""
         try:
@@ -52,11 +53,13 @@ def _converse(server: Ollama, model: str, system: str | None, read, write, refus
                 write(piece)
         except KeyboardInterrupt:
             write("\n(interrupted)\n")
-        except refused as e:
+        except Refused as e:
             write(f"\nerror from the server: {e.error}\n")
-        except (ConnectionError, TransportError) as e:
-            write(f"\nlost the server at {server.url} ({type(e).__name__}); your message was kept, send it again when it is back\n")
-            history.pop()
+        except TransportError as e:
+            history.pop()  # not part of the conversation until the server has answered it
+            unsent = text
+            write(f"\nlost the server at {server.url} ({type(e).__name__}); your message was not answered: "
+                  "press Enter to send it again once the server is back\n")
             continue
         write("\n")
         history.append({"role": "assistant", "content": reply})

@@ -1,11 +1,16 @@
 """The one owner of orch's HTTP: where Ollama is, the session to it, and what its errors mean in plain words.
 
-Every request to an Ollama server goes through `Ollama`: raw httpx where orch
-needs the stream itself (time to first line, upload progress, line-by-line
-fault checks), the official `ollama` client where its typed answers suffice
-(create, show, chat). The few requests to other services (Open WebUI's
-/health, alert webhooks) use `get` and `post_json` here too, so that no
-other module opens a connection.
+Every request to an Ollama server goes through `Ollama`: the official `ollama`
+client where it covers the API (create, show, chat, list, ps), raw httpx only
+for what it lacks: the stream itself (time to first line, line-by-line fault
+checks), blob uploads with progress and retries, /api/version, and the raw
+answers the prober judges. The few requests to other services (Open WebUI's
+/health, alert webhooks) use `get` and `post_json` here too, so that no other
+module opens a connection.
+
+One vocabulary of errors leaves this module whichever library made the
+request: Refused (the server answered with an error status) and TransportError
+(it could not be reached or broke off).
 """
 
 from __future__ import annotations
@@ -34,6 +39,27 @@ ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
 
 class StreamError(OrchError):
     """A streamed answer that broke Ollama's NDJSON contract, said in plain words."""
+
+
+class Refused(OrchError):
+    """The server answered with an error status; `error` is its own text."""
+
+    def __init__(self, status_code: int, error: str):
+        super().__init__(error)
+        self.status_code, self.error = status_code, error
+
+
+@contextmanager
+def _official_errors() -> Iterator[None]:
+    """The official client's exceptions, turned into this module's."""
+    import ollama
+
+    try:
+        yield
+    except ollama.ResponseError as e:
+        raise Refused(e.status_code, error_text(e)) from None
+    except ConnectionError as e:  # the official client's word for httpx.ConnectError
+        raise httpx.ConnectError(short(e)) from None
 
 
 @dataclass(frozen=True)
@@ -110,13 +136,15 @@ def post_json(url: str, body: dict, timeout: float = 10.0) -> httpx.Response:
 class Ollama:
     """One Ollama server: its URL, a pooled HTTP session, and the official client over the same URL."""
 
-    def __init__(self, host: str | None = None, *, timeout: float = 30.0, connect: float = 5.0):
+    def __init__(self, host: str | None = None, *, timeout: float = 30.0, connect: float = 5.0, connections: int = 10):
+        """`connections`: how many requests may be in flight at once (bench sets one per simulated user)."""
         self.url = resolve_host(host)
-        self.timeout, self.connect = timeout, connect
+        self.timeout, self.connect, self.connections = timeout, connect, connections
 
     @cached_property
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)))
+        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)),
+                            limits=httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections))
 
     @cached_property
     def api(self):
@@ -125,8 +153,11 @@ class Ollama:
         return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect))
 
     def close(self) -> None:
+        """Close both sessions, the official client's too."""
         if "http" in self.__dict__:
             self.http.close()
+        if "api" in self.__dict__:
+            self.api._client.close()
 
     def __enter__(self) -> "Ollama":
         return self
@@ -196,16 +227,18 @@ class Ollama:
     def models(self) -> list[str]:
         """Names of the models the server has (empty when it cannot be asked)."""
         try:
-            return [m.get("name") or m.get("model") for m in self.http.get("/api/tags").json().get("models", [])]
-        except (httpx.HTTPError, ValueError, AttributeError):
+            with _official_errors():
+                return [m.model for m in self.api.list().models if m.model]
+        except (Refused, httpx.HTTPError, ValueError):
             return []
 
     def loaded(self) -> list[dict]:
         """/api/ps: the models in memory with their size and GPU share. Raises OrchError when the server does not answer."""
         try:
-            return self.http.get("/api/ps", timeout=5).json().get("models", [])
-        except (httpx.HTTPError, ValueError, AttributeError) as e:
-            raise OrchError(f"Ollama did not answer {self.url}/api/ps ({explain(e) if isinstance(e, httpx.HTTPError) else 'not JSON'})") from None
+            with _official_errors():
+                return [m.model_dump(mode="json") | {"name": m.model} for m in self.api.ps().models]
+        except (Refused, httpx.HTTPError, ValueError) as e:
+            raise OrchError(f"Ollama did not answer {self.url}/api/ps ({explain(e) if isinstance(e, httpx.HTTPError) else e})") from None
 
     # --- blobs ------------------------------------------------------------------------------------------------------
     def upload_blob(self, path: Path, digest: str, *, reporter: Reporter = SILENT) -> bool:
@@ -235,23 +268,28 @@ class Ollama:
 
     # --- through the official client --------------------------------------------------------------------------------
     def create(self, name: str, *, on_status: Callable[[str], None] = lambda s: None, **request) -> None:
-        """POST /api/create, streamed: each status line to `on_status`; an error line raises."""
-        for status in self.api.create(model=name, stream=True, **request):
-            if status.status:
-                on_status(status.status)
+        """POST /api/create, streamed: each status line to `on_status`; an error line raises Refused."""
+        with _official_errors():
+            for status in self.api.create(model=name, stream=True, **request):
+                if status.status:
+                    on_status(status.status)
 
     def show(self, name: str):
-        return self.api.show(name)
+        with _official_errors():
+            return self.api.show(name)
 
     def chat(self, name: str, messages: list[dict], *, stream: bool = False, options: dict | None = None):
-        return self.api.chat(model=name, messages=messages, stream=stream, options=options)
+        """The official client's chat; a stream is read through, so its errors arrive as Refused or TransportError too."""
+        with _official_errors():
+            answer = self.api.chat(model=name, messages=messages, stream=stream, options=options)
+            if not stream:
+                return answer
+        return self._relay(answer)
 
-
-def response_error():
-    """The `ollama` client's error type (an HTTP error status from the server)."""
-    import ollama
-
-    return ollama.ResponseError
+    @staticmethod
+    def _relay(parts):
+        with _official_errors():
+            yield from parts
 
 
 def _chunks(path: Path, advance: Callable[[float], None]):

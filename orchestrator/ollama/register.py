@@ -10,6 +10,7 @@ then /api/show and one short /api/chat confirm what took.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from orchestrator import names
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import sha256_file
-from orchestrator.ollama.client import Ollama, TransportError, error_text, manual_command, response_error
+from orchestrator.ollama.client import Ollama, Refused, TransportError, error_text, manual_command
 
 CONFIRM_PROMPT = "你好"
 
@@ -91,10 +92,10 @@ def register(modelfile: Path, name: str, host: str | None = None, *, reporter: R
                           on_status=lambda s: reporter.note(f"  server: {s}"))
             if confirm:
                 reg.confirmed = confirm_registration(server, name, mf)
-        except (response_error(), OrchError) as e:
+        except (Refused, OrchError) as e:
             reg.status, reg.message = "failed", f"Ollama {version} at {server.url} refused {name}: {error_text(e)}"
             return reg
-        except (TransportError, ConnectionError) as e:
+        except TransportError as e:
             reg.status, reg.message = "failed", f"lost Ollama at {server.url} while registering {name} ({type(e).__name__}): run orch register again"
             return reg
     sent = "uploaded the GGUF" if reg.uploaded else "the server already had the GGUF"
@@ -112,15 +113,23 @@ def confirm_registration(server: Ollama, name: str, mf) -> dict:
     shown = server.show(name)
     if mf.template is not None and (shown.template or "") != mf.template:
         raise OrchError(f"the server's template for {name} differs from the Modelfile's")
-    params = shown.parameters or ""
-    missing = [f"{k} {v}" for k, values in mf.parameters.items() for v in (values if isinstance(values, list) else [values])
-               if k not in params or (isinstance(v, str) and v not in params)]
-    if missing:
-        raise OrchError(f"the server did not keep these parameters of {name}: {', '.join(missing)}")
+    kept = mf_mod.parse_shown_parameters(shown.parameters or "")
+    differ = [f"{k} {v!r} (the server has {kept.get(k, 'none')!r})" for k, v in mf.parameters.items() if not _same(v, kept.get(k))]
+    if differ:
+        raise OrchError(f"the server did not keep these parameters of {name}: {', '.join(differ)}")
     t = time.monotonic()
     reply = server.chat(name, [{"role": "user", "content": CONFIRM_PROMPT}], options={"num_predict": 8, "temperature": 0})
     return {"template": True, "parameters": sorted(mf.parameters), "chat_reply": reply.message.content,
             "chat_seconds": round(time.monotonic() - t, 3)}
+
+
+def _same(want, got) -> bool:
+    """A parameter's value as sent and as shown (Ollama keeps floats as float32, so 0.3 comes back as 0.30000001)."""
+    if isinstance(want, list):
+        return isinstance(got, list) and len(want) == len(got) and all(_same(w, g) for w, g in zip(want, got))
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        return math.isclose(want, got, rel_tol=1e-6)
+    return want == got and type(want) is type(got)
 
 
 def _digest(gguf: Path, reporter: Reporter) -> str:

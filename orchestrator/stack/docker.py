@@ -12,7 +12,8 @@ from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.stack import compose, preflight
 from orchestrator.stack.config import StackPlan
-from orchestrator.stack.runtime import ServiceState, Started, stream
+from orchestrator.stack.process import stream
+from orchestrator.stack.runtime import ServiceState, Started
 
 PROJECT = "orch"
 

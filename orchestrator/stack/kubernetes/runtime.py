@@ -12,15 +12,17 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
 from orchestrator.errors import OrchError
-from orchestrator.events import SILENT, Reporter
+from orchestrator.events import Reporter
 from orchestrator.files import sha256_file
-from orchestrator.stack.runtime import ServiceState, Started, stream
+from orchestrator.stack.process import stream
+from orchestrator.stack.runtime import ServiceState, Started
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
 
 KUBECTL_ENV = "ORCH_KUBECTL"
@@ -84,20 +86,24 @@ def model_of(directory: Path) -> dict:
     return {"name": env["MODEL_NAME"], "modelfile": env["MODELFILE"], "sha256": env["MODEL_SHA256"]}
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What the Kubernetes runtime starts from: a directory `orch k8s render` wrote (it names the build it came from)."""
+
+    directory: Path
+
+
 class KubernetesRuntime:
     name = "kubernetes"
 
-    def preflight(self, plan) -> None:
+    def preflight(self, plan: Rendered) -> None:
         """A rendered directory and a cluster that answers in the current kube context; nothing is changed."""
-        namespace_of(plan)
+        namespace_of(plan.directory)
         Kubectl().context()
 
-    def up(self, plan: Path, *, wait: float = 1800, reporter: Reporter = SILENT) -> Started:
-        """kubectl apply -k, the build onto the model volume (checked by sha256), then wait for the rollouts and readiness.
-
-        `plan` is the rendered directory (it records which build it was rendered from).
-        """
-        directory = plan
+    def up(self, plan: Rendered, *, wait: float, reporter: Reporter) -> Started:
+        """kubectl apply -k, the build onto the model volume (checked by sha256), then wait for the rollouts and readiness."""
+        directory = plan.directory
         k = Kubectl(namespace_of(directory))
         with reporter.task("kubectl apply -k"):
             k.run("apply", "-k", str(directory), namespaced=False, timeout=300)

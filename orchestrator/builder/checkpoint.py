@@ -9,10 +9,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.build import normhead
-from orchestrator.build.catalog import POSITIONS, positions
-from orchestrator.build.chat_format import ChatMarkers
-from orchestrator.build.sentencepiece_model import SentencePieceModel
+from orchestrator.builder import normhead
+from orchestrator.builder.catalog import POSITIONS, positions
+from orchestrator.builder.chat_format import ChatMarkers
+from orchestrator.builder.sentencepiece_model import SentencePieceModel
 from orchestrator.errors import BadInput
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -173,10 +173,14 @@ def tensor_shapes(path: Path, fmt: str, files: list[str]) -> dict[str, tuple[int
 
 
 def _safetensors_shapes(f: Path) -> dict[str, tuple[int, ...]]:
-    with open(f, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    """Shapes from the header, read and bounded by safetensors itself (a garbage length or entry is its error, not ours)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="numpy") as st:
+            return {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+    except SafetensorError as e:
+        raise ValueError(str(e)) from None
 
 
 class _ShapeUnpickler(pickle.Unpickler):

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from orchestrator import paths
-from orchestrator.build.catalog import Source
-from orchestrator.build.checkpoint import CONFIG_FILES, LICENSE_GLOBS
+from orchestrator.builder.catalog import Source
+from orchestrator.builder.checkpoint import CONFIG_FILES, LICENSE_GLOBS
 from orchestrator.errors import BadInput, OrchError
 
 # read as text for Baichuan 1/2 detection (it defines NormHead); never imported or executed
@@ -77,8 +77,8 @@ def fetch(source: Source, before_download: Callable[[], None] = lambda: None) ->
 
 def fetch_adapter(spec: str, hub: str = "hf", revision: str | None = None) -> Fetched:
     """A LoRA adapter: a local directory, or a hub repo (only adapter_config.json and its weights are downloaded)."""
-    from orchestrator.build.adapter import CONFIG, WEIGHTS
-    from orchestrator.build.catalog import REPO_ID
+    from orchestrator.builder.adapter import CONFIG, WEIGHTS
+    from orchestrator.builder.catalog import REPO_ID
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -98,7 +98,7 @@ def fetch_adapter(spec: str, hub: str = "hf", revision: str | None = None) -> Fe
 
 def tiny_checkpoint(layers: int = 32) -> Path:
     """The tiny model for `orch build tiny`, generated once into the cache."""
-    from orchestrator.build.tiny import make_tiny_checkpoint
+    from orchestrator.builder.tiny import make_tiny_checkpoint
 
     dest = paths.cache_home() / "models" / f"tiny-{layers}"
     if not (dest / "config.json").is_file():

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import names, paths
-from orchestrator.build import quants
-from orchestrator.build.catalog import Source, slug
+from orchestrator.builder import quants
+from orchestrator.builder.catalog import Source, slug
 from orchestrator.errors import BadInput
 
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.build import quants
+from orchestrator.builder import quants
 from orchestrator.errors import BadInput
 
 # llama.cpp's baichuan graph is chosen by layer count: 32 is the 7B graph (RoPE), 40 the 13B graph (ALiBi, max bias 8)

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.build.llamacpp.process import run_watched
-from orchestrator.build.llamacpp.provision import LlamaCpp
+from orchestrator.builder.llamacpp.process import run_watched
+from orchestrator.builder.llamacpp.provision import LlamaCpp
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path
 
-SHIM = "orchestrator.build.llamacpp.shim"
+SHIM = "orchestrator.builder.llamacpp.shim"
 
 
 def converter_command(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: str, *, model_name: str, normhead: bool,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.build.catalog import positions
+from orchestrator.builder.catalog import positions
 from orchestrator.errors import BadInput
 
 CONTROL = 3
@@ -169,7 +169,7 @@ def _space_prefix(reader, gen: int | None, tokenizer: Path | None) -> Verdict:
     effective = True if flag is None else bool(flag)  # llama.cpp assumes SentencePiece's dummy prefix when the key is absent
     shown = f"add_space_prefix {'unset (llama.cpp then adds the space)' if flag is None else str(bool(flag)).lower()}"
     if tokenizer is not None:
-        from orchestrator.build.sentencepiece_model import SentencePieceModel
+        from orchestrator.builder.sentencepiece_model import SentencePieceModel
 
         expected, source = SentencePieceModel.read(tokenizer).add_dummy_prefix, f"{tokenizer}"
     elif (recorded := _field(reader, "orch.tokenizer.add_dummy_prefix")) is not None:

@@ -1,6 +1,6 @@
 """Run llama.cpp's `convert_hf_to_gguf.py` with orch's Baichuan fixes applied in memory.
 
-Run as `python -m orchestrator.build.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
+Run as `python -m orchestrator.builder.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS`.
 The provisioned tree is never edited. Four changes, each as small as it can be:
 
 1. crash: `BaichuanModel.modify_tensors` calls itself for every tensor other
@@ -32,14 +32,14 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.build.sentencepiece_model import SentencePieceModel
+from orchestrator.builder.sentencepiece_model import SentencePieceModel
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" not in argv:
-        raise SystemExit("usage: python -m orchestrator.build.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS")
+        raise SystemExit("usage: python -m orchestrator.builder.llamacpp.shim --llama-cpp DIR [options] -- CONVERTER ARGS")
     split = argv.index("--")
-    p = argparse.ArgumentParser(prog="orchestrator.build.llamacpp.shim")
+    p = argparse.ArgumentParser(prog="orchestrator.builder.llamacpp.shim")
     p.add_argument("--llama-cpp", type=Path, required=True)
     p.add_argument("--report", type=Path)
     p.add_argument("--normhead", action="store_true", help="row-normalise lm_head.weight (Baichuan 2)")
@@ -84,7 +84,7 @@ def rows_in_chunks(model, name: str, *, normalize: bool, rows_per_chunk: int | N
         def chunk() -> np.ndarray:
             rows = LazyTorchTensor.to_eager(tensors[name]())[lo:hi]  # a view of the mapped checkpoint: no copy yet
             if normalize:
-                from orchestrator.build.normhead import normalize_rows
+                from orchestrator.builder.normhead import normalize_rows
 
                 return normalize_rows(rows).numpy()
             return rows.to(torch.float32).numpy()
@@ -119,7 +119,7 @@ def apply_fixes(model_cls, token_types, *, normhead: bool, control_ids: list[int
             yield self.map_tensor_name(name), chunked
             return
         if normhead and name == "lm_head.weight":
-            from orchestrator.build.normhead import normalize_rows
+            from orchestrator.builder.normhead import normalize_rows
 
             data_torch = normalize_rows(data_torch)
             report["normhead_applied"] = True
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"normhead_requested": args.normhead, "normhead_applied": False, "fixes": not args.no_fixes}
     factors = None
     if args.adapter is not None:
-        from orchestrator.build import adapter
+        from orchestrator.builder import adapter
 
         factors = adapter.Factors(adapter.read(args.adapter, base_shapes=None))
     if not args.no_fixes:

@@ -1,13 +1,21 @@
-"""Stage 5: load each GGUF with llama.cpp, prove the chat markers are single tokens, generate a few tokens."""
+"""Load each GGUF with llama.cpp, prove the chat markers are single tokens, generate a few tokens.
+
+The build runs it in a child process (`python -m orchestrator.builder.verify
+REQUEST RESULT`, through in_child), like every other llama.cpp job: llama.cpp's
+memory never joins the build's, and a crash in it is one line, not the build's end.
+"""
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
+import dataclasses
+import json
+import sys
 from pathlib import Path
 
+from orchestrator.builder.chat_format import ChatMarkers, build_chat_input
 from orchestrator.errors import OrchError
-from orchestrator.build.chat_format import ChatMarkers, build_chat_input
+from orchestrator.events import SILENT, Reporter
+from orchestrator.files import atomic_path
 
 SMOKE_PROMPT = "你好，请介绍一下你自己。"
 
@@ -15,10 +23,9 @@ SMOKE_PROMPT = "你好，请介绍一下你自己。"
 def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: Path | None = None, eos_id: int = 2,
            n_tokens: int = 8) -> dict:
     """Refuse a GGUF that is not the model, cannot produce its chat markers, or tokenises prompts differently."""
-    with without_repacking():
-        from llama_cpp import Llama
+    from orchestrator.builder.llamacpp.load import load
 
-        llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=os.cpu_count() or 1, verbose=False)
+    llm = load(gguf, n_ctx=256)
     try:
         meta = llm.metadata
         if meta.get("general.architecture") != "baichuan" or int(meta.get("baichuan.block_count", -1)) != layers:
@@ -54,31 +61,6 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: P
         llm.close()
 
 
-@contextmanager
-def without_repacking():
-    """Load weights straight from the mapped file, without llama.cpp's CPU repacking into anonymous memory.
-
-    Repacking speeds up long CPU runs by copying the quantized weights into
-    another layout: for a check of a few tokens it only costs memory (3.3 GB at
-    7B, the largest anything in a build held). llama-cpp-python's Llama takes
-    no flag for it, so its model defaults are adjusted for the load.
-    """
-    import llama_cpp.llama_cpp as native
-
-    defaults = native.llama_model_default_params
-
-    def no_extra_buffers():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    native.llama_model_default_params = no_extra_buffers
-    try:
-        yield
-    finally:
-        native.llama_model_default_params = defaults
-
-
 def _same_as_sentencepiece(gguf: Path, got: list[int], tokenizer: Path, markers: ChatMarkers | None) -> None:
     from sentencepiece import SentencePieceProcessor
 
@@ -90,3 +72,38 @@ def _same_as_sentencepiece(gguf: Path, got: list[int], tokenizer: Path, markers:
     if got != want:
         raise OrchError(f"{gguf.name}: a prompt tokenises to {got[:8]}… in llama.cpp but {want[:8]}… in the model's own "
                         "tokenizer, so the model would read every prompt differently: rebuild with --force")
+
+
+def in_child(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: Path | None, eos_id: int, work: Path,
+             reporter: Reporter = SILENT) -> dict:
+    """verify() in a child process; its refusal comes back as the same one-line OrchError."""
+    from orchestrator.builder.llamacpp.process import run_watched
+
+    request = work / f"verify-{gguf.name}.json"
+    request.write_text(json.dumps({"gguf": str(gguf), "layers": layers, "eos_id": eos_id, "tokenizer": str(tokenizer) if tokenizer else None,
+                                   "markers": dataclasses.asdict(markers) if markers else None}))
+    result = work / f"verify-{gguf.name}.result.json"
+    with atomic_path(result) as tmp:
+        run_watched([sys.executable, "-m", __name__, str(request), str(tmp)], watch=None, expected_bytes=None,
+                    what=f"verify {gguf.name}", log=work / "logs" / f"verify-{gguf.name}.log", reporter=reporter)
+    answer = json.loads(result.read_text())
+    request.unlink(missing_ok=True)
+    result.unlink(missing_ok=True)
+    if "error" in answer:
+        raise OrchError(answer["error"])
+    return answer
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        answer = verify(Path(job["gguf"]), layers=job["layers"], markers=ChatMarkers(**job["markers"]) if job["markers"] else None,
+                        tokenizer=Path(job["tokenizer"]) if job["tokenizer"] else None, eos_id=job["eos_id"])
+    except OrchError as e:
+        answer = {"error": str(e)}
+    Path(argv[1]).write_text(json.dumps(answer, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

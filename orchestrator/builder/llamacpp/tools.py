@@ -5,6 +5,7 @@ pointer to a C++ map, out of Python's reach; so for --imatrix and the IQ
 types orch compiles `llama-imatrix` and `llama-quantize` from the same
 llama.cpp release (CPU only, for this machine) into its cache, once (a few
 minutes; cmake and a C++ compiler needed). Without --imatrix none of this runs.
+They are compiled for this CPU without llama.cpp's AMX path (cpu.py says why).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import paths
-from orchestrator.build.llamacpp.process import run_watched
-from orchestrator.build.llamacpp.provision import LlamaCpp
+from orchestrator.builder.llamacpp import cpu
+from orchestrator.builder.llamacpp.process import run_watched
+from orchestrator.builder.llamacpp.provision import LlamaCpp
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path
 
 PROGRAMS = ("llama-imatrix", "llama-quantize")
 CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                 "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"]
+                 "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+                 *cpu.cmake_flags()]
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,11 @@ def compute_imatrix(tools: Tools, model: Path, text: Path, tokens: int, final: P
             raise OrchError(f"llama-imatrix wrote no importance matrix: see {log}")
 
 
-def quantize(tools: Tools, source: Path, final: Path, quant: str, imatrix: Path, *, expected_bytes: int, log: Path,
+def quantize(tools: Tools, source: Path, final: Path, quant: str, imatrix: Path | None, *, expected_bytes: int, log: Path,
              reporter: Reporter = SILENT) -> None:
-    """llama-quantize with the importance matrix."""
+    """llama-quantize, with the importance matrix when one is given (the report's comparison without it uses the same binary)."""
     with atomic_path(final) as tmp:
-        cmd = [str(tools.quantize), "--imatrix", str(imatrix), str(source), str(tmp), quant, str(os.cpu_count() or 1)]
-        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=f"quantize to {quant} (imatrix)", log=log, reporter=reporter)
+        matrix = ["--imatrix", str(imatrix)] if imatrix else []
+        cmd = [str(tools.quantize), *matrix, str(source), str(tmp), quant, str(os.cpu_count() or 1)]
+        what = f"quantize to {quant}{' (imatrix)' if imatrix else ''}"
+        run_watched(cmd, watch=tmp, expected_bytes=expected_bytes, what=what, log=log, reporter=reporter)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.build.checkpoint import tensor_shapes
+from orchestrator.builder.checkpoint import tensor_shapes
 from orchestrator.errors import BadInput
 
 TARGETS = ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -1,6 +1,6 @@
 """llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python), in a child process.
 
-Run as `python -m orchestrator.build.llamacpp.quantize INPUT OUTPUT TYPE`.
+Run as `python -m orchestrator.builder.llamacpp.quantize INPUT OUTPUT TYPE`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.build.llamacpp.process import run_watched
+from orchestrator.builder.llamacpp.process import run_watched
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path
 

@@ -8,14 +8,13 @@ same tokens as for the unquantized GGUF, and the report gives:
   - mean KL divergence of the quantized distribution from the unquantized one (nats; 0 is identical),
   - top-1 agreement: the share of positions where both predict the same next token,
   - perplexity of each on the text (the unquantized one's too: the yardstick).
-It runs in a child process (`python -m orchestrator.build.quality`), so
+It runs in a child process (`python -m orchestrator.builder.quality`), so
 llama.cpp's memory never joins the build's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def describe(tokens: list[int]) -> dict:
 
 def evaluate(base: Path, quantized: dict[str, Path], tokens: list[int], *, work: Path, reporter: Reporter = SILENT) -> dict[str, dict]:
     """{type: figures} for each quantized GGUF against `base`, computed in a child process."""
-    from orchestrator.build.llamacpp.process import run_watched
+    from orchestrator.builder.llamacpp.process import run_watched
 
     request = work / "quality-request.json"
     request.write_text(json.dumps({"base": str(base), "quantized": {k: str(v) for k, v in quantized.items()}, "tokens": tokens}))
@@ -57,13 +56,9 @@ def log_probs(gguf: Path, tokens: list[int]):
     """Next-token log-probabilities at every position, float32 [positions, vocab]."""
     import numpy as np
 
-    from orchestrator.build.verify import without_repacking
+    from orchestrator.builder.llamacpp.load import scoring
 
-    with without_repacking():
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=str(gguf), n_ctx=len(tokens) + 8, n_batch=min(512, len(tokens)), logits_all=True,
-                    n_threads=os.cpu_count() or 1, verbose=False)
+    llm = scoring(gguf, len(tokens))
     try:
         llm.eval(tokens)
         out = np.empty((len(tokens), llm.n_vocab()), dtype=np.float32)
