@@ -35,25 +35,37 @@ def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
     return proc
 
 
-def llama(gguf: Path, *, n_ctx: int = 512):
-    """llama.cpp with an f32 KV cache, so that differences come from the weights, not the cache."""
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0, n_threads=os.cpu_count() or 1,
-                 verbose=False, seed=0)
+LLAMA_CHILD = Path(__file__).resolve().with_name("llama_child.py")
 
 
-def gguf_logits(gguf: Path, sequences: list[list[int]]) -> list[np.ndarray]:
-    llm = llama(gguf)
-    try:
-        out = []
-        for seq in sequences:
-            llm.reset()
-            llm.eval(seq)
-            out.append(np.array(llm.scores[: len(seq)], dtype=np.float64))
-        return out
-    finally:
-        llm.close()
+def in_llama_child(request: dict, *, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run tests/llama_child.py; a llama.cpp crash becomes one failed assertion naming the signal and this CPU."""
+    from orchestrator.builder.llamacpp import cpu
+
+    proc = subprocess.run([sys.executable, str(LLAMA_CHILD)], input=json.dumps(request), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        raise AssertionError(f"llama.cpp ({request['do']} on {Path(request['gguf']).name}) died with {how} on a "
+                             f"{cpu.describe()}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def gguf_logits(gguf: Path, sequences: list[list[int]], *, settings: str = "f32-kv") -> list[np.ndarray]:
+    """llama.cpp's logits at every position of each sequence, computed in a child process (see llama_child.py)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "logits.npz"
+        in_llama_child({"do": "logits", "gguf": str(gguf), "sequences": sequences, "settings": settings, "out": str(out)})
+        with np.load(out) as arrays:
+            return [arrays[f"arr_{i}"] for i in range(len(sequences))]
+
+
+def generate(gguf: Path, prompt: str, tokens: int, *, repack: bool) -> dict:
+    """Greedy generation in a child process, llama.cpp's weight repacking on or off."""
+    proc = in_llama_child({"do": "generate", "gguf": str(gguf), "prompt": prompt, "tokens": tokens, "repack": repack})
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -135,6 +147,19 @@ class OllamaDouble:
         import httpx
 
         return httpx.post(f"{self.url}{path}", json=body, timeout=60)
+
+
+def wait_until(condition, *, timeout: float = 30, what: str = "the condition", every: float = 0.05):
+    """Poll `condition` until it returns something true (returned) or `timeout` seconds pass (an AssertionError naming `what`)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := condition():
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(every)
 
 
 def read_json_lines(proc: subprocess.Popen, predicate, timeout: float = 60) -> list[dict]:

@@ -1,4 +1,4 @@
-"""q8_0 and q4_K_M builds load and generate; their top-1 agreement with f16 is measured and kept as an artifact."""
+"""q8_0 and q4_K_M builds load and generate on any CPU; their top-1 agreement with f16 is measured and kept as an artifact."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from llama_cpp import Llama
 
-from support import build_record, gguf_logits
+from support import build_record, generate, gguf_logits
 
 PROMPTS = [[1, *range(40, 72)], [1, *range(300, 340, 2)], [1, *range(700, 1000, 9)]]
 
@@ -29,18 +28,38 @@ def agreement(built, artifacts_dir):
     return figures
 
 
+@pytest.mark.parametrize("repack", [True, False], ids=["repacked", "mapped"])
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
-def test_quantized_build_loads_and_generates(built, quant):
+def test_quantized_build_generates_with_and_without_weight_repacking(built, quant, repack):
+    """What Ollama's llama-server does (repacking the weights for this CPU: AVX2, AVX-512, AMX) and what orch's checks do
+    (weights as mapped): both generate, in a child process whose crash names this machine's CPU features."""
     out = built(32)
     record = next(a for a in build_record(out)["artifacts"] if a["type"] == quant)
     assert record["verify"]["generated_tokens"] > 0
-    llm = Llama(model_path=str(out / record["file"]), n_ctx=128, verbose=False)
-    try:
-        assert llm.metadata["general.file_type"] == {"Q8_0": "7", "Q4_K_M": "15"}[quant]
-        text = llm("The quick brown fox", max_tokens=6, temperature=0.0)["choices"][0]["text"]
-        assert llm.tokenize(text.encode(), add_bos=False), "no tokens generated"
-    finally:
-        llm.close()
+    done = generate(out / record["file"], "<reserved_106>你好<reserved_107>", 8, repack=repack)
+    assert done["file_type"] == {"Q8_0": "7", "Q4_K_M": "15"}[quant]
+    assert done["usage"]["completion_tokens"] > 0, "no tokens generated"
+
+
+def test_no_llama_cpp_orch_runs_carries_the_amx_path():
+    """llama.cpp's AMX kernels crash on AMX CPUs when GCC < 13 compiled them (docs/upstream/amx-tile-config.md):
+    llama-cpp-python is installed without them, so no tile instruction is in its libraries."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import llama_cpp
+
+    from orchestrator.builder.llamacpp import cpu
+
+    assert not cpu.runtime_has_amx(), llama_cpp.llama_print_system_info().decode()
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed: apt-get install binutils"
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so*"))
+    assert libs, "llama-cpp-python ships its libraries in llama_cpp/lib"
+    for lib in libs:
+        text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True).stdout
+        assert "ldtilecfg" not in text and "tdpbssd" not in text, f"{lib.name} holds AMX tile instructions"
 
 
 def test_quantized_outputs_mostly_agree_with_f16(agreement):
