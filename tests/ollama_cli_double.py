@@ -3,7 +3,8 @@
 It answers the subcommands orch's scripts and probes use, against the server
 $OLLAMA_HOST names (as the real CLI does):
   serve               run tests/ollama_double.py there (store and template renderer from $OLLAMA_DOUBLE_STORE and
-                      $OLLAMA_DOUBLE_RENDER)
+                      $OLLAMA_DOUBLE_RENDER); while the file $OLLAMA_DOUBLE_HOLD exists it waits first (at most
+                      60 s): a server slow to come back, so a test can watch the outage before it ends
   list                the server's models; exit 1 when it does not answer
   show NAME           exit 0 when the server has NAME, 1 ("Error: model 'NAME' not found") when not
   create NAME -f F    the Modelfile F registered under NAME (its GGUF uploaded, then /api/create)
@@ -34,6 +35,11 @@ def main(argv: list[str]) -> int:
         return 2
     command, args = argv[0], argv[1:]
     if command == "serve":
+        import time
+
+        hold, deadline = os.environ.get("OLLAMA_DOUBLE_HOLD"), time.monotonic() + 60
+        while hold and Path(hold).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         hostport = (os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434").split("://")[-1]
         bind, _, port = hostport.rpartition(":")
         os.execv(sys.executable, [sys.executable, str(HERE / "ollama_double.py"), "--store", os.environ["OLLAMA_DOUBLE_STORE"],

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestrator.ollama.alerts import Alerter, redact
-from support import ORCH, cli, read_json_lines
+from support import ORCH, cli, read_json_lines, wait_until
 
 MODEL = "tiny:q4_K_M"
 TOKEN = "T000/B000/s3cr3t-token"
@@ -52,9 +52,7 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{TOKEN}"
 
     def wait_for(self, n: int, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.bodies) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(self.bodies) >= n, timeout=timeout, what=f"{n} alerts received")
         return self.bodies
 
 
@@ -72,15 +70,15 @@ def test_alerts_queued_while_the_receiver_is_down_arrive_once_each_in_order(rece
     try:
         for kind in ("failed", "recovered", "failed"):
             alerter.send(kind, f"{kind} message", time.time(), "http://ollama:11434", MODEL, [])
-        time.sleep(2.5)
-        assert receiver.attempts >= 2 and receiver.bodies == [], "refused while down, and retried"
+        wait_until(lambda: receiver.attempts >= 2, what="the refused alert retried")
+        assert receiver.bodies == [], "nothing counts as delivered while the receiver refuses"
         receiver.mode = "ok"
         bodies = receiver.wait_for(3)
     finally:
         alerter.close()
+    assert not alerter.thread.is_alive(), "close returns once the queue is drained"
     assert [b["kind"] for b in bodies] == ["failed", "recovered", "failed"]
     assert len({b["id"] for b in bodies}) == 3, "no alert was delivered twice"
-    time.sleep(0.5)
     assert len(receiver.bodies) == 3
     assert notes and all(TOKEN not in n for n in notes) and redact(receiver.url) in notes[0]
 
