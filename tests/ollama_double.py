@@ -180,9 +180,9 @@ class Handler(BaseHTTPRequestHandler):
             if d.take_fault(path, "html"):
                 self.body()
                 return self.send(200, "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>", "text/html")
-            if path != "/" and d.take_fault(path, "http500"):
+            if path != "/" and (f := d.take_fault(path, "http500")):
                 self.body()
-                return self.error(500, "injected internal server error")
+                return self.error(500, f.get("error", "injected internal server error"))
         route = getattr(self, "route_" + (self.command + path.replace("/", "_").replace(".", "_")).lower().split(":")[0], None)
         if route is None and path.startswith("/api/blobs/"):
             route = self.blob_route
@@ -231,7 +231,10 @@ class Handler(BaseHTTPRequestHandler):
         if name is None:
             return
         m = self.double.models[name]
-        params = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in (m.get("parameters") or {}).items()
+        shown = dict(m.get("parameters") or {})
+        if altered := self.double.take_fault("/api/show", "alter_parameter"):  # a server that keeps another value
+            shown[altered["name"]] = altered["value"]
+        params = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in shown.items()
                            for v in (vs if isinstance(vs, list) else [vs]))
         self.send(200, {"modelfile": f"FROM {m['digest']}\n", "parameters": params, "template": m.get("template") or "{{ .Prompt }}",
                         "system": m.get("system") or "", "license": "\n".join(m.get("license") or []),
@@ -242,7 +245,9 @@ class Handler(BaseHTTPRequestHandler):
     def route_get_api_ps(self):
         d = self.double
         until = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
-        self.send(200, {"models": [self.describe(n) | {"size_vram": 0, "expires_at": until} for n in d.loaded]})
+        share = (d.take_fault("/api/ps", "vram") or {}).get("share", 0)  # a GPU server's placement: this share in GPU memory
+        self.send(200, {"models": [(m := self.describe(n)) | {"size_vram": int(m["size"] * share), "expires_at": until}
+                                   for n in d.loaded]})
 
     def route_delete_api_delete(self):
         name = self.find(self.body().get("model"))

@@ -127,3 +127,25 @@ def test_not_enough_free_disk(mounted):
     line = fails_cleanly("tiny", "-o", str(small / "out"))
     assert "not enough free disk" in line and "needs about" in line
     assert list(small.iterdir()) == []
+
+
+def _safetensors_with_header(header: bytes, length: int | None = None) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(header) if length is None else length) + header
+
+
+@pytest.mark.parametrize("content", [
+    _safetensors_with_header(b"{}", length=2**62),  # a header longer than any file: MemoryError or OverflowError before
+    _safetensors_with_header(b"\xff" * 16),  # not JSON
+    _safetensors_with_header(b'{"model.embed_tokens.weight": [1, 2]}'),  # an entry that is not a tensor description
+    _safetensors_with_header(b'{"x": {"dtype": "F16", "shape": [4], "data_offsets": [0, 999999]}}'),  # data beyond the end
+], ids=["header-length-2^62", "not-json", "non-dict-entry", "offsets-past-the-end"])
+def test_a_garbage_safetensors_header_is_one_line(copy_of, tmp_path, content):
+    model = copy_of()
+    for old in [*model.glob("*.safetensors"), *model.glob("*.bin"), *model.glob("*.index.json")]:
+        old.unlink()
+    (model / "model.safetensors").write_bytes(content)
+    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    assert "model.safetensors cannot be read as a safetensors state dict" in line
+    assert not (tmp_path / "out").exists()

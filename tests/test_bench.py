@@ -67,3 +67,49 @@ def test_the_table_and_bad_levels(served):
     assert "ttft p95" in proc.stdout and "holds 1 concurrent users" in proc.stdout
     assert cli("bench", MODEL, "--users", "0,2", check=False).returncode == 2
     assert cli("bench", MODEL, "--users", "two", check=False).returncode == 2
+
+
+def test_every_simulated_user_has_a_connection_of_its_own_above_a_hundred():
+    """A loopback server (not Ollama: a double that only counts) holds each chat until 120 are in flight at once: with a
+    shared pool smaller than the level, the level would time out instead of measuring the server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    users = 120
+    arrived = threading.Barrier(users, timeout=60)
+    warmed = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.reply(b'{"version": "0.40.2"}')
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if warmed.is_set():
+                arrived.wait()  # BrokenBarrierError (a 500 in the log) if fewer than `users` are ever in flight together
+            warmed.set()
+            self.reply(b'{"message": {"content": "ok"}, "done": false}\n{"done": true, "eval_count": 1, "eval_duration": 1000}\n')
+
+        def reply(self, body: bytes):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads, request_queue_size = True, 256  # the default backlog of 5 would make connecting the bottleneck
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = cli("bench", MODEL, "--host", f"http://127.0.0.1:{server.server_address[1]}", "--users", str(users), "--turns", "1",
+                   "--timeout", "90", "--json")
+    finally:
+        server.shutdown()
+    (level,) = json.loads(proc.stdout)["levels"]
+    assert (level["requests"], level["errors"]) == (users, 0), level

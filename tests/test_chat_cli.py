@@ -64,3 +64,27 @@ def test_chat_with_a_model_the_server_lacks_is_one_line(ollama_double):
     proc = cli("chat", "nosuch", "--host", double.url, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: nosuch is not on the server at {double.url}: orch build it, or orch register a build"]
+
+
+def test_a_message_the_server_never_answered_is_sent_again_on_enter_and_only_once(ollama_double, tiny_build):
+    """The Ollama double goes away mid-conversation: chat says the message was not answered, Enter resends it, and the
+    conversation the server then sees holds it once."""
+    from orchestrator.ollama.chat import chat
+
+    double = ollama_double()
+    cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
+    out: list[str] = []
+
+    def server_down_then_back():
+        double.stop()
+        yield "你好"
+        double.start()
+        yield ""  # Enter: the unanswered message again
+        yield "再见"
+        yield "/bye"
+
+    lines = server_down_then_back()
+    chat(MODEL, double.url, read=lambda prompt: next(lines), write=out.append)
+    said = "".join(out)
+    assert "your message was not answered: press Enter to send it again" in said and "was kept" not in said
+    assert double.stats()["chat_lengths"] == [1, 3], "the resent message once, then its reply and the next message"

@@ -97,6 +97,39 @@ def test_each_fault_fails_the_right_check_with_a_plain_reason(served, fault, arg
     assert seconds < 20
 
 
+@pytest.mark.parametrize("share, status, reason", [
+    (1.0, "ok", "fully in GPU memory"),
+    (0.5, "degraded", "spilled: 50% in GPU memory"),
+    (0.0, "ok", "on the CPU"),
+])
+def test_placement_is_judged_from_the_servers_own_ps_not_the_probers_gpu(served, tmp_path, monkeypatch, share, status, reason):
+    """The server's /api/ps (size_vram against size) decides; an nvidia-smi on the prober's PATH changes nothing."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771 MiB'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    double = served()
+    double.fault("vram", share=share, path="/api/ps")
+    _, report, _ = health(double.url, "--model", MODEL)
+    placement = check(report, "placement")
+    assert placement["status"] == status and reason in placement["reason"], placement
+
+
+@pytest.mark.parametrize("error", [
+    "llama-server process has terminated: signal: segmentation fault (core dumped)",  # Ollama since 0.30
+    "llama runner process has terminated: signal: illegal instruction (core dumped)",  # before
+])
+def test_a_server_whose_llama_cpp_dies_at_the_first_token_is_told_the_amx_fix(served, error):
+    """The Ollama double answers /api/generate as Ollama does when its llama.cpp crashes on an AMX CPU."""
+    double = served()
+    double.fault("http500", error=error, path="/api/generate")
+    proc, report, _ = health(double.url, "--model", MODEL)
+    reason = check(report, "generate")["reason"]
+    assert proc.returncode == 1 and error in reason
+    assert "amx_int8 in /proc/cpuinfo" in reason and "upgrade Ollama to 0.32.2" in reason and "-mno-amx-int8" in reason
+
+
 def test_a_model_the_server_lacks_is_a_404_named_in_plain_words(served):
     double = served()
     proc, report, _ = health(double.url, "--model", "nosuch:latest")
@@ -264,3 +297,54 @@ def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
     assert watch.availability() == 0.0, "only the last 4 probes count, all failed"
     watch.observe(report(OK))
     assert watch.next_delay(5) == 5 and watch.availability() == 0.25
+
+
+def test_watch_reports_another_check_failing_while_one_already_fails():
+    """The README's promise: an outage, another check failing, and the recovery are each an event, each once."""
+    from orchestrator.ollama.probe import FAIL, OK, Check, Report
+    from orchestrator.ollama.watch import Watch
+
+    def report(**statuses) -> Report:
+        return Report("http://x", None, [Check(name, status, f"{name} broke") for name, status in statuses.items()], time.time(), 0)
+
+    watch = Watch(failures=1)
+    steps = [
+        (dict(server=OK, generate=OK, chat=OK), []),
+        (dict(server=OK, generate=FAIL, chat=OK), ["failed: generate: generate broke"]),
+        (dict(server=OK, generate=FAIL, chat=OK), []),
+        (dict(server=OK, generate=FAIL, chat=FAIL), ["failed: another check: chat: chat broke"]),
+        (dict(server=OK, generate=FAIL, chat=FAIL), []),
+        (dict(server=OK, generate=OK, chat=OK), ["recovered: every check passes again"]),
+    ]
+    for statuses, want in steps:
+        _, events = watch.observe(report(**statuses))
+        assert [e.message.split(" after ")[0] for e in events] == want, statuses
+
+
+def test_a_down_server_backs_off_on_its_own_schedule_while_an_up_one_keeps_its_interval():
+    """Two servers watched together: the one that is down is probed less and less often, the other every interval."""
+    from orchestrator.ollama.probe import FAIL, OK, Check, Probe, Report
+    from orchestrator.ollama.watch import run
+
+    now = [0.0]
+    probed: dict[str, list[float]] = {"up": [], "down": []}
+
+    class Clock:
+        """stop.wait advances a clock of the test's own instead of sleeping."""
+
+        def is_set(self):
+            return now[0] > 60
+
+        def wait(self, seconds):
+            now[0] += seconds
+
+    def fake_probe(spec: Probe) -> Report:
+        probed[spec.host].append(now[0])
+        return Report(spec.host, None, [Check("server", OK if spec.host == "up" else FAIL, "")], time.time(), 0)
+
+    run([Probe("up"), Probe("down")], interval=1, failures=1, on_report=lambda r, w: None, on_event=lambda e: None,
+        stop=Clock(), probe_with=fake_probe, clock=lambda: now[0])
+    gaps_up = {round(b - a, 6) for a, b in zip(probed["up"], probed["up"][1:])}
+    gaps_down = [round(b - a, 6) for a, b in zip(probed["down"], probed["down"][1:])]
+    assert gaps_up == {1.0} and len(probed["up"]) >= 60
+    assert gaps_down[:5] == [1, 2, 4, 8, 16] and len(probed["down"]) < 10

@@ -129,7 +129,8 @@ def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
 
 def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILENT, stop: threading.Event | None = None) -> dict:
     """Every level in turn; the result says how many users the server holds under the first-token target."""
-    with Ollama(host, timeout=plan.timeout, connect=5.0) as server:
+    # one connection per simulated user, or the higher levels would measure the client's queue, not the server
+    with Ollama(host, timeout=plan.timeout, connect=5.0, connections=max(plan.users)) as server:
         version = server.version()
         if version is None:
             raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host")

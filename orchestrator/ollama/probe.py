@@ -10,7 +10,6 @@ line and a cut stream apart.
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -108,9 +107,18 @@ def _run(name: str, fn, checks: list[Check]) -> Check:
         status, reason, data = FAIL, str(e), {}
     except client.TransportError as e:
         status, reason, data = FAIL, client.explain(e), {}
+    if status == FAIL and CRASHED.search(reason):
+        reason = f"{reason}: {AMX_ADVICE}"
     check = Check(name, status, reason, round((time.monotonic() - t) * 1000, 1), data)
     checks.append(check)
     return check
+
+
+# what Ollama says when the llama.cpp process under it dies (runner before 0.30, llama-server since)
+CRASHED = re.compile(r"(runner|llama-server) process (has terminated|exited)|signal: (segmentation fault|illegal instruction)")
+AMX_ADVICE = ("the server's llama.cpp crashed; on a CPU with AMX (Xeon Sapphire Rapids or newer: amx_int8 in /proc/cpuinfo) that is "
+              "llama.cpp's AMX code as GCC before 13 compiles it, dying at the first token: upgrade Ollama to 0.32.2 or later "
+              "(orch up pins a fixed one), or rebuild llama.cpp with GCC 13 or with -mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
 
 
 def _server(http):
@@ -194,6 +202,7 @@ def _openai(http, model: str):
 
 
 def _placement(http, model: str):
+    """Where the server holds the model, from its own /api/ps (this prober's GPUs say nothing about a remote server's)."""
     running = [m for m in _json(http.get("/api/ps"), "/api/ps").get("models", []) if m.get("name") == model or m.get("model") == model]
     if not running:
         return OK, "not loaded right now", {}
@@ -202,9 +211,7 @@ def _placement(http, model: str):
     if size and vram >= size:
         return OK, "fully in GPU memory", data
     if vram == 0:
-        if shutil.which("nvidia-smi"):
-            return DEGRADED, "loaded entirely on the CPU although this host has an NVIDIA GPU: check the server's GPU access", data
-        return OK, "on the CPU (no GPU memory in use)", data
+        return OK, "on the CPU (the server reports no GPU memory in use for it)", data
     return DEGRADED, f"spilled: {vram / size:.0%} in GPU memory, the rest on the CPU (slower): use a smaller quant or num_ctx", data
 
 

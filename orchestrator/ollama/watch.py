@@ -44,6 +44,7 @@ class Watch:
         self.history: deque[Report] = deque(maxlen=history)
         self.failed_since: float | None = None
         self.outage = False
+        self.failing: frozenset[str] = frozenset()  # the checks judged failed in the last report
 
     def observe(self, report: Report) -> tuple[Report, list[Event]]:
         """The report as the watcher judges it, and what changed (it began or stopped failing)."""
@@ -57,7 +58,13 @@ class Watch:
         self.history.append(report)
         failing = tuple({"check": c.name, "reason": c.reason} for c in judged if c.status == FAIL)
         events = []
-        if failing and self.failed_since is None:
+        now_failing = frozenset(f["check"] for f in failing)
+        newly = [f for f in failing if f["check"] not in self.failing]
+        self.failing = now_failing
+        if failing and self.failed_since is not None and newly:  # already failing, and another check fails too
+            message = "failed: another check: " + "; ".join(f"{f['check']}: {f['reason']}" for f in newly)
+            events.append(Event("failed", message, report.started, report.host, failing))
+        elif failing and self.failed_since is None:
             self.failed_since = report.started
             server = report.check("server")
             self.outage = server is not None and server.status == FAIL
@@ -82,33 +89,43 @@ class Watch:
 
 
 def run(specs: list[Probe], *, interval: float, failures: int, on_report: Callable[[Report, Watch], None],
-        on_event: Callable[[Event], None], alerter=None, stop: threading.Event | None = None, probes: int | None = None) -> None:
+        on_event: Callable[[Event], None], alerter=None, stop: threading.Event | None = None, probes: int | None = None,
+        probe_with: Callable[[Probe], Report] = probe, clock: Callable[[], float] = time.monotonic) -> None:
     """Probe every server in `specs` until `stop` is set (or each has had `probes`), handing each judged report and
     each event to the callbacks, and each change of state to the alerter.
 
     The monitor outlives any fault of the servers it watches: a probe that
     raises is an event, and the loop goes on. While a server is down its probes
-    back off, up to a minute apart.
+    back off, up to a minute apart, each server on its own schedule: one that
+    is down never slows the probes of one that is up.
     """
     stop = stop or threading.Event()
     watchers = [Watch(failures=failures) for _ in specs]
-    rounds = 0
-    while not stop.is_set() and (probes is None or rounds < probes):
-        rounds += 1
-        for spec, watcher in zip(specs, watchers):
-            try:
-                report, events = watcher.observe(probe(spec))
-            except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
-                report, events = None, [Event("error", f"probe error ({type(e).__name__}: {e}); trying again", time.time(),
-                                              spec.host or "")]
-            for event in events:
-                on_event(event)
-                if alerter is not None and event.kind != "error":
-                    alerter.send("recovered" if event.kind == "recovered" else "failed", event.message, event.time, event.host,
-                                 report.model if report else spec.model, list(event.failing))
-            if report is not None:
-                on_report(report, watcher)
-        stop.wait(min(w.next_delay(interval) for w in watchers))
+    done = [0] * len(specs)
+    due = [clock()] * len(specs)
+    while not stop.is_set():
+        waiting = [i for i in range(len(specs)) if probes is None or done[i] < probes]
+        if not waiting:
+            return
+        i = min(waiting, key=lambda k: due[k])
+        if (pause := due[i] - clock()) > 0:
+            stop.wait(pause)
+            continue
+        spec, watcher = specs[i], watchers[i]
+        done[i] += 1
+        try:
+            report, events = watcher.observe(probe_with(spec))
+        except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
+            report, events = None, [Event("error", f"probe error ({type(e).__name__}: {e}); trying again", time.time(),
+                                          spec.host or "")]
+        for event in events:
+            on_event(event)
+            if alerter is not None and event.kind != "error":
+                alerter.send("recovered" if event.kind == "recovered" else "failed", event.message, event.time, event.host,
+                             report.model if report else spec.model, list(event.failing))
+        if report is not None:
+            on_report(report, watcher)
+        due[i] = clock() + watcher.next_delay(interval)
 
 
 class Metrics:
