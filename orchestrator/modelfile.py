@@ -52,6 +52,12 @@ def render(spec: ModelfileSpec) -> str:
     }
     if spec.markers:
         values |= {"USER_PIECE": spec.markers[0], "ASSISTANT_PIECE": spec.markers[1]}
+    single_line = {k: v for k, v in values.items() if k not in ("SYSTEM", "LICENSE", "PARAMETERS")}
+    single_line |= {f"PARAMETER {k}": _format(v) for k, v in params.items()}
+    for key, value in single_line.items():  # a newline would start a command of the value's choosing (FROM, SYSTEM, ...)
+        if "\n" in value or "\r" in value:
+            raise BadInput(f"the Modelfile's {key.lower().replace('_', ' ')} {value[:40]!r}… holds a line break, which would "
+                           "add a Modelfile command of its own: remove it")
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
@@ -147,6 +153,8 @@ def parse(path: Path) -> Modelfile:
             key, start = arg.group(1), start + arg.end()
         value, pos = _value(text, start, fail)
         if command == "from":
+            if result["from_"] is not None:
+                fail("a second FROM: a Modelfile names one model, and Ollama would take the last one")
             result["from_"] = value
         elif command in ("template", "system"):
             result[command] = value

@@ -97,6 +97,17 @@ def compare(got: list[np.ndarray], want: list[np.ndarray]) -> Fidelity:
     return Fidelity(min(cosines), positions, mismatches, ties)
 
 
+def fails_cleanly(*args: str, env: dict | None = None) -> str:
+    """`orch build ARGS --no-register` refused: one `error:` line on stderr, a non-zero exit, nothing on stdout."""
+    proc = cli("build", *args, "--no-register", env=env, check=False)
+    assert proc.returncode != 0, proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    return lines[0]
+
+
 def build_record(out: Path) -> dict:
     return json.loads((out / "build.json").read_text())
 

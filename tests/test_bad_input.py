@@ -10,17 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import cli
-
-
-def fails_cleanly(*args: str, env: dict | None = None) -> str:
-    proc = cli("build", *args, "--no-register", env=env, check=False)
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stdout == ""
-    return lines[0]
+from support import cli, fails_cleanly
 
 
 @pytest.fixture

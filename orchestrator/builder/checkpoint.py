@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.builder import config_values as values
 from orchestrator.builder import normhead
 from orchestrator.builder.catalog import POSITIONS, positions
 from orchestrator.builder.chat_format import ChatMarkers
@@ -51,6 +52,8 @@ class Checkpoint:
     n_params: int
     context: int
     license_files: tuple[str, ...] = field(default=())
+    bos_id: int = 1
+    eos_id: int = 2
 
     @property
     def normhead(self) -> bool:
@@ -84,17 +87,18 @@ class Checkpoint:
 def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
     """Read and validate a Baichuan checkpoint directory, or raise a one-line BadInput naming the fix."""
     path = Path(path)
+    _refuse_links_out(path)
     config = _json(path / "config.json", required=True)
-    archs = config.get("architectures") or []
-    if config.get("model_type") != "baichuan" and not any(a in BAICHUAN_ARCHS for a in archs):
-        what = archs[0] if archs else config.get("model_type", "unknown")
+    archs, model_type = values.names(config, "config.json", "architectures"), values.name(config, "config.json", "model_type")
+    if model_type != "baichuan" and not any(a in BAICHUAN_ARCHS for a in archs):
+        what = archs[0] if archs else model_type or "unknown"
         raise BadInput(f"{path}/config.json describes a {what} model, not Baichuan: orch builds Baichuan 2 (and 1) checkpoints only")
-    if config.get("quantization_config"):
-        raise BadInput(f"{path} holds a pre-quantized checkpoint ({config['quantization_config'].get('quant_method', 'quantized')}): "
-                        "build the full-precision model instead")
+    if quantized := values.mapping(config, "config.json", "quantization_config"):
+        method = values.name(quantized, "config.json quantization_config", "quant_method") or "quantized"
+        raise BadInput(f"{path} holds a pre-quantized checkpoint ({method}): build the full-precision model instead")
     if not (path / "tokenizer.model").is_file():
         raise BadInput(f"{path} has no tokenizer.model: copy the SentencePiece tokenizer.model from the original model repo into it")
-    layers = int(config.get("num_hidden_layers", 0))
+    layers = values.integer(config, "config.json", "num_hidden_layers", lo=1, hi=1000, default=0)
     if layers not in POSITIONS:
         raise BadInput(f"{path} has {layers} layers: llama.cpp's baichuan graph knows 32 (7B, RoPE) and 40 (13B, ALiBi) only, "
                         "and would run any other count without position encoding")
@@ -103,17 +107,21 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
     n_params = sum(_numel(s) for s in tensor_shapes(path, weight_format, files).values())
     gen_cfg = _json(path / "generation_config.json")
     generation, evidence = normhead.detect_generation(path, config)
+    vocab = len(SentencePieceModel.read(path / "tokenizer.model"))
+    bos_id, eos_id = (values.integer(config, "config.json", key, lo=0, hi=vocab - 1, default=fallback)
+                      for key, fallback in (("bos_token_id", 1), ("eos_token_id", 2)))
     markers = _markers(path, gen_cfg)
     chat = markers is not None if chat_hint is None else chat_hint and markers is not None
     if chat_hint and markers is None:
         raise BadInput(f"{path}/generation_config.json names no user_token_id/assistant_token_id: "
                         "a chat model needs them; build it as a base model or add them")
-    defaults = GenerationDefaults(
-        temperature=gen_cfg.get("temperature"),
-        top_k=gen_cfg.get("top_k"),
-        top_p=gen_cfg.get("top_p"),
-        repeat_penalty=gen_cfg.get("repetition_penalty"),
-        num_predict=gen_cfg.get("max_new_tokens"),
+    gen = "generation_config.json"
+    defaults = GenerationDefaults(  # these go into the Modelfile: numbers only, each in its range
+        temperature=values.number(gen_cfg, gen, "temperature", lo=0, hi=100),
+        top_k=values.integer(gen_cfg, gen, "top_k", lo=0, hi=1_000_000, default=None),
+        top_p=values.number(gen_cfg, gen, "top_p", lo=0, hi=1),
+        repeat_penalty=values.number(gen_cfg, gen, "repetition_penalty", lo=0, hi=100),
+        num_predict=values.integer(gen_cfg, gen, "max_new_tokens", lo=-2, hi=10_000_000, default=None),
     ) if chat else GenerationDefaults()
     licenses = sorted({p.name for g in LICENSE_GLOBS for p in path.glob(g) if p.is_file() and p.suffix in ("", ".txt", ".md")})
     return Checkpoint(
@@ -129,9 +137,30 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
         weight_files=tuple(files),
         weight_format=weight_format,
         n_params=n_params,
-        context=int(config.get("max_position_embeddings") or config.get("model_max_length") or 4096),
+        context=(values.integer(config, "config.json", "max_position_embeddings", lo=1, hi=10_000_000, default=None)
+                 or values.integer(config, "config.json", "model_max_length", lo=1, hi=10_000_000, default=None) or 4096),
+        bos_id=bos_id,
+        eos_id=eos_id,
         license_files=tuple(licenses),
     )
+
+
+READ_GLOBS = (*CONFIG_FILES, "modeling_baichuan.py", "*.index.json", "model*.safetensors", "pytorch_model*.bin", *LICENSE_GLOBS)
+
+
+def _refuse_links_out(path: Path) -> None:
+    """No file orch reads from a checkpoint may be a symlink to a place outside it (a LICENSE linked to ~/.ssh/id_rsa
+    would be copied into the Modelfile and sent to the server). Hugging Face's own cache is the one layout allowed:
+    a snapshot's files link to the blobs/ of the same repo."""
+    root = path.resolve()
+    allowed = [root] + ([root.parents[1] / "blobs"] if root.parent.name == "snapshots" else [])
+    for pattern in READ_GLOBS:
+        for entry in path.glob(pattern):
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not any(target == a or a in target.parents for a in allowed):
+                    raise BadInput(f"{entry} is a symlink to {target}, outside the checkpoint: orch reads no file from outside "
+                                   "it; copy the file into the directory instead")
 
 
 def _json(path: Path, required: bool = False) -> dict:
@@ -140,9 +169,12 @@ def _json(path: Path, required: bool = False) -> dict:
             raise BadInput(f"{path.parent} has no {path.name}: is this a Hugging Face model directory?")
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        loaded = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{path} is not valid JSON ({e}): download it again") from None
+    if not isinstance(loaded, dict):
+        raise BadInput(f"{path} holds a JSON {type(loaded).__name__}, not an object: download it again")
+    return loaded
 
 
 def _weight_files(path: Path) -> tuple[str, list[str]]:
@@ -227,7 +259,7 @@ def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
     if "user_token_id" not in gen_cfg or "assistant_token_id" not in gen_cfg:
         return None
     sp = SentencePieceModel.read(path / "tokenizer.model")
-    ids = int(gen_cfg["user_token_id"]), int(gen_cfg["assistant_token_id"])
+    ids = tuple(values.integer(gen_cfg, "generation_config.json", key, lo=-(2**31), hi=2**31) for key in ("user_token_id", "assistant_token_id"))
     for key, tid in zip(("user_token_id", "assistant_token_id"), ids):
         if not 0 <= tid < len(sp):
             raise BadInput(f"generation_config.json {key} {tid} is outside the tokenizer's {len(sp)} pieces: "

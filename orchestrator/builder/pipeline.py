@@ -362,7 +362,7 @@ def quantize(plan: BuildPlan, src: Sources, path: Path, quant: str, matrix: dict
 
 
 def evaluate(plan: BuildPlan, src: Sources, matrix: dict | None, tools, reporter: Reporter) -> dict:
-    tokens = quality.calibration_tokens(src.ckpt.path / "tokenizer.model", plan.eval_tokens, int(src.ckpt.config.get("bos_token_id", 1)))
+    tokens = quality.calibration_tokens(src.ckpt.path / "tokenizer.model", plan.eval_tokens, src.ckpt.bos_id)
     to_measure = {a.quant: plan.output / a.gguf for a in measured(plan)}
     if matrix and GAIN_TYPE in to_measure:
         quantize(plan, src, baseline(plan), GAIN_TYPE, None, tools, reporter)
@@ -379,7 +379,7 @@ def verify(plan: BuildPlan, ckpt: checkpoint.Checkpoint, path: Path, reporter: R
 
     reporter.note(f"verifying {path.name}: chat markers, a few generated tokens")
     return verifier.in_child(path, layers=ckpt.layers, markers=ckpt.markers, tokenizer=ckpt.path / "tokenizer.model",
-                             eos_id=int(ckpt.config.get("eos_token_id", 2)), work=plan.work, reporter=reporter)
+                             eos_id=ckpt.eos_id, work=plan.work, reporter=reporter)
 
 
 def write_modelfiles(plan: BuildPlan, ckpt: checkpoint.Checkpoint) -> None:

@@ -32,6 +32,8 @@ from orchestrator.events import SILENT, Reporter
 DEFAULT_HOST = "http://127.0.0.1:11434"
 UPLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20
+MAX_BODY = 32 << 20  # no answer of Ollama's API comes near this: a reply of 8,000 tokens streams about 1.5 MB
+MAX_LINE = 1 << 20  # one NDJSON line is a few hundred bytes
 
 TransportError = httpx.HTTPError  # what a request raises when the server cannot be reached or breaks off
 ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
@@ -47,6 +49,39 @@ class Refused(OrchError):
     def __init__(self, status_code: int, error: str):
         super().__init__(error)
         self.status_code, self.error = status_code, error
+
+
+class _BoundedStream(httpx.SyncByteStream):
+    """A response body that stops at MAX_BODY bytes or at the request's deadline, whether or not a line has ended."""
+
+    def __init__(self, inner, path: str, deadline: float, seconds: float):
+        self.inner, self.path, self.deadline, self.seconds = inner, path, deadline, seconds
+
+    def __iter__(self):
+        total = 0
+        for chunk in self.inner:
+            total += len(chunk)
+            if total > MAX_BODY:
+                raise httpx.ReadError(f"{self.path} answered more than {MAX_BODY >> 20} MB: that is not Ollama's API")
+            if time.monotonic() > self.deadline:
+                raise httpx.ReadTimeout(f"{self.path} did not finish its answer within {self.seconds:g} s")
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _BoundedTransport(httpx.HTTPTransport):
+    """What both sessions to a server use: no answer, however a server sends it, can fill memory or outlast `seconds`."""
+
+    def __init__(self, seconds: float, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        response.stream = _BoundedStream(response.stream, request.url.path, time.monotonic() + self.seconds, self.seconds)
+        return response
 
 
 @contextmanager
@@ -141,16 +176,20 @@ class Ollama:
         self.url = resolve_host(host)
         self.timeout, self.connect, self.connections = timeout, connect, connections
 
+    def _transport(self) -> _BoundedTransport:
+        limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
+        return _BoundedTransport(self.timeout, limits=limits)
+
     @cached_property
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)),
-                            limits=httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections))
+                            transport=self._transport())
 
     @cached_property
     def api(self):
         import ollama
 
-        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect))
+        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect), transport=self._transport())
 
     def close(self) -> None:
         """Close both sessions, the official client's too."""
@@ -193,7 +232,7 @@ class Ollama:
                     raise StreamError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
                 if "html" in r.headers.get("content-type", ""):
                     raise StreamError(f"{path} answered an HTML page, not JSON: is this URL a proxy or web page instead of the API?")
-                for line in r.iter_lines():
+                for line in _lines(r.iter_bytes(), path):
                     if time.monotonic() > t + timeout:
                         raise StreamError(f"{path} did not finish within {timeout:g} s")
                     if not line.strip():
@@ -220,8 +259,9 @@ class Ollama:
         """The server's version, or None when nothing (or something other than Ollama) answers."""
         try:
             r = self.http.get("/api/version", timeout=timeout)
-            return str(r.json().get("version", "unknown")) if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+            answer = r.json() if r.status_code == 200 else None
+            return str(answer.get("version", "unknown"))[:40] if isinstance(answer, dict) else None
+        except (httpx.HTTPError, ValueError):
             return None
 
     def models(self) -> list[str]:
@@ -290,6 +330,20 @@ class Ollama:
     def _relay(parts):
         with _official_errors():
             yield from parts
+
+
+def _lines(chunks: Iterator[bytes], path: str) -> Iterator[str]:
+    """NDJSON lines from a body's chunks, refusing a line longer than MAX_LINE before it is all in memory."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            yield pending[:end].decode("utf-8", errors="replace")
+            del pending[:end + 1]
+        if len(pending) > MAX_LINE:
+            raise StreamError(f"{path} sent a line longer than {MAX_LINE >> 20} MB: that is not Ollama's NDJSON stream")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
 
 
 def _chunks(path: Path, advance: Callable[[float], None]):

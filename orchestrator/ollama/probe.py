@@ -142,7 +142,7 @@ def _version(http):
 
 
 def _model(http, wanted: str | None):
-    models = [m.get("name") or m.get("model") for m in _json(http.get("/api/tags"), "/api/tags").get("models", [])]
+    models = [str(m.get("name") or m.get("model")) for m in _items(_json(http.get("/api/tags"), "/api/tags"), "models", "/api/tags")]
     if wanted is None:
         if not models:
             raise ProbeError("the server has no models: orch build tiny, or orch register a build")
@@ -203,10 +203,13 @@ def _openai(http, model: str):
 
 def _placement(http, model: str):
     """Where the server holds the model, from its own /api/ps (this prober's GPUs say nothing about a remote server's)."""
-    running = [m for m in _json(http.get("/api/ps"), "/api/ps").get("models", []) if m.get("name") == model or m.get("model") == model]
+    running = [m for m in _items(_json(http.get("/api/ps"), "/api/ps"), "models", "/api/ps")
+               if m.get("name") == model or m.get("model") == model]
     if not running:
         return OK, "not loaded right now", {}
     size, vram = running[0].get("size") or 0, running[0].get("size_vram") or 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (size, vram)):
+        raise ProbeError(f"/api/ps answered a size of {str(size)[:20]!r} and size_vram {str(vram)[:20]!r}, not byte counts")
     data = {"size": size, "size_vram": vram}
     if size and vram >= size:
         return OK, "fully in GPU memory", data
@@ -266,6 +269,14 @@ def _json(r, path: str) -> dict:
     if not isinstance(obj, dict):
         raise ProbeError(f"{path} answered JSON that is not an object")
     return obj
+
+
+def _items(obj: dict, key: str, path: str) -> list[dict]:
+    """obj[key] as the list of objects Ollama's API gives, or a ProbeError saying it is not one."""
+    items = obj.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
+        raise ProbeError(f"{path} answered {key!r} as {type(items).__name__}, not a list of objects: is this Ollama's API?")
+    return items
 
 
 def _kind(r) -> str:

@@ -70,14 +70,23 @@ def jobs(target: Path, name: str | None = None) -> list[tuple[Path, str]]:
 
 
 def register(modelfile: Path, name: str, host: str | None = None, *, reporter: Reporter = SILENT, confirm: bool = True,
-             timeout: float = 300.0) -> Registration:
-    """Register `modelfile` as `name`; an unreachable server is reported as skipped, never raised."""
+             timeout: float = 300.0, beside_only: bool = False) -> Registration:
+    """Register `modelfile` as `name`; an unreachable server is reported as skipped, never raised.
+
+    Only a file that is a GGUF is ever uploaded, whatever FROM names; with
+    `beside_only` (what orch up registers by itself) FROM must also name a file
+    in the Modelfile's own directory, as orch's Modelfiles do.
+    """
     names.validate(name)
     modelfile = Path(modelfile).resolve()
     mf = mf_mod.parse(modelfile)
     gguf = mf.gguf
     if gguf is None or not gguf.is_file():
         raise OrchError(f"{modelfile}: FROM {mf.from_} is not a GGUF file next to it: rebuild with orch build")
+    if beside_only and (Path(mf.from_).expanduser().is_absolute() or gguf.parent != modelfile.parent):
+        raise OrchError(f"{modelfile}: FROM {mf.from_} is not a file beside the Modelfile, as orch build writes them: "
+                        "register it by hand with orch register if you trust it")
+    check_gguf(gguf)
     with Ollama(host, timeout=timeout, connect=10.0) as server:
         reg = Registration(name, "skipped", "", manual_command(name, modelfile, server.url), host=server.url)
         version = server.version()
@@ -121,6 +130,20 @@ def confirm_registration(server: Ollama, name: str, mf) -> dict:
     reply = server.chat(name, [{"role": "user", "content": CONFIRM_PROMPT}], options={"num_predict": 8, "temperature": 0})
     return {"template": True, "parameters": sorted(mf.parameters), "chat_reply": reply.message.content,
             "chat_seconds": round(time.monotonic() - t, 3)}
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse to upload anything that does not start with GGUF's magic and parse as a GGUF (a FROM naming ~/.aws/credentials)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] != b"GGUF" or int.from_bytes(head[4:8], "little") not in (2, 3):
+        raise BadInput(f"{path} is not a GGUF file (it does not start with GGUF's magic): FROM must name the model's .gguf")
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(str(path), "r")
+    except Exception as e:  # noqa: BLE001  gguf raises ValueError, struct errors, IndexError ... on a file it cannot parse
+        raise BadInput(f"{path} starts like a GGUF but does not parse as one ({type(e).__name__}): rebuild it with orch build") from None
 
 
 def _same(want, got) -> bool:

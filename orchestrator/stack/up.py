@@ -37,6 +37,14 @@ def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
     return found
 
 
+def _register(modelfile: Path, name: str, ollama: str, reporter: Reporter) -> register.Registration:
+    """A build found under the data directory, registered only if its FROM is the GGUF beside it; a refusal is reported."""
+    try:
+        return register.register(modelfile, name, ollama, reporter=reporter, beside_only=True)
+    except OrchError as e:
+        return register.Registration(name, "failed", str(e), "", host=ollama)
+
+
 def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Reporter = SILENT) -> UpResult:
     """Start the stack and return what the user needs: URLs, credentials (the first time), registrations, health."""
     started = runtime.up(plan, wait=wait, reporter=reporter)
@@ -44,7 +52,7 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
     StackRecord(runtime.name, ollama, plan.local_webui_url).save(plan.directory)
     with Ollama(ollama, timeout=10) as server:
         have = set(server.models())
-    registered = [register.register(mf, name, ollama, reporter=reporter) for mf, name in built_models() if name not in have]
+    registered = [_register(mf, name, ollama, reporter) for mf, name in built_models() if name not in have]
     report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = read_env(started.env) if plan.webui else {}
     return UpResult(runtime.name, started.env, report,
