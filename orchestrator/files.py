@@ -37,10 +37,14 @@ def atomic_path(final: Path, ready: Callable[[], None] | None = None) -> Iterato
 
 
 def write_text(final: Path, text: str, mode: int | None = None) -> None:
+    """`text` under `final`, whole or not at all; with `mode`, the file has that mode from its creation on (a secret is
+    never readable by others, not even between a create and a chmod)."""
     with atomic_path(final) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-        if mode is not None:
-            os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if mode is not None:
+                os.fchmod(fd, mode)  # the umask may have narrowed it; never widened beyond `mode`
+            f.write(text)
 
 
 def fsync_file(path: Path) -> None:

@@ -163,3 +163,26 @@ def test_docker_compose_itself_accepts_the_stack(tmp_path):
             assert [(p["host_ip"], p["published"]) for p in parsed["ollama"]["ports"]] == [("127.0.0.1", "11434")]
         else:
             assert parsed["open-webui"]["extra_hosts"]
+
+
+def test_a_secret_file_is_never_readable_by_others_not_even_while_it_is_written(tmp_path, monkeypatch):
+    """write_text with a mode creates the file with that mode: there is no moment when it is 0666 and a poller reads it."""
+    import os
+
+    from orchestrator import files
+    from orchestrator.stack.config import write_env
+
+    seen = []
+    real_fdopen = os.fdopen
+
+    def watching_fdopen(fd, *args, **kw):  # the first moment anything could be written into the new file
+        seen.append(os.fstat(fd).st_mode & 0o777)
+        return real_fdopen(fd, *args, **kw)
+
+    monkeypatch.setattr(files.os, "fdopen", watching_fdopen)
+    old = os.umask(0o000)  # the most permissive umask a user can have
+    try:
+        write_env(tmp_path / ".env")
+    finally:
+        os.umask(old)
+    assert seen == [0o600] and (tmp_path / ".env").stat().st_mode & 0o777 == 0o600

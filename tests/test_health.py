@@ -348,3 +348,39 @@ def test_a_down_server_backs_off_on_its_own_schedule_while_an_up_one_keeps_its_i
     gaps_down = [round(b - a, 6) for a, b in zip(probed["down"], probed["down"][1:])]
     assert gaps_up == {1.0} and len(probed["up"]) >= 60
     assert gaps_down[:5] == [1, 2, 4, 8, 16] and len(probed["down"]) < 10
+
+
+def test_credentials_in_the_host_url_are_sent_but_never_shown(served, tmp_path):
+    """--host http://user:pass@host (a proxy's basic auth): not in the JSON, the metrics labels, or an alert's body."""
+    import socket as sockets
+
+    import httpx
+
+    double = served()
+    secret_url = double.url.replace("http://", "http://orch:s3cr3t-pass@")
+    proc, report, _ = health(secret_url, "--model", MODEL)
+    assert proc.returncode == 0 and report["host"] == double.url and "s3cr3t" not in proc.stdout + proc.stderr
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    received = []
+
+    from test_alerts import Receiver
+
+    receiver = Receiver()
+    monitor = subprocess.Popen([str(ORCH), "health", "--host", secret_url, "--model", MODEL, "--watch", "--interval", "0.3",
+                                "--failures", "1", "--json", "--metrics-port", str(metrics_port), "--alert-webhook", receiver.url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        read_json_lines(monitor, lambda r: r.get("ok") is True)
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        double.stop()
+        received = receiver.wait_for(1)
+    finally:
+        monitor.send_signal(signal.SIGINT)
+        out, err = monitor.communicate(timeout=30)
+        receiver.server.shutdown()
+    assert f'host="{double.url}"' in metrics and "s3cr3t" not in metrics
+    assert received and received[0]["host"] == double.url and "s3cr3t" not in json.dumps(received)
+    assert "s3cr3t" not in out + err

@@ -189,6 +189,19 @@ def test_the_secret_is_generated_once_kept_across_renders_and_private(tiny_build
     assert "WEBUI_SECRET_KEY" not in "".join(p.read_text() for p in out.glob("*.yaml")), "the secret's values stay in its file"
 
 
+def test_a_pip_mirror_with_a_token_is_a_secret_not_a_deployment_value(tiny_build, tmp_path):
+    out = tmp_path / "k8s"
+    render(tiny_build, out, "--pip-index-url", "https://ci:t0ken-xyz@pypi.example.internal/simple")
+    assert "t0ken-xyz" not in "".join(p.read_text() for p in out.rglob("*.yaml")), "only the 0600 env file holds it"
+    pip_env = out / "secrets" / "pip.env"
+    assert stat.S_IMODE(pip_env.stat().st_mode) == 0o600 and "t0ken-xyz" in pip_env.read_text()
+    docs = kustomize(out)
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("orch-pip"))
+    install = find(docs, "Deployment", "orch-health")["spec"]["template"]["spec"]["initContainers"][0]
+    ref = next(e for e in install["env"] if e["name"] == "PIP_INDEX_URL")["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": secret["metadata"]["name"], "key": "PIP_INDEX_URL"}, "kustomize points the pod at the generated Secret"
+
+
 @pytest.mark.parametrize("args, says", [
     (["--replicas", "0"], "--replicas 0"),
     (["--namespace", "Chat_1"], "not a DNS-1123 label"),

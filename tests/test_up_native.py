@@ -46,6 +46,12 @@ def gone(pid: int | None) -> bool:
     return pid is None or not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+def environ_of(pid: int) -> dict:
+    """A running process's environment, as /proc shows it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
 def answers(url: str) -> bool:
     import httpx
 
@@ -102,6 +108,9 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         pids["supervisord"] = native.Supervisor(stack).pid()
         assert oct((stack / "supervisord.conf").stat().st_mode & 0o777) == "0o600"
         assert env["WEBUI_SECRET_KEY"] not in (stack / "supervisord.conf").read_text(), "secrets stay in .env"
+        webui_env = environ_of(pids["open-webui"])
+        assert webui_env.get("WEBUI_SECRET_KEY") == env["WEBUI_SECRET_KEY"], "Open WebUI, and only it, gets the secrets"
+        assert not {"WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"} & set(environ_of(pids["supervisord"])), "nor does supervisord"
         again = orch(*up, timeout=600)  # idempotent: nothing restarted, no password shown again
         assert "Admin password" not in again.stdout
         assert pid_of(stack, "open-webui") == pids["open-webui"]
@@ -187,7 +196,8 @@ def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
 
 
 def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_recovery(ollama_cli, tiny_build, tmp_path,
-                                                                                      isolated_home):
+                                                                                      isolated_home, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_user_secret")  # the user's own token: ollama serve must never see it
     shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
     model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
     stack, port = tmp_path / "stack", free_port()
@@ -202,6 +212,9 @@ def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_reco
         assert "stdout_logfile_maxbytes=20MB" in conf and "stopasgroup=true" in conf
         assert f"registered {model}" in up.stdout
         pids["supervisord"], pids["ollama"] = native.Supervisor(stack).pid(), pid_of(stack, "ollama")
+        ollama_env = environ_of(pids["ollama"])
+        assert not {"HF_TOKEN", "WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"} & set(ollama_env), sorted(ollama_env)
+        assert ollama_env["OLLAMA_HOST"].endswith(f":{port}") and "PATH" in ollama_env
 
         monitor = subprocess.Popen([str(ORCH), "health", "--host", url, "--model", model, "--watch", "--interval", "0.5",
                                     "--failures", "1", "--timeout", "20", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -119,6 +119,24 @@ def resolve_host(host: str | None = None) -> str:
     return f"{scheme}://{hostport}"
 
 
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`http://user:pass@host:port` as the URL without them (safe to print, label, send in an alert) and the credentials."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    hostport, slash, path = rest.partition("/")
+    if "@" not in hostport:
+        return url, None
+    userinfo, hostport = hostport.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{hostport}{slash}{path}", (unquote(user), unquote(password))
+
+
+def shown_host(host: str | None) -> str:
+    """The server's URL as orch prints it: resolved, without credentials."""
+    return split_credentials(resolve_host(host))[0]
+
+
 def manual_command(name: str, modelfile: Path, url: str) -> str:
     """The `ollama create` line that does by hand what registration does."""
     prefix = "" if url == DEFAULT_HOST else f"OLLAMA_HOST={url} "
@@ -172,8 +190,11 @@ class Ollama:
     """One Ollama server: its URL, a pooled HTTP session, and the official client over the same URL."""
 
     def __init__(self, host: str | None = None, *, timeout: float = 30.0, connect: float = 5.0, connections: int = 10):
-        """`connections`: how many requests may be in flight at once (bench sets one per simulated user)."""
-        self.url = resolve_host(host)
+        """`connections`: how many requests may be in flight at once (bench sets one per simulated user).
+
+        Credentials in the URL (a proxy's basic auth) are sent as such, and `url` never holds them.
+        """
+        self.url, self.auth = split_credentials(resolve_host(host))
         self.timeout, self.connect, self.connections = timeout, connect, connections
 
     def _transport(self) -> _BoundedTransport:
@@ -183,13 +204,14 @@ class Ollama:
     @cached_property
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)),
-                            transport=self._transport())
+                            transport=self._transport(), auth=self.auth)
 
     @cached_property
     def api(self):
         import ollama
 
-        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect), transport=self._transport())
+        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect), transport=self._transport(),
+                             auth=self.auth)
 
     def close(self) -> None:
         """Close both sessions, the official client's too."""

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from orchestrator.ollama.client import shown_host
 from orchestrator.ollama.probe import DEGRADED, FAIL, OK, SKIPPED, Check, Probe, Report, probe
 
 STATUS_VALUE = {OK: 0, DEGRADED: 1, FAIL: 2, SKIPPED: 0}
@@ -117,7 +118,7 @@ def run(specs: list[Probe], *, interval: float, failures: int, on_report: Callab
             report, events = watcher.observe(probe_with(spec))
         except Exception as e:  # noqa: BLE001  the monitor must outlive any fault of the server it watches
             report, events = None, [Event("error", f"probe error ({type(e).__name__}: {e}); trying again", time.time(),
-                                          spec.host or "")]
+                                          shown_host(spec.host))]
         for event in events:
             on_event(event)
             if alerter is not None and event.kind != "error":

@@ -30,7 +30,7 @@ from orchestrator.events import Reporter
 from orchestrator.files import write_text
 from orchestrator.ollama import client
 from orchestrator.stack import compose, preflight
-from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, read_env, write_env
+from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
 from orchestrator.stack.runtime import ServiceState, Started
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
@@ -84,9 +84,25 @@ def services(plan: StackPlan, webui_exe: Path | None) -> list[Service]:
     env = compose.environment(compose.render(plan), "open-webui") | {
         "OLLAMA_BASE_URL": plan.ollama_url or f"http://127.0.0.1:{plan.ollama_port}",  # this host's view, not a container's
         "DATA_DIR": str(plan.directory / "open-webui-data")}
-    out.append(Service("open-webui", [str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
+    with_secrets = [sys.executable, "-m", "orchestrator.stack.secret_env", str(plan.directory / ".env"), *SECRET_KEYS, "--"]
+    out.append(Service("open-webui", [*with_secrets, str(webui_exe), "serve", "--host", plan.bind, "--port", str(plan.port)], env,
                        f"{plan.local_webui_url}/health", start_seconds=10))
     return out
+
+
+# what the services may inherit from the user's environment: locale, paths, GPUs, proxies, and their own settings
+KEPT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL", "LD_LIBRARY_PATH",
+        "XDG_RUNTIME_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HF_ENDPOINT", "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE")
+KEPT_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "ROCR_", "HIP_", "HSA_", "GPU_", "OLLAMA_")
+PROXIES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+def scrubbed_environment(environ: dict | None = None) -> dict:
+    """The user's environment without what the services must not see (tokens, keys, passwords)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items()
+            if k in KEPT or k.startswith(KEPT_PREFIXES) or k.lower() in PROXIES}
 
 
 LOG_BYTES = "20MB"
@@ -110,8 +126,7 @@ def config(directory: Path, services: list[Service], socket: Path) -> str:
         "[supervisorctl]", f"serverurl=unix://{socket}", "",
     ]
     for priority, service in enumerate(services, 1):
-        secrets = SECRET_KEYS if service.name == "open-webui" else ()  # from supervisord's own environment: never in this file
-        env_line = ",".join([f"{k}={_quote(v)}" for k, v in service.env.items()] + [f'{k}="%(ENV_{k})s"' for k in secrets])
+        env_line = ",".join(f"{k}={_quote(v)}" for k, v in service.env.items())  # secrets: read from .env by secret_env
         lines += [
             f"[program:{service.name}]",
             "command=" + " ".join(_arg(a) for a in service.command),
@@ -172,11 +187,15 @@ class Supervisor:
             return {}
         return {p["name"]: p for p in self.rpc().supervisor.getAllProcessInfo()}
 
-    def start(self, env: dict) -> None:
-        """Start supervisord with this stack's config; it daemonizes and starts the programs itself."""
+    def start(self) -> None:
+        """Start supervisord with this stack's config; it daemonizes and starts the programs itself.
+
+        Its environment, which every program inherits, is the user's scrubbed to what running them needs: no
+        HF_TOKEN, cloud keys or the stack's secrets reach ollama serve.
+        """
         for d in (self.directory / "run", self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)], env=os.environ | env,
+        proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)], env=scrubbed_environment(),
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while not self.running():
@@ -272,7 +291,7 @@ class NativeRuntime:
             if restarted:
                 reporter.note(f"supervisord restarts {', '.join(restarted)} with the new settings")
         else:
-            supervisor.start(read_env(env_path))
+            supervisor.start()
         if settings:
             write_text(settings_path, json.dumps(settings, indent=2) + "\n")
         for service in wanted:

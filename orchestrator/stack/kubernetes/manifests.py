@@ -35,6 +35,7 @@ OLLAMA_PORT, WEBUI_PORT, METRICS_PORT = 11434, 8080, 9101
 UID = 1000
 MODELS_MOUNT = "/models"
 SECRET_FILE = "secrets/open-webui.env"
+PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
 SOURCE_PACKAGES = ("", "cli", "ollama")  # what `orch health` imports: orchestrator/*.py, cli/ and ollama/
 
@@ -200,7 +201,7 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
         mounts += [{"name": "src", "mountPath": "/src", "readOnly": True}, {"name": "deps", "mountPath": "/deps", "readOnly": True}]
         pip_env = [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"}]
         if plan.pip_index_url:
-            pip_env.append({"name": "PIP_INDEX_URL", "value": plan.pip_index_url})
+            pip_env.append({"name": "PIP_INDEX_URL", "valueFrom": {"secretKeyRef": {"name": "orch-pip", "key": "PIP_INDEX_URL"}}})
         init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
                  "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/deps", *MONITOR_DEPENDENCIES],
                  "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -258,6 +259,8 @@ def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
     }
     if not plan.monitor_image:
         doc["configMapGenerator"].append({"name": "orch-source", "files": [f"monitor-source/{key}" for key, _ in source_files()]})
+        if plan.pip_index_url:
+            doc["secretGenerator"].append({"name": "orch-pip", "envs": [PIP_SECRET_FILE]})
     return doc
 
 
@@ -290,6 +293,9 @@ def write(plan: K8sPlan) -> list[Path]:
     os.chmod(out / "secrets", 0o700)
     write_env(secret)  # the Open WebUI Secret's values: generated once, kept across renders, 0600
     written.append(secret)
+    if plan.pip_index_url and not plan.monitor_image:
+        write_text(out / PIP_SECRET_FILE, f"PIP_INDEX_URL={plan.pip_index_url}\n", mode=0o600)
+        written.append(out / PIP_SECRET_FILE)
     for name, docs in render(plan).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         write_text(out / name, dump(docs))
