@@ -55,7 +55,14 @@ def bad_adapter(tmp_path, base, **kw):
     (lambda d: _config(d, peft_type="IA3"), "is a IA3 adapter: orch merges LoRA adapters only"),
     (lambda d: _config(d, use_dora=True), "is a DoRA adapter"),
     (lambda d: _config(d, target_modules=["q_proj", "W_pack"]), "targets q_proj"),
-], ids=["no config", "no weights", "not LoRA", "DoRA", "unknown target"])
+    (lambda d: _config(d, alpha_pattern={"W_pack[": 4}), "is not a regular expression"),
+    (lambda d: _config(d, r=0), "adapter_config.json r is 0, not a whole number"),
+    (lambda d: _config(d, lora_alpha=1e308), "lora_alpha is 1e+308"),
+    (lambda d: _config(d, target_modules=7), "target_modules is 7"),
+    (lambda d: _config(d, rank_pattern={"W_pack": "eight"}), "rank_pattern has a value"),
+    (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "holds a JSON list, not an object"),
+], ids=["no config", "no weights", "not LoRA", "DoRA", "unknown target", "broken-pattern", "rank-zero", "alpha-1e308",
+        "targets-an-int", "pattern-value-text", "config-a-list"])
 def test_bad_adapters_are_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, mutate, says):
     base = checkpoint(32)
     adapter = bad_adapter(tmp_path, base)
@@ -63,6 +70,19 @@ def test_bad_adapters_are_one_line_exit_2_and_nothing_written(checkpoint, tmp_pa
     proc = cli("build", str(base), "--adapter", str(adapter), "--no-register", "-o", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pattern_that_backtracks_forever_in_pythons_re_is_matched_in_bounded_time(checkpoint, tmp_path):
+    """PEFT matches rank_pattern keys as regexes; ([a-zA-Z0-9_.]+)+Q hung Python's re on every module name. Read in a
+    child process so that a hang is a failed test, not a hung suite."""
+    import subprocess
+    import sys
+
+    adapter = bad_adapter(tmp_path, checkpoint(32))
+    _config(adapter, rank_pattern={"([a-zA-Z0-9_.]+)+Q": 2})
+    code = "import sys; from orchestrator.builder import adapter; a = adapter.read(sys.argv[1], None); print(len(a.pairs))"
+    proc = subprocess.run([sys.executable, "-c", code, str(adapter)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and int(proc.stdout) > 0, proc.stderr
 
 
 def test_an_adapter_for_another_base_names_the_first_tensor_that_disagrees(checkpoint, tmp_path):

@@ -76,6 +76,19 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_pickle_index_that_unpacks_to_gigabytes_is_refused_before_it_is_read(tmp_path):
+    """A small .bin whose data.pkl unpacks to 100 MB of opcodes (a zip bomb for the shape reader): one line, at once."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "pytorch_model.bin", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w") as f:
+            for _ in range(100):
+                f.write(b"N" * (1 << 20))  # NONE, a hundred million times
+    assert (tmp_path / "pytorch_model.bin").stat().st_size < 1 << 20
+    with pytest.raises(OrchError, match="data.pkl unpacks to 104857600 bytes"):
+        ckpt_mod.tensor_shapes(tmp_path, "bin", ["pytorch_model.bin"])
+
+
 def test_baichuan1_is_detected_and_has_no_normhead(checkpoint):
     ck = ckpt_mod.read(checkpoint(32, generation=1))
     assert (ck.generation, ck.normhead) == (1, False)

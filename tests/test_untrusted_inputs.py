@@ -147,3 +147,20 @@ def test_nothing_from_a_checkpoint_is_written_unchecked_into_the_modelfile(built
             if line.startswith("PARAMETER "):
                 assert re.fullmatch(r'PARAMETER [a-z_]+ (-?[0-9.]+|"[^"\n]*")', line), line
     assert os.path.exists(out / "build.json")
+
+
+def test_weights_that_are_not_finite_fail_verification_in_one_line(checkpoint, tmp_path):
+    """A checkpoint (or a merge) with inf in a weight converts and quantizes; verify must not call it verified."""
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint(32), model)
+    (weights,) = model.glob("pytorch_model*.bin")
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k in state if k.endswith("self_attn.W_pack.weight"))
+    state[name] = torch.full_like(state[name], float("inf"))
+    torch.save(state, weights)
+    proc = cli("build", str(model), "--quant", "f16", "--no-register", "-o", str(tmp_path / "out"), check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "scores are not finite numbers" in errors[0], proc.stderr
+    assert not (tmp_path / "out" / "build.json").exists() and not list((tmp_path / "out").glob("*.Modelfile"))

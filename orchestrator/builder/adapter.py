@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.builder import config_values as values
 from orchestrator.builder.checkpoint import tensor_shapes
 from orchestrator.errors import BadInput
 
@@ -58,11 +59,22 @@ class Adapter:
         return {k: self.config[k] for k in keep if k in self.config} | {"merged_weights": len(self.pairs)}
 
 
+PATTERN_SECONDS = 0.5  # a rank_pattern or alpha_pattern key is a regex from the adapter's author: bounded in time
+
+
 def _pattern(patterns: dict, module: str, default):
-    """PEFT's per-module override: the first pattern that ends the module's name."""
+    """PEFT's per-module override: the first pattern that ends the module's name (PEFT's own rule, with a time bound)."""
+    import regex
+
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
+        try:
+            if regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_SECONDS):
+                return value
+        except TimeoutError:
+            raise BadInput(f"the adapter's pattern {str(key)[:40]!r} takes over {PATTERN_SECONDS:g} s to match {module}: "
+                           "simplify rank_pattern/alpha_pattern in adapter_config.json") from None
+        except regex.error as e:
+            raise BadInput(f"the adapter's pattern {str(key)[:40]!r} is not a regular expression ({e}): fix adapter_config.json") from None
     return default
 
 
@@ -79,6 +91,15 @@ def read(path: Path, base_shapes: dict[str, tuple[int, ...]] | None) -> Adapter:
         config = json.loads((path / CONFIG).read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput(f"{path / CONFIG} is not valid JSON ({e}): save the adapter again") from None
+    if not isinstance(config, dict):
+        raise BadInput(f"{path / CONFIG} holds a JSON {type(config).__name__}, not an object: save the adapter again")
+    values.integer(config, CONFIG, "r", lo=1, hi=1 << 16, default=8)
+    values.number(config, CONFIG, "lora_alpha", lo=1e-6, hi=1e6)  # a 1e308 alpha once made every merged weight infinite
+    for key, check in (("rank_pattern", lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16),
+                       ("alpha_pattern", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 1e-6 <= v <= 1e6)):
+        patterns = values.mapping(config, CONFIG, key) or {}
+        if not all(check(v) for v in patterns.values()):
+            raise BadInput(f"{CONFIG} {key} has a value that is not a rank or scale in range: fix {CONFIG}")
     kind = str(config.get("peft_type", "LORA")).upper()
     if kind != "LORA":
         raise BadInput(f"{path} is a {kind} adapter: orch merges LoRA adapters only")
@@ -89,7 +110,7 @@ def read(path: Path, base_shapes: dict[str, tuple[int, ...]] | None) -> Adapter:
         raise BadInput(f"{path} also saves whole modules ({', '.join(config['modules_to_save'])}): merge it with PEFT's "
                        "merge_and_unload and build the merged model")
     targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    targets = [targets] if isinstance(targets, str) else values.names(config, CONFIG, "target_modules")
     unknown = [t for t in targets if t.rsplit(".", 1)[-1] not in TARGETS]
     if unknown:
         raise BadInput(f"{path} targets {', '.join(unknown)}: orch merges LoRA on {', '.join(TARGETS)} (Baichuan's linear layers)")
@@ -122,7 +143,12 @@ def read(path: Path, base_shapes: dict[str, tuple[int, ...]] | None) -> Adapter:
             raise BadInput(f"this adapter was trained for another base: {weight} is {list(base) if base else 'missing'} in the model "
                            f"but its factors are A {list(a)} and B {list(b)}: pass the adapter's own base model")
         pairs[weight] = (ab["A"], ab["B"])
-    return Adapter(path, config, weights, pairs)
+    adapter = Adapter(path, config, weights, pairs)
+    for weight in pairs:  # every pattern matched once now, in this process: a refusal is one line before anything is written
+        scale = adapter.scale(weight)
+        if not math.isfinite(scale) or scale == 0:
+            raise BadInput(f"the adapter scales {weight} by {scale} (lora_alpha / r): fix r, lora_alpha or the patterns in {CONFIG}")
+    return adapter
 
 
 def _natural(name: str) -> list:

@@ -200,7 +200,7 @@ def tensor_shapes(path: Path, fmt: str, files: list[str]) -> dict[str, tuple[int
         try:
             shapes.update(_safetensors_shapes(f) if fmt == "safetensors" else _pickle_shapes(f))
         except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, struct.error) as e:
-            raise BadInput(f"{f} cannot be read as a {fmt} state dict ({type(e).__name__}): download it again") from None
+            raise BadInput(f"{f} cannot be read as a {fmt} state dict ({type(e).__name__}: {str(e)[:100]}): download it again") from None
     return shapes
 
 
@@ -238,11 +238,16 @@ class _ShapeUnpickler(pickle.Unpickler):
         return None
 
 
+MAX_PICKLE = 16 << 20  # a state dict's data.pkl names its tensors in about 200 bytes each: 13B's is under 100 KB
+
+
 def _pickle_shapes(f: Path) -> dict[str, tuple[int, ...]]:
     with zipfile.ZipFile(f) as z:
         pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
         if pkl is None:
             raise ValueError("no data.pkl")
+        if z.getinfo(pkl).file_size > MAX_PICKLE:  # zipfile reads no further than the size it declares
+            raise ValueError(f"its data.pkl unpacks to {z.getinfo(pkl).file_size} bytes, not the few kilobytes of a state dict")
         with z.open(pkl) as fh:
             state = _ShapeUnpickler(fh).load()
     if not isinstance(state, dict):

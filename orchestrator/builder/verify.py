@@ -46,6 +46,14 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: P
         if tokenizer is not None:
             _same_as_sentencepiece(gguf, prompt, tokenizer, markers)
 
+        llm.eval(prompt)  # the next-token scores must be numbers: inf or NaN weights (a runaway adapter scale) poison them all
+        import llama_cpp
+        import numpy as np
+
+        scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        if not np.isfinite(scores).all():
+            raise OrchError(f"{gguf.name}: the model's next-token scores are not finite numbers, so its weights hold inf or NaN: "
+                            "check the checkpoint (and the adapter's lora_alpha and r) and rebuild with --force")
         generated: list[int] = []
         for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
             if token == eos_id or len(generated) >= n_tokens:
