@@ -11,7 +11,7 @@ OLLAMA_NAME = re.compile(rf"^(?:{_PART}/)?{_PART}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{
 
 
 def validate(name: str) -> str:
-    if not OLLAMA_NAME.match(name) or len(name) > 350:
+    if not OLLAMA_NAME.fullmatch(name) or len(name) > 350:  # fullmatch: `$` alone lets a trailing newline through
         raise BadInput(f"{name!r} is not a valid Ollama model name: use [namespace/]model[:tag] with letters, digits, '_', '-' "
                        "and '.', e.g. mybot:v1")
     return name

@@ -128,4 +128,9 @@ def _refuse_four_bits(name: str) -> None:
 def slug(name: str) -> str:
     """A file-name-safe, lowercase model name: Baichuan2-7B-Chat -> baichuan2-7b-chat."""
     s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
+    # mostly non-ASCII (我的模型) or too long for a file name: a hash of the whole name keeps two such names apart
+    if (s != name.lower().strip("-.") and len(s) < len(name) // 2) or len(s) > 80:
+        import hashlib
+
+        s = f"{(s or 'model')[:71].rstrip('-.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return s or "model"

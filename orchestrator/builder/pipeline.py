@@ -125,6 +125,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     """Build everything the plan names and return the build record (also written to build.json)."""
     t0 = time.monotonic()
     _check_writable(plan.output)
+    _refuse_foreign(plan.output)
     src = read_sources(plan, reporter)
     fetch_seconds = round(time.monotonic() - t0, 3)
     if plan.force and plan.output.exists():
@@ -481,6 +482,18 @@ def _corrupt(path: Path) -> OrchError:
 
 def _file_record(path: Path, hash: bool = True) -> dict:
     return {"size": path.stat().st_size} | ({"sha256": sha256_file(path)} if hash else {})
+
+
+def _refuse_foreign(output: Path) -> None:
+    """A build writes (and --force deletes) inside its directory: never in one that holds files orch did not put there."""
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    try:
+        ours = "orch_version" in json.loads((output / "build.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not (ours or (output / ".orch").is_dir()):
+        raise OrchError(f"{output} holds files that orch build did not write: pass --output with a new or empty directory")
 
 
 def _check_writable(output: Path) -> None:

@@ -287,6 +287,12 @@ def write(plan: K8sPlan) -> list[Path]:
     out = plan.out
     if out.exists() and not out.is_dir():
         raise OrchError(f"{out} is a file: pass --out with a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "source.json").is_file():
+        raise OrchError(f"{out} holds files that orch k8s render did not write (no source.json): pass --out with a new or empty "
+                        "directory, and patch the manifests with an overlay of your own beside it")
+    links = [p for p in (out, *out.rglob("*")) if p.is_symlink()] if out.is_dir() else []
+    if links:
+        raise OrchError(f"{links[0]} is a symlink: orch k8s render writes secrets there and follows no link; remove it")
     written = []
     secret = out / SECRET_FILE
     (out / "secrets").mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def parse_toleration(value: str) -> dict:
 
 def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: str = "orch", replicas: int = 1, gpu: bool = False,
               gpu_count: int = 1, node_selector: list[str] = (), tolerations: list[str] = (), **kw) -> K8sPlan:
-    if not DNS_1123_LABEL.match(namespace):
+    if not DNS_1123_LABEL.fullmatch(namespace):
         raise BadInput(f"--namespace {namespace!r} is not a DNS-1123 label: lower-case letters, digits and '-', at most 63, "
                        "starting and ending with a letter or digit")
     if replicas < 1:
@@ -125,6 +125,10 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
         raise BadInput(f"--gpu-count {gpu_count}: at least 1 GPU per replica (or leave out --gpu)")
     if kw.get("model_volume", "pvc") == "hostpath" and not kw.get("host_path"):
         raise BadInput("--model-volume hostpath needs --host-path /a/directory/on/the/node")
+    if kw.get("host_path") is not None:
+        hp = kw["host_path"]
+        if not hp.startswith("/") or Path(hp).resolve() == Path("/") or ".." in Path(hp).parts or "\n" in hp:
+            raise BadInput(f"--host-path {hp!r} must be an absolute directory on the node other than / (the pods write models there)")
     if kw.get("model_volume", "pvc") == "hostpath" and replicas > 1 and not node_selector:
         raise BadInput("a hostPath model volume is on one node: with --replicas above 1 pin the pods there with --node-selector")
     if kw.get("tls_secret") and not kw.get("host"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -135,10 +136,7 @@ class KubernetesRuntime:
             for f in (source / gguf_name, source / Path(model["modelfile"]).name):
                 with reporter.task(f"copy {f.name} to the model volume"):  # kubectl cp tells no progress
                     k.run("cp", str(f), f"{LOADER}:{incoming}/{f.name}", timeout=3600)
-            script = (f'set -e; test "$(sha256sum {incoming}/{gguf_name} | cut -d" " -f1)" = {model["sha256"]} '
-                      f'|| {{ echo "the copied GGUF does not match sha256 {model["sha256"]}"; exit 1; }}; '
-                      f"rm -rf {target}; mv {incoming} {target}; echo {model['sha256']} > {target}/.complete")
-            k.run("exec", LOADER, "--", "sh", "-c", script, timeout=1800)
+            k.run("exec", LOADER, "--", "sh", "-c", install_script(incoming, gguf_name, target, model["sha256"]), timeout=1800)
         finally:
             k.run("delete", "pod", LOADER, "--ignore-not-found", "--wait=false", check=False)
 
@@ -179,6 +177,18 @@ def _sha256_matches(path: Path, sha: str) -> bool:
             if a.get("file") == path.name:
                 return a.get("sha256") == sha
     return sha256_file(path) == sha
+
+
+def install_script(incoming: str, gguf_name: str, target: str, sha256: str) -> str:
+    """The loader pod's last step: check the copied GGUF's sha256, then move the copy into place and mark it complete.
+
+    Every name is quoted: it is data, whatever characters a file name holds.
+    """
+    q = shlex.quote
+    gguf, sha = q(f"{incoming}/{gguf_name}"), q(sha256)
+    return (f'set -e; test "$(sha256sum {gguf} | cut -d" " -f1)" = {sha} '
+            f'|| {{ echo "the copied GGUF does not match sha256 "{sha}; exit 1; }}; '
+            f"rm -rf {q(target)}; mv {q(incoming)} {q(target)}; echo {sha} > {q(target + '/.complete')}")
 
 
 def _source_of(directory: Path) -> Path:
