@@ -56,6 +56,13 @@ def test_secure_defaults(tmp_path):
         assert name and tag and tag != "latest", f"{service['image']} is not pinned"
     assert vulns.affecting(ollama["image"].rpartition(":")[2]) == [], "the pinned Ollama is open to a known CVE"
     assert "deploy" not in ollama
+    for service in (ollama, webui):  # no privilege it does not use, and bounded
+        assert service["security_opt"] == ["no-new-privileges:true"] and service["cap_drop"] == ["ALL"]
+        assert service["pids_limit"] > 0 and service["mem_limit"]
+    assert "cap_add" not in ollama and set(webui["cap_add"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}
+    import psutil
+
+    assert int(ollama["mem_limit"].removesuffix("m")) << 20 < psutil.virtual_memory().total, "the host keeps a margin"
 
 
 def test_expose_ollama_and_gpu_are_explicit_choices(tmp_path):

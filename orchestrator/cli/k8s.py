@@ -39,6 +39,8 @@ def render_cmd(
     monitor_image: Optional[str] = typer.Option(None, "--monitor-image", help="An image with orch installed for the monitor "
                                                 "[default: the pinned Python image, installing orch's few dependencies at start]."),
     pip_index_url: Optional[str] = typer.Option(None, "--pip-index-url", help="A PyPI mirror for the monitor's start-up install."),
+    ollama_memory: Optional[str] = typer.Option(None, "--ollama-memory", help="Memory request per Ollama pod, e.g. 48Gi (the limit is twice it) [default: 1.2 x the GGUF + 1Gi]."),
+    ollama_cpu: str = typer.Option("2", "--ollama-cpu", help="CPU request per Ollama pod (the limit is twice it)."),
 ) -> None:
     """Write the manifests and kustomization.yaml for BUILD; applies nothing.
 
@@ -53,7 +55,7 @@ def render_cmd(
                               node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
                               model_volume=model_volume, host_path=host_path, storage_class=storage_class, host=host,
                               tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,
-                              pip_index_url=pip_index_url)
+                              pip_index_url=pip_index_url, ollama_memory=ollama_memory, ollama_cpu=ollama_cpu)
     manifests.write(plan)
     con = render.console()
     con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"

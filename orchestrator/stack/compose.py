@@ -35,6 +35,7 @@ def render(plan: StackPlan, template: dict | None = None) -> dict:
     ollama, webui = services["ollama"], services["open-webui"]
     ollama["image"] = plan.images["ollama"]
     ollama["ports"] = [f"{plan.ollama_bind}:{plan.ollama_port}:11434"]
+    ollama["mem_limit"] = ollama_memory_limit()
     webui["image"] = plan.images["open-webui"]
     webui["ports"] = [f"{plan.bind}:{plan.port}:8080"]
     env = webui["environment"]
@@ -55,6 +56,13 @@ def render(plan: StackPlan, template: dict | None = None) -> dict:
         if on_this_host:
             webui["extra_hosts"] = ["host.docker.internal:host-gateway"]
     return doc
+
+
+def ollama_memory_limit(margin: int = 2 << 30) -> str:
+    """All of this host's memory but `margin` (at least 1 GiB): the host keeps room for itself and Open WebUI."""
+    import psutil
+
+    return f"{max(1 << 30, psutil.virtual_memory().total - margin) // (1 << 20)}m"
 
 
 def container_url(url: str) -> tuple[str, bool]:

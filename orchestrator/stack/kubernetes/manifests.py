@@ -32,7 +32,7 @@ from orchestrator.stack.config import OLLAMA_IMAGE, PYTHON_IMAGE, WEBUI_IMAGE, w
 from orchestrator.stack.kubernetes.plan import K8sPlan
 
 OLLAMA_PORT, WEBUI_PORT, METRICS_PORT = 11434, 8080, 9101
-UID = 1000
+UID = 10001  # above the host's own users (1000 is often the first login account)
 MODELS_MOUNT = "/models"
 SECRET_FILE = "secrets/open-webui.env"
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
@@ -63,6 +63,17 @@ def non_root(read_only: bool = True) -> dict:
 def pod_security(non_root_pod: bool = True) -> dict:
     base = {"seccompProfile": {"type": "RuntimeDefault"}}
     return base | ({"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID} if non_root_pod else {})
+
+
+def resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict:
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu_limit, "memory": memory_limit}}
+
+
+def ingress_only(name: str, component: str, port: int) -> dict:
+    """A NetworkPolicy that lets traffic reach the pods on their one serving port and nowhere else."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, component),
+            "spec": {"podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"port": port, "protocol": "TCP"}]}]}}
 
 
 def replica_hosts(plan: K8sPlan) -> list[str]:
@@ -104,9 +115,11 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
         # code from (CVE-2026-103663 ran as root on restart in the default image)
         "securityContext": non_root(),
     }
+    container["resources"] = plan.ollama_resources
     if plan.gpu:
-        container["resources"] = {"limits": {"nvidia.com/gpu": plan.gpu_count}}
-    pod = {"securityContext": pod_security(), "containers": [container], "terminationGracePeriodSeconds": 30,
+        container["resources"]["limits"]["nvidia.com/gpu"] = plan.gpu_count
+    pod = {"securityContext": pod_security(), "automountServiceAccountToken": False, "containers": [container],
+           "terminationGracePeriodSeconds": 30,
            "volumes": [model_volume(plan), {"name": "scripts", "configMap": {"name": "ollama-scripts", "defaultMode": 0o555}},
                        {"name": "tmp", "emptyDir": {}}]}
     if plan.node_selector:
@@ -159,12 +172,14 @@ def webui_docs(plan: K8sPlan) -> list[dict]:
         "volumeMounts": [{"name": "data", "mountPath": "/app/backend/data"}],
         # the image runs as root by default (it writes into its own tree at start): restricted otherwise
         "securityContext": RESTRICTED,
+        "resources": resources("500m", "1Gi", "2", "4Gi"),  # its embedding model and the chat history in SQLite
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("open-webui", "open-webui"),
         "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector("open-webui")},
                  "template": {"metadata": {"labels": labels("open-webui", "open-webui")},
-                              "spec": {"securityContext": pod_security(non_root_pod=False), "containers": [container],
+                              "spec": {"securityContext": pod_security(non_root_pod=False), "automountServiceAccountToken": False,
+                                       "containers": [container],
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "open-webui"}}]}}},
     }
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("open-webui", "open-webui"),
@@ -173,7 +188,7 @@ def webui_docs(plan: K8sPlan) -> list[dict]:
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta("open-webui", "open-webui"),
                "spec": {"type": "ClusterIP", "selector": selector("open-webui"),
                         "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
-    docs = [pvc, deployment, service]
+    docs = [pvc, deployment, service, ingress_only("open-webui", "open-webui", WEBUI_PORT)]
     if plan.host:
         ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta("open-webui", "open-webui"),
                    "spec": {"rules": [{"host": plan.host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
@@ -205,13 +220,13 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
         init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
                  "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/deps", *MONITOR_DEPENDENCIES],
                  "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"}],
-                 "securityContext": non_root()}]
+                 "securityContext": non_root(), "resources": resources("100m", "256Mi", "1", "512Mi")}]
     container = {"name": "orch-health", "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
                  "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
                  "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 15},
                  "livenessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 30, "failureThreshold": 4},
-                 "volumeMounts": mounts, "securityContext": non_root()}
-    pod = {"securityContext": pod_security(), "containers": [container], "volumes": volumes}
+                 "volumeMounts": mounts, "securityContext": non_root(), "resources": resources("50m", "128Mi", "500m", "256Mi")}
+    pod = {"securityContext": pod_security(), "automountServiceAccountToken": False, "containers": [container], "volumes": volumes}
     if init:
         pod["initContainers"] = init
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("orch-health", "monitor"),
@@ -220,7 +235,7 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta("orch-health", "monitor"),
                "spec": {"type": "ClusterIP", "selector": selector("orch-health"),
                         "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}}
-    docs = [deployment, service]
+    docs = [deployment, service, ingress_only("orch-health", "monitor", METRICS_PORT)]
     if plan.service_monitor:
         docs.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta("orch-health", "monitor"),
                      "spec": {"selector": {"matchLabels": selector("orch-health")}, "namespaceSelector": {"matchNames": [plan.namespace]},
@@ -228,13 +243,22 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
     return docs
 
 
+def loader_policy(plan: K8sPlan) -> dict:
+    """The loader pod serves nothing: no traffic reaches it (kubectl exec and cp go through the API server)."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": meta("orch-model-loader", "model") | {"namespace": plan.namespace},
+            "spec": {"podSelector": {"matchLabels": selector("orch-models")}, "policyTypes": ["Ingress"], "ingress": []}}
+
+
 def loader_pod(plan: K8sPlan) -> dict:
     """The short-lived pod orch k8s apply copies the build through (kubectl cp needs a container with tar)."""
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta("orch-model-loader", "model") | {"namespace": plan.namespace},
             "spec": {"restartPolicy": "Never", "securityContext": pod_security(), **({"nodeSelector": dict(plan.node_selector)}
                                                                                       if plan.node_selector else {}),
+                     "automountServiceAccountToken": False,
                      "containers": [{"name": "loader", "image": OLLAMA_IMAGE, "imagePullPolicy": "IfNotPresent",
                                      "command": ["sleep", "3600"], "securityContext": non_root(),
+                                     "resources": resources("100m", "128Mi", "1", "512Mi"),
                                      "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]}],
                      "volumes": [model_volume(plan), {"name": "tmp", "emptyDir": {}}]}}
 
@@ -270,7 +294,7 @@ def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
         "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch"}}}
     files = {"namespace.yaml": [namespace], "ollama.yaml": ollama_docs(plan), "open-webui.yaml": webui_docs(plan),
              "monitor.yaml": monitor_docs(plan)}
-    return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_pod(plan)]}
+    return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_policy(plan), loader_pod(plan)]}
 
 
 def dump(docs) -> str:

@@ -11,6 +11,7 @@ from orchestrator import modelfile, names
 from orchestrator.errors import BadInput
 from orchestrator.files import sha256_file
 
+QUANTITY = r"([0-9]+(?:\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|k|M|G|T)?"  # a Kubernetes resource quantity, as orch accepts it
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -51,6 +52,18 @@ class K8sPlan:
     service_monitor: bool = False
     monitor_image: str | None = None  # an image with orch installed; else the pinned Python image installs it at start
     pip_index_url: str | None = None
+    ollama_memory: str | None = None  # overrides the memory request sized from the model
+    ollama_cpu: str = "2"
+
+    @property
+    def ollama_resources(self) -> dict:
+        """Requests sized from the build (the model, its KV cache and the server: 1.2 x the GGUF plus 1 GiB), limits twice that."""
+        memory = self.ollama_memory or f"{int(self.model.size * 1.2 / 2**30) + 1}Gi"
+        number, unit = re.fullmatch(QUANTITY, memory).groups()
+        cpu_number, cpu_unit = re.fullmatch(QUANTITY, self.ollama_cpu).groups()
+        double = lambda n, u: f"{float(n) * 2:g}{u or ''}"  # noqa: E731
+        return {"requests": {"cpu": self.ollama_cpu, "memory": memory},
+                "limits": {"cpu": double(cpu_number, cpu_unit), "memory": double(number, unit)}}
 
     @property
     def store_size(self) -> str:
@@ -133,6 +146,9 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
         raise BadInput("a hostPath model volume is on one node: with --replicas above 1 pin the pods there with --node-selector")
     if kw.get("tls_secret") and not kw.get("host"):
         raise BadInput("--tls-secret needs --host (the Ingress host name it is for)")
+    for option, key in (("--ollama-memory", "ollama_memory"), ("--ollama-cpu", "ollama_cpu")):
+        if kw.get(key) is not None and not re.fullmatch(QUANTITY, kw[key]):
+            raise BadInput(f"{option} {kw[key]!r} is not a Kubernetes quantity such as 16Gi or 4 (or 500m for CPU)")
     if kw.get("num_parallel") is not None and kw["num_parallel"] < 1:
         raise BadInput("--num-parallel takes 1 or more")
     model = load_model(target, name)
