@@ -26,16 +26,78 @@ class Verdict:
     detail: str
 
 
-def _reader(path: Path):
+MAX_VOCAB = 1 << 20  # Baichuan's is 125,696 and the largest vocabularies in use about 260,000
+MAX_ARRAY_ITEMS = 4 << 20  # every array of the metadata together
+MAX_KV = 10_000
+
+
+def open_gguf(path: Path):
+    """The GGUF's reader, once its metadata has been bounded (a 24 MB file of 2 million empty tokens took 84 s and 4.6 GB)."""
     from gguf import GGUFReader
 
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory: give one of its .gguf files (orch inspect {path}/NAME.gguf)")
     if not path.is_file():
         raise BadInput(f"{path} does not exist: give the path of a .gguf file")
+    _bound_metadata(path)
     try:
-        return GGUFReader(str(path))
-    except Exception as e:  # gguf raises ValueError and others for foreign files
-        raise BadInput(f"{path} is not a readable GGUF file ({type(e).__name__}): check the path") from None
+        reader = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001  gguf raises ValueError, IndexError, struct errors ... for foreign or cut files
+        raise BadInput(f"{path} is not a whole GGUF file ({type(e).__name__}): it is cut short or not a GGUF; download it again") from None
+    reader.orch_path = path
+    return reader
+
+
+def _bound_metadata(path: Path) -> None:
+    """Walk the metadata's headers (keys, types, array lengths) before gguf parses it, refusing absurd counts."""
+    import struct
+
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF's scalar value types
+    with open(path, "rb") as f:
+        def read(fmt: str):
+            data = f.read(struct.calcsize(fmt))
+            if len(data) != struct.calcsize(fmt):
+                raise BadInput(f"{path} is cut short in its metadata: download it again")
+            return struct.unpack(fmt, data)[0]
+
+        def skip_string() -> int:
+            n = read("<Q")
+            if n > 1 << 24:
+                raise BadInput(f"{path} holds a string of {n} bytes in its metadata: not a GGUF orch can judge")
+            f.seek(n, 1)
+            return n
+
+        if f.read(4) != b"GGUF":
+            raise BadInput(f"{path} is not a GGUF file (no GGUF magic): check the path")
+        version, _n_tensors, n_kv = read("<I"), read("<Q"), read("<Q")
+        if version < 2 or n_kv > MAX_KV:
+            raise BadInput(f"{path} declares GGUF version {version} with {n_kv} metadata keys: not a GGUF orch can judge")
+        items = 0
+        for _ in range(n_kv):
+            key_len = read("<Q")
+            if key_len > 1 << 16:
+                raise BadInput(f"{path} has a metadata key of {key_len} bytes: not a GGUF orch can judge")
+            key = f.read(key_len).decode("utf-8", errors="replace")
+            kind = read("<I")
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                item_kind, count = read("<I"), read("<Q")
+                items += count
+                if (key == "tokenizer.ggml.tokens" and count > MAX_VOCAB) or items > MAX_ARRAY_ITEMS:
+                    raise BadInput(f"{path}: {key} holds {count} entries, beyond any model's vocabulary: not a GGUF orch can judge")
+                if item_kind == 8:
+                    for _ in range(count):
+                        skip_string()
+                elif item_kind in sizes:
+                    f.seek(sizes[item_kind] * count, 1)
+                else:
+                    raise BadInput(f"{path}: {key} is an array of an unknown type {item_kind}: a malformed GGUF")
+            elif kind in sizes:
+                f.seek(sizes[kind], 1)
+            else:
+                raise BadInput(f"{path}: {key} has an unknown value type {kind}: a malformed GGUF")
 
 
 def _field(reader, key: str):
@@ -43,22 +105,49 @@ def _field(reader, key: str):
     return None if f is None else f.contents()
 
 
-def inspect_gguf(path: Path) -> dict:
-    from gguf import LlamaFileType
+def _malformed(reader, key: str, value, want: str) -> BadInput:
+    return BadInput(f"{reader.orch_path}: {key} is {str(value)[:40]!r}, not {want}: a malformed GGUF; get it again from its source")
 
-    path = Path(path)
-    reader = _reader(path)
-    arch = _field(reader, "general.architecture")
+
+def _int(reader, key: str) -> int | None:
+    value = _field(reader, key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _malformed(reader, key, value, "a whole number")
+    return value
+
+
+def _vocabulary(reader) -> tuple[list[str], list[int]]:
+    """The tokens and their types, checked to match one for one and to be types llama.cpp knows."""
+    from gguf import TokenType
+
     tokens = _field(reader, "tokenizer.ggml.tokens") or []
     types = _field(reader, "tokenizer.ggml.token_type") or []
-    special = {_field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise _malformed(reader, "tokenizer.ggml.tokens", type(tokens).__name__, "a list of strings")
+    if types and len(types) != len(tokens):
+        raise BadInput(f"{reader.orch_path} has {len(types)} token types for {len(tokens)} tokens: a malformed GGUF; get it again "
+                       "from its source")
+    known = {t.value for t in TokenType}
+    if unknown := next((t for t in types if t not in known), None):
+        raise _malformed(reader, "tokenizer.ggml.token_type", unknown, f"one of llama.cpp's token types {sorted(known)}")
+    return tokens, types
+
+
+def inspect_gguf(reader) -> dict:
+    """What the GGUF holds (`reader` from open_gguf: the file is parsed once for this and the verdicts)."""
+    from gguf import LlamaFileType
+
+    path = reader.orch_path
+    arch = _field(reader, "general.architecture")
+    tokens, types = _vocabulary(reader)
+    special = {_int(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
     markers = {tokens[i]: i for i, t in enumerate(types) if t == CONTROL and i not in special}
     ftype = _field(reader, "general.file_type")
     try:
         quant = LlamaFileType(ftype).name.replace("MOSTLY_", "").replace("ALL_", "") if ftype is not None else None
     except ValueError:
         quant = str(ftype)
-    layers = _field(reader, f"{arch}.block_count")
+    layers = _int(reader, f"{arch}.block_count")
     return {
         "file": str(path),
         "size": path.stat().st_size,
@@ -78,20 +167,19 @@ def inspect_gguf(path: Path) -> dict:
     }
 
 
-def verdicts(path: Path, *, generation: int | None = None, tokenizer: Path | None = None) -> list[Verdict]:
+def verdicts(reader, *, generation: int | None = None, tokenizer: Path | None = None) -> list[Verdict]:
     """Whether a Baichuan GGUF was converted right: NormHead, chat markers, space prefix, position encoding, template."""
-    path = Path(path)
-    reader = _reader(path)
+    path = reader.orch_path
     arch = _field(reader, "general.architecture")
     if arch != "baichuan":
         return [Verdict("architecture", FAIL, f"{arch!r}, not baichuan: these checks are for Baichuan GGUFs")]
-    tokens = _field(reader, "tokenizer.ggml.tokens") or []
+    tokens, _ = _vocabulary(reader)
     gen, how = _generation(reader, len(tokens), generation)
     out = [Verdict("generation", PASS if gen else UNKNOWN, how)]
     out.append(_normhead(reader, gen))
     out.append(_markers(reader, path, tokens))
     out.append(_space_prefix(reader, gen, tokenizer))
-    layers = _field(reader, "baichuan.block_count")
+    layers = _int(reader, "baichuan.block_count")
     pos = positions(layers)
     out.append(Verdict("positions", PASS, f"{layers} layers: llama.cpp's {'7B graph, RoPE' if pos == 'rope' else '13B graph, ALiBi'}")
                if pos != "none" else
@@ -120,6 +208,8 @@ def _normhead(reader, gen: int | None) -> Verdict:
     tensor = next((t for t in reader.tensors if t.name == "output.weight"), None)
     if tensor is None:
         return Verdict("NormHead", FAIL, "no output.weight in the GGUF")
+    if len(tensor.data.shape) != 2:
+        return Verdict("NormHead", FAIL, f"output.weight has shape {list(tensor.data.shape)}, not a matrix: a malformed GGUF")
     rows = tensor.data.shape[0]
     norms = np.concatenate([np.linalg.norm(dequantize(tensor.data[i:i + 4096], tensor.tensor_type).astype(np.float64), axis=1)
                             for i in range(0, rows, 4096)])
@@ -136,15 +226,23 @@ def _normhead(reader, gen: int | None) -> Verdict:
 
 
 def _markers(reader, path: Path, tokens: list[str]) -> Verdict:
-    types = _field(reader, "tokenizer.ggml.token_type") or []
+    _, types = _vocabulary(reader)
     recorded = _field(reader, "orch.chat.marker_ids")
     ids = list(recorded) if recorded else [tokens.index(p) for p in MARKER_PIECES if p in tokens]
+    if not all(isinstance(i, int) and 0 <= i < len(tokens) and i < len(types) for i in ids):
+        return Verdict("chat markers", FAIL, f"orch.chat.marker_ids {ids[:4]} are not ids of this {len(tokens)}-token vocabulary: "
+                                             "a malformed GGUF")
     if not ids:
         return Verdict("chat markers", WARN, "no <reserved_106>/<reserved_107> in the vocabulary: a base model, or not Baichuan 2's")
     from gguf import TokenType
 
     untyped = [f"{tokens[i]} typed {TokenType(types[i]).name}" for i in ids if types[i] != CONTROL]
-    split = {tokens[i]: got for i, got in zip(ids, _tokenize(path, [tokens[i] for i in ids])) if got != [i]}
+    try:
+        tokenized = _tokenize(path, [tokens[i] for i in ids])
+    except ValueError:  # llama-cpp-python's word for a GGUF llama.cpp refuses to load
+        return Verdict("chat markers", FAIL, "llama.cpp cannot load this GGUF's vocabulary, so it cannot be asked how the markers "
+                                             "tokenise: a malformed GGUF")
+    split = {tokens[i]: got for i, got in zip(ids, tokenized) if got != [i]}
     if untyped or split:
         what = [f"{', '.join(untyped)}, not CONTROL"] if untyped else []
         what += [f"{piece} tokenises to {got[:6]}{'…' if len(got) > 6 else ''}" for piece, got in split.items()]

@@ -171,10 +171,11 @@ def inspect_cmd(
 
       orch inspect ~/Downloads/baichuan2-13b-chat.Q4_K_M.gguf --check
     """
-    from orchestrator.builder.gguf_check import as_dicts, inspect_gguf, verdicts
+    from orchestrator.builder.gguf_check import as_dicts, inspect_gguf, open_gguf, verdicts
 
-    info = inspect_gguf(gguf)
-    judged = verdicts(gguf, generation=generation, tokenizer=tokenizer) if info["architecture"] == "baichuan" else []
+    reader = open_gguf(gguf)
+    info = inspect_gguf(reader)
+    judged = verdicts(reader, generation=generation, tokenizer=tokenizer) if info["architecture"] == "baichuan" else []
     failed = any(v.status == "fail" for v in judged)
     if as_json:
         render.print_json(info | {"verdicts": as_dicts(judged)})

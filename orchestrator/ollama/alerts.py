@@ -29,11 +29,19 @@ MAX_PAUSE = 60.0
 def redact(url: str) -> str:
     """The webhook as it may be shown: scheme and host, never the path or query that hold its token."""
     u = urlparse(url)
-    return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}/…"
+    try:
+        port = f":{u.port}" if u.port else ""
+    except ValueError:  # not a number: shown as nothing rather than raised
+        port = ""
+    return f"{u.scheme}://{u.hostname}{port}/…"
 
 
 def validate(url: str, fmt: str) -> None:
     u = urlparse(url)
+    try:
+        u.port  # a port of "abc" or 99999 raises here, not at the first alert
+    except ValueError:
+        raise BadInput(f"--alert-webhook {redact(url) if u.hostname else 'value'} has no valid port: pass the receiver's full URL") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise BadInput(f"--alert-webhook {redact(url) if u.hostname else 'value'} is not an http(s) URL: pass the receiver's full URL")
     if fmt not in FORMATS:
