@@ -5,6 +5,7 @@ three Ollama doubles as the replicas, the pods' own model-creation script and re
 from __future__ import annotations
 
 import json
+import re
 import os
 import stat
 import subprocess
@@ -385,3 +386,31 @@ def test_checkov_finds_nothing_beyond_what_the_readme_accepts(rendered, checkov,
     webui_only = {"CKV_K8S_35", "CKV_K8S_23", "CKV_K8S_22", "CKV_K8S_20", "CKV_K8S_40"}
     assert all("open-webui" in r for c, r in failed if c in webui_only), failed
     assert all("orch-model-loader" in r for c, r in failed if c in ("CKV_K8S_8", "CKV_K8S_9")), failed
+
+
+def test_the_monitor_installs_only_wheels_whose_sha256_orch_pinned(rendered):
+    """--require-hashes with every package of k8s/monitor-requirements.txt pinned; that file covers MONITOR_DEPENDENCIES."""
+    from orchestrator.stack.kubernetes.manifests import MONITOR_DEPENDENCIES
+
+    docs = kustomize(rendered["defaults"])
+    install = find(docs, "Deployment", "orch-health")["spec"]["template"]["spec"]["initContainers"][0]
+    assert "--require-hashes" in install["command"] and "--no-deps" in install["command"]
+    requirements = (rendered["defaults"] / "scripts" / "monitor-requirements.txt").read_text()
+    pinned = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    assert pinned and all(re.fullmatch(r"[a-z0-9.-]+==\S+( --hash=sha256:[0-9a-f]{64})+", line) for line in pinned), pinned
+    names = {line.split("==")[0] for line in pinned}
+    wanted = {re.split(r"[<>=]", dep)[0].lower().replace("_", "-") for dep in MONITOR_DEPENDENCIES}
+    assert wanted <= names, f"scripts/monitor-requirements is stale: {wanted - names} missing"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("orch-monitor-requirements"))
+    assert cm["data"]["monitor-requirements.txt"] == requirements
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_the_pinned_hashes_are_pypis_own(arch, tmp_path):
+    """pip itself checks every pinned wheel against the index, as the pod will (network: the package registry)."""
+    requirements = Path(__file__).resolve().parents[1] / "k8s" / "monitor-requirements.txt"
+    plats = [f"--platform={p}_{arch}" for p in ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux_2_34")]
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes", "--no-deps",
+                           "--only-binary=:all:", "--python-version=3.13", "--implementation=cp", *plats, "-d", str(tmp_path),
+                           "-r", str(requirements)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -37,6 +37,7 @@ MODELS_MOUNT = "/models"
 SECRET_FILE = "secrets/open-webui.env"
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
+REQUIREMENTS = "monitor-requirements.txt"  # MONITOR_DEPENDENCIES resolved and hashed by scripts/monitor-requirements
 SOURCE_PACKAGES = ("", "cli", "ollama")  # what `orch health` imports: orchestrator/*.py, cli/ and ollama/
 
 
@@ -217,9 +218,13 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
         pip_env = [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"}]
         if plan.pip_index_url:
             pip_env.append({"name": "PIP_INDEX_URL", "valueFrom": {"secretKeyRef": {"name": "orch-pip", "key": "PIP_INDEX_URL"}}})
+        # every wheel pinned by sha256 (k8s/monitor-requirements.txt): a mirror cannot hand the monitor other code
+        volumes.append({"name": "requirements", "configMap": {"name": "orch-monitor-requirements"}})
         init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
-                 "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/deps", *MONITOR_DEPENDENCIES],
-                 "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"}],
+                 "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--require-hashes", "--no-deps", "--only-binary=:all:",
+                             "--target", "/deps", "-r", f"/requirements/{REQUIREMENTS}"],
+                 "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"},
+                                  {"name": "requirements", "mountPath": "/requirements", "readOnly": True}],
                  "securityContext": non_root(), "resources": resources("100m", "256Mi", "1", "512Mi")}]
     container = {"name": "orch-health", "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
                  "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
@@ -283,6 +288,7 @@ def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
     }
     if not plan.monitor_image:
         doc["configMapGenerator"].append({"name": "orch-source", "files": [f"monitor-source/{key}" for key, _ in source_files()]})
+        doc["configMapGenerator"].append({"name": "orch-monitor-requirements", "files": [f"scripts/{REQUIREMENTS}"]})
         if plan.pip_index_url:
             doc["secretGenerator"].append({"name": "orch-pip", "envs": [PIP_SECRET_FILE]})
     return doc
@@ -333,7 +339,7 @@ def write(plan: K8sPlan) -> list[Path]:
     write_text(out / "source.json", json.dumps({"build": str(plan.model.directory), "model": plan.model.name,
                                                 "sha256": plan.model.sha256}, indent=2) + "\n")
     scripts = paths.resource_dir("k8s", "k8s_files")
-    for script in ("entrypoint.sh", "create-model.sh"):
+    for script in ("entrypoint.sh", "create-model.sh", REQUIREMENTS):
         (out / "scripts").mkdir(exist_ok=True)
         write_text(out / "scripts" / script, (scripts / script).read_text())
         written.append(out / "scripts" / script)
