@@ -92,12 +92,12 @@ def test_replicas_gpus_scheduling_and_ollama_settings(rendered):
     sts = find(docs, "StatefulSet", "ollama")
     pod, c = sts["spec"]["template"]["spec"], container(sts, "ollama")
     assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2 and c["resources"]["requests"]["memory"].endswith("Gi")
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["OLLAMA_KEEP_ALIVE"] == "-1" and env["OLLAMA_NUM_PARALLEL"] == "4"
-    assert "resources" not in container(find(documents(rendered["defaults"]), "StatefulSet", "ollama"), "ollama"), "no GPU unless asked"
+    assert "nvidia.com/gpu" not in container(find(documents(rendered["defaults"]), "StatefulSet", "ollama"), "ollama")["resources"]["limits"], "no GPU unless asked"
     store = sts["spec"]["volumeClaimTemplates"][0]
     assert store["spec"]["accessModes"] == ["ReadWriteOnce"], "each replica keeps its own store: a restart creates nothing again"
 
