@@ -154,15 +154,22 @@ class ModelScope:
 
     name = "ModelScope"
 
-    def _api(self):
+    @staticmethod
+    def _client():
+        """The modelscope_hub module, or one line naming the install (the first thing Chinese users try)."""
         try:
-            from modelscope_hub import HubApi
+            import modelscope_hub
         except ImportError:
-            raise OrchError("ModelScope support needs the modelscope package: pip install 'orch[modelscope]'") from None
-        return HubApi()
+            raise OrchError("ModelScope support needs the modelscope package: pip install 'orch[modelscope]' "
+                            "(or use --source hf with HF_ENDPOINT set to a mirror)") from None
+        return modelscope_hub
+
+    def _api(self):
+        return self._client().HubApi()
 
     def listing(self, source: Source) -> Listing:
-        from modelscope_hub import NotExistError, NotFoundError
+        client = self._client()
+        NotExistError, NotFoundError = client.NotExistError, client.NotFoundError  # noqa: N806
 
         revision = source.revision or "master"
         try:
@@ -177,7 +184,8 @@ class ModelScope:
         return Listing(revision, [f.path for f in files], {f.path: f.sha256 for f in files if f.sha256}, {f.path: f.size for f in files})
 
     def download(self, source: Source, listing: Listing, files: list[str]) -> Path:
-        from modelscope_hub import FileDownloadError, FileIntegrityError
+        client = self._client()
+        FileDownloadError, FileIntegrityError = client.FileDownloadError, client.FileIntegrityError  # noqa: N806
 
         # the listing already made, handed back so that the client does not ask for it again
         entries = [{"Path": f, "Size": listing.sizes.get(f, 0), "Sha256": listing.sha256.get(f)} for f in files]

@@ -33,7 +33,8 @@ class OrchTyper(typer.Typer):
     """A Typer whose commands turn OrchError into one line and an exit code, and Ctrl-C into a quiet exit 130."""
 
     def __init__(self, **kw):
-        super().__init__(**{"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False, "cls": OrchGroup} | kw)
+        super().__init__(**{"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False, "cls": OrchGroup,
+                            "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}} | kw)
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -66,6 +67,22 @@ app = OrchTyper(
     "  orch up\n\n"
     "  orch health --watch",
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from orchestrator import __version__
+
+        typer.echo(f"orch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                       help="Print orch's version and exit.")) -> None:
+    """Run Baichuan2 privately."""
+
 
 from orchestrator.cli import build, k8s, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
 

@@ -43,7 +43,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog
 
 @app.command()
 def build(
-    source: str = typer.Argument(..., help="A catalog name (orch models), a Hugging Face repo id, or a local checkpoint directory."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="A catalog name (orch models), a Hugging Face repo id, or a local checkpoint directory."),
     hub: str = typer.Option("hf", "--source", help="Where a catalog name or repo id is fetched from: hf or modelscope."),
     revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo."),
     quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Comma-separated output types: f16, bf16, f32, q8_0, q6_K, q5_K_M, q4_K_M, …"),
@@ -157,7 +157,7 @@ def _quality_table(con, record: dict) -> None:
 
 @app.command("inspect")
 def inspect_cmd(
-    gguf: Path = typer.Argument(..., help="A .gguf file, orch's or anyone's."),
+    gguf: Path = typer.Argument(..., metavar="GGUF", help="A .gguf file, orch's or anyone's."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when any verdict fails (for scripts)."),
     generation: Optional[int] = typer.Option(None, "--generation", min=1, max=2, help="Baichuan 1 or 2, when the GGUF cannot tell."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="The model's tokenizer.model, to judge the space prefix by."),

@@ -20,7 +20,7 @@ app.add_typer(k8s, name="k8s")
 
 @k8s.command("render")
 def render_cmd(
-    build: Path = typer.Argument(..., help="An orch build directory (its first type), or a Modelfile beside its GGUF."),
+    build: Path = typer.Argument(..., metavar="BUILD", help="An orch build directory (its first type), or a Modelfile beside its GGUF."),
     out: Path = typer.Option(Path("k8s"), "--out", "-o", help="Directory for the manifests and kustomization.yaml."),
     namespace: str = typer.Option("orch", "--namespace", "-n", help="Namespace for everything (a DNS-1123 label)."),
     replicas: int = typer.Option(1, "--replicas", help="Ollama replicas (pods), each serving the model."),
@@ -71,7 +71,7 @@ def _dir(directory: Path) -> Path:
 
 @k8s.command("apply")
 def apply_cmd(
-    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
     wait: float = typer.Option(1800, "--wait", help="Seconds to wait for the rollouts and readiness."),
 ) -> None:
     """kubectl apply -k DIR, put the GGUF and Modelfile on the model volume, wait for the rollouts and readiness.
@@ -89,7 +89,7 @@ def apply_cmd(
 
 
 @k8s.command("status")
-def status_cmd(directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote.")) -> None:
+def status_cmd(directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote.")) -> None:
     """Pods, readiness, and which Ollama replicas serve the model (readiness asks ollama show MODEL).
 
     Example: orch k8s status ./k8s
@@ -110,7 +110,7 @@ def _print_status(runtime, directory: Path) -> None:
 
 @k8s.command("down")
 def down_cmd(
-    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
     volumes: bool = typer.Option(False, "--volumes", help="Also delete the model volume, the replicas' stores and the chat data."),
 ) -> None:
     """Remove what orch k8s apply created (the claims, and with them models and chats, only with --volumes).
@@ -125,7 +125,7 @@ def down_cmd(
 
 @k8s.command("logs")
 def logs_cmd(
-    directory: Path = typer.Argument(Path("k8s"), help="A directory orch k8s render wrote."),
+    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
     service: Optional[str] = typer.Option(None, "--service", help="ollama, open-webui or orch-health [default: all]."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
 ) -> None:

@@ -14,7 +14,7 @@ from orchestrator.cli.build import HOST_HELP
 
 @app.command("register")
 def register_cmd(
-    target: Path = typer.Argument(..., help="A build directory (every Modelfile build.json lists) or one Modelfile."),
+    target: Path = typer.Argument(..., metavar="TARGET", help="A build directory (every Modelfile build.json lists) or one Modelfile."),
     host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="Ollama name NAME[:TAG] [default: the one build.json records]."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the /api/show and /api/chat confirmation."),
@@ -45,7 +45,7 @@ def register_cmd(
 
 @app.command("chat")
 def chat_cmd(
-    model: str = typer.Argument(..., help="An Ollama model name, e.g. tiny:q4_K_M."),
+    model: str = typer.Argument(..., metavar="MODEL", help="An Ollama model name, e.g. tiny:q4_K_M."),
     host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
     system: Optional[str] = typer.Option(None, "--system", help="A system prompt for this conversation."),
 ) -> None:
@@ -163,7 +163,7 @@ def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port
 
 @app.command("bench")
 def bench_cmd(
-    model: str = typer.Argument(..., help="The served model to load, e.g. tiny:q4_K_M."),
+    model: str = typer.Argument(..., metavar="MODEL", help="The served model to load, e.g. tiny:q4_K_M."),
     users: str = typer.Option("1,2,4,8", "--users", help="Concurrency levels to try, in turn."),
     turns: int = typer.Option(3, "--turns", help="Turns of each simulated user's conversation."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, max=4096, help="Tokens each reply may have."),

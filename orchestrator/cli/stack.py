@@ -164,7 +164,7 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
 
 @app.command()
 def logs(
-    service: Optional[str] = typer.Argument(None, help="ollama or open-webui [default: both]."),
+    service: Optional[str] = typer.Argument(None, metavar="SERVICE", help="ollama or open-webui [default: both]."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
 ) -> None:
