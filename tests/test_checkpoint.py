@@ -127,10 +127,15 @@ def test_only_the_files_a_build_reads_are_fetched():
 
 @pytest.mark.parametrize("spec, hub, repo", [("baichuan2-7b-chat", "hf", "baichuan-inc/Baichuan2-7B-Chat"),
                                              ("baichuan2-13b-chat", "modelscope", "baichuan-inc/Baichuan2-13B-Chat"),
-                                             ("someone/my-baichuan2-ft", "hf", "someone/my-baichuan2-ft")])
+                                             ("someone/my-baichuan2-ft", "hf", "someone/my-baichuan2-ft"),
+                                             # the Hugging Face page's spelling, and any case of it, is the catalog's model
+                                             ("Baichuan2-7B-Chat", "hf", "baichuan-inc/Baichuan2-7B-Chat"),
+                                             ("baichuan-inc/baichuan2-7b-chat", "hf", "baichuan-inc/Baichuan2-7B-Chat")])
 def test_sources_resolve(spec, hub, repo):
     src = catalog.resolve(spec, hub=hub)
     assert (src.repo_id, src.hub) == (repo, hub)
+    if repo.startswith("baichuan-inc/"):
+        assert src.kind == "catalog" and src.entry is not None
 
 
 def test_plan_names_artifacts_the_community_way(tmp_path):

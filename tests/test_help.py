@@ -49,3 +49,16 @@ def test_modelscope_without_its_extra_is_one_line_naming_the_install(monkeypatch
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "pip install 'orch[modelscope]'" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_that_does_not_answer_names_the_repo_and_the_endpoint_tried(tmp_path, unused_port):
+    """With HF_ENDPOINT already set (to a loopback port nothing listens on), the advice is not to set it."""
+    import os
+
+    endpoint = f"http://127.0.0.1:{unused_port}"
+    proc = cli("build", "Baichuan2-7B-Chat", "--no-register", "-o", str(tmp_path / "out"), env=os.environ | {"HF_ENDPOINT": endpoint},
+               check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert f"Hugging Face ({endpoint}) failed baichuan-inc/Baichuan2-7B-Chat" in lines[0]
+    assert "set HF_ENDPOINT" not in lines[0] and "check that the mirror in HF_ENDPOINT serves it" in lines[0]

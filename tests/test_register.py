@@ -104,6 +104,20 @@ def test_no_server_is_a_clear_failure_for_register(tiny_build, unused_port):
     assert f"no Ollama answered at http://127.0.0.1:{unused_port}" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_the_advice_without_a_server_is_the_users_own_command_again(tiny_build, unused_port):
+    (mf,) = tiny_build.glob("*.Modelfile")
+    proc = cli("register", str(mf), "--name", "mybot:v1", "--host", f"127.0.0.1:{unused_port}", check=False)
+    assert proc.returncode == 1
+    assert f"then run: orch register {mf} --name mybot:v1 --host http://127.0.0.1:{unused_port}" in " ".join(proc.stdout.split())
+
+
+def test_a_gguf_given_to_register_is_refused_up_front_saying_what_to_pass(tiny_build):
+    (gguf,) = tiny_build.glob("*.gguf")
+    proc = cli("register", str(gguf), "--host", "http://127.0.0.1:9", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "is a GGUF, not a Modelfile: pass the Modelfile beside it" in lines[0], proc.stderr
+
+
 def test_a_modelfile_registers_as_written_under_a_new_name(ollama_double, tiny_build, tmp_path):
     """Edits to the Modelfile (a SYSTEM line, a parameter, a seeded MESSAGE) are what the server gets."""
     double = ollama_double()

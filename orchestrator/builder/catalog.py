@@ -104,9 +104,10 @@ def resolve(spec: str, *, hub: str = "hf", revision: str | None = None) -> Sourc
             return Source("tiny", "tiny", entry=entry)
         repo = entry.modelscope_id if hub == "modelscope" else entry.hf_id
         return Source("catalog", entry.name, hub=hub, repo_id=repo, revision=revision, entry=entry)
-    for entry in CATALOG.values():
-        if spec in (entry.hf_id, entry.modelscope_id):
-            return Source("catalog", entry.name, hub=hub, repo_id=spec, revision=revision, entry=entry)
+    for entry in CATALOG.values():  # repo ids are case-insensitive on both hubs: the catalog's spelling is the canonical one
+        for repo in (entry.hf_id, entry.modelscope_id):
+            if repo and key == repo.lower():
+                return Source("catalog", entry.name, hub=hub, repo_id=repo, revision=revision, entry=entry)
     if REPO_ID.match(spec):
         return Source("repo", slug(spec.split("/")[-1]), hub=hub, repo_id=spec, revision=revision)
 

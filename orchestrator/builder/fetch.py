@@ -107,15 +107,23 @@ def tiny_checkpoint(layers: int = 32) -> Path:
     return dest
 
 
-def unreachable(hub: str, e: Exception, *, downloading: bool = False) -> OrchError:
+def unreachable(hub: str, e: Exception, *, repo: str, downloading: bool = False) -> OrchError:
+    """A hub that did not answer, naming the repo and the endpoint tried, and the fix that is not already in place."""
+    import os
+
     detail = str(e).splitlines()[0] if str(e) else "no detail"
     if hub == "Hugging Face":
-        fix = "set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com), or use --source modelscope, or pass a downloaded directory"
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        mirror = ("check that the mirror in HF_ENDPOINT serves it" if os.environ.get("HF_ENDPOINT")
+                  else "set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com)")
+        fix = f"{mirror}, or use --source modelscope, or pass a downloaded directory"
     else:
+        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or "https://www.modelscope.cn"
         fix = "check the model id and your network, or use --source hf, or pass a downloaded directory"
     if downloading:
         fix = "run the same command again to resume, or " + fix
-    return OrchError(f"{hub} failed{' while downloading' if downloading else ''} ({type(e).__name__}: {detail[:200]}): {fix}")
+    return OrchError(f"{hub} ({endpoint}) failed{' while downloading' if downloading else ''} {repo} "
+                     f"({type(e).__name__}: {detail[:200]}): {fix}")
 
 
 class HuggingFace:
@@ -136,7 +144,7 @@ class HuggingFace:
         except RepositoryNotFoundError:
             raise BadInput(f"{source.repo_id} was not found on the hub (or is private: set HF_TOKEN)") from None
         except Exception as e:  # HTTP errors and whatever the transport raises when the hub is unreachable
-            raise unreachable(self.name, e) from None
+            raise unreachable(self.name, e, repo=source.repo_id) from None
         siblings = info.siblings or []
         return Listing(info.sha, [s.rfilename for s in siblings], {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs})
 
@@ -146,7 +154,7 @@ class HuggingFace:
         try:
             return Path(snapshot_download(source.repo_id, revision=listing.revision, allow_patterns=files))
         except Exception as e:
-            raise unreachable(self.name, e, downloading=True) from None
+            raise unreachable(self.name, e, repo=source.repo_id, downloading=True) from None
 
 
 class ModelScope:
@@ -178,7 +186,7 @@ class ModelScope:
             what = f"revision {revision!r} of {source.repo_id}" if source.revision else source.repo_id
             raise BadInput(f"{what} was not found on ModelScope ({_first_line(e)}): check the model id and --revision") from None
         except Exception as e:  # modelscope raises many types for network and lookup failures
-            raise unreachable(self.name, e) from None
+            raise unreachable(self.name, e, repo=source.repo_id) from None
         files = [f for f in entries if not f.is_dir]
         # the current client keeps the published hashes here; the legacy get_model_files() drops them
         return Listing(revision, [f.path for f in files], {f.path: f.sha256 for f in files if f.sha256}, {f.path: f.size for f in files})
@@ -197,9 +205,9 @@ class ModelScope:
             if corrupt:
                 raise OrchError(f"{', '.join(corrupt)} as downloaded does not match the sha256 ModelScope publishes for it (a corrupt "
                                 "download, refused by the client): run the same command again, or use --source hf") from None
-            raise unreachable(self.name, e, downloading=True) from None
+            raise unreachable(self.name, e, repo=source.repo_id, downloading=True) from None
         except Exception as e:
-            raise unreachable(self.name, e, downloading=True) from None
+            raise unreachable(self.name, e, repo=source.repo_id, downloading=True) from None
 
 
 def discard(path: Path) -> None:

@@ -61,6 +61,10 @@ def jobs(target: Path, name: str | None = None) -> list[tuple[Path, str]]:
         return found
     if not target.is_file():
         raise BadInput(f"{target} does not exist: pass a build directory or a Modelfile")
+    with open(target, "rb") as f:
+        if f.read(4) == b"GGUF":
+            raise BadInput(f"{target} is a GGUF, not a Modelfile: pass the Modelfile beside it (orch build writes NAME.Modelfile), "
+                           "or the build directory")
     if name is None:
         known = {p.name: n for p, n in names_in_build(target.parent)} if (target.parent / "build.json").is_file() else {}
         if target.name not in known:
@@ -91,7 +95,8 @@ def register(modelfile: Path, name: str, host: str | None = None, *, reporter: R
         reg = Registration(name, "skipped", "", manual_command(name, modelfile, server.url), host=server.url)
         version = server.version()
         if version is None:
-            reg.message = f"no Ollama answered at {server.url}: start one (ollama serve, or orch up) and run: orch register {modelfile.parent}"
+            again = f"orch register {modelfile} --name {name}" + (f" --host {server.url}" if host else "")
+            reg.message = f"no Ollama answered at {server.url}: start one (ollama serve, or orch up), then run: {again}"
             return reg
         try:
             reg.digest = _digest(gguf, reporter)
