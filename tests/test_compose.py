@@ -101,10 +101,43 @@ def test_secrets_are_generated_once_kept_across_renders_and_private(tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    proc = cli("up", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
+    proc = cli("up", "--runtime", "docker", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu", "--model", "tiny:q4_K_M")
     assert OLLAMA_IMAGE in proc.stdout and "127.0.0.1:11434:11434" in proc.stdout
-    assert "DEFAULT_MODELS: tiny:q4_K_M" in proc.stdout and "GPU: --no-gpu" in proc.stderr
+    assert "DEFAULT_MODELS: tiny:q4_K_M" in proc.stdout and "GPU: --no-gpu" in proc.stderr and "runtime: docker" in proc.stderr
     assert not (tmp_path / "stack").exists()
+
+
+def test_a_native_dry_run_shows_the_native_plan(tmp_path, monkeypatch):
+    """supervisord's programs, the ollama found (or how to get it), Open WebUI's virtualenv; no compose, no ufw note."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no ollama here
+    proc = cli("up", "--runtime", "native", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu")
+    assert "runtime: native (--runtime native)" in proc.stderr and "ufw" not in proc.stderr + proc.stdout
+    out = " ".join(proc.stdout.split())
+    assert "program ollama: ollama serve" in out and "program open-webui:" in out and "Open WebUI virtualenv:" in out
+    assert "ollama binary: NOT FOUND: install it with" in out and "compose.yaml" not in out
+    assert not (tmp_path / "stack").exists()
+
+
+def test_a_runtime_orch_does_not_know_is_refused_even_in_a_dry_run(tmp_path):
+    proc = cli("up", "--runtime", "podman", "--dry-run", "--dir", str(tmp_path / "stack"), check=False)
+    assert proc.returncode == 2 and "--runtime podman is not docker or native" in proc.stderr
+
+
+def test_without_a_docker_daemon_the_refusal_says_which_runtime_was_taken_and_why(tmp_path, monkeypatch):
+    """A docker CLI whose daemon does not answer (this machine's), and no ollama: one line saying both."""
+    import shutil
+
+    if shutil.which("docker") is None:
+        pytest.fail("the docker CLI is needed (scripts/test installs docker.io)")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").symlink_to(shutil.which("docker"))
+    monkeypatch.setenv("PATH", f"{bindir}:/bin")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    proc = cli("up", "--dir", str(tmp_path / "stack"), "--no-gpu", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "runtime native (docker is installed but its daemon does not answer" in lines[0] and "ollama is not installed" in lines[0]
 
 
 @pytest.mark.parametrize("runtime", ["docker", "native"])

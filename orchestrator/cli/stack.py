@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from orchestrator.cli import app, render
+from orchestrator.errors import OrchError
 
 STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
 
@@ -57,19 +58,27 @@ def up(
                             expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
                             webui=not no_webui)
     con, err = render.console(), render.console(stderr=True)
+    chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
 
     def announce() -> None:
-        for warning in plan.warnings():
+        for warning in plan.warnings(chosen.name):
             err.print(f"[yellow]warning:[/] {render.escape(warning)}", soft_wrap=True)
         err.print(f"GPU: {gpu_reason}", soft_wrap=True)
+        err.print(f"runtime: {chosen.name} ({why})", soft_wrap=True)
 
     if dry_run:
-        _dry_run(plan, compose.check(plan), announce)
+        if chosen.name == "native":
+            _dry_run_native(plan, announce)
+        else:
+            _dry_run(plan, compose.check(plan), announce)
         return
-    chosen, why = runtimes.choose(runtime)
-    chosen.preflight(plan)  # before any other output: a failure is one line
+    try:
+        chosen.preflight(plan)  # before any other output: a failure is one line
+    except OrchError as e:
+        if runtime is not None:
+            raise
+        raise e.__class__(f"runtime {chosen.name} ({why}): {e}") from None  # orch chose it: say which and why
     announce()
-    err.print(f"runtime: {chosen.name} ({why})", soft_wrap=True)
     with render.RichReporter() as reporter:
         result = stack_up.up(plan, chosen, wait=wait, reporter=reporter)
     _print_up(result, con)
@@ -94,6 +103,31 @@ def _dry_run(plan, doc: dict, announce) -> None:
     con.print("  compose.yaml (validated against the Compose Specification schema):")
     con.print(yaml.safe_dump(doc, sort_keys=False), markup=False, highlight=False)
     con.print(f"  .env (mode 0600): WEBUI_SECRET_KEY, WEBUI_ADMIN_EMAIL={ADMIN_EMAIL}, WEBUI_ADMIN_PASSWORD (generated once)")
+
+
+def _dry_run_native(plan, announce) -> None:
+    """The native plan: the programs supervisord would run, the ollama found, Open WebUI's virtualenv."""
+    import shutil
+
+    from orchestrator.stack import native
+
+    announce()
+    con = render.console()
+    con.print(f"[bold]Plan[/] (nothing started): supervisord in {plan.directory}, restarting each program on a crash")
+    ollama = shutil.which("ollama")
+    if plan.ollama_url is None:
+        con.print(f"  ollama binary: {ollama or f'NOT FOUND: install it with: {native.OLLAMA_INSTALL}, or pass --ollama-url'}",
+                  soft_wrap=True, markup=False)
+    venv = native.webui_venv()
+    if plan.webui:
+        installed = (venv / "bin" / "open-webui").is_file()
+        con.print(f"  Open WebUI virtualenv: {venv} ({'installed' if installed else 'installed by orch up, once: several minutes'})",
+                  soft_wrap=True, markup=False)
+    for service in native.services(plan, venv / "bin" / "open-webui" if plan.webui else None):
+        con.print(f"  program {service.name}: {' '.join(service.command)}", soft_wrap=True, markup=False)
+        con.print(f"    environment: {', '.join(f'{k}={v}' for k, v in service.env.items())}", soft_wrap=True, markup=False)
+        con.print(f"    healthy when {service.health_url} answers", soft_wrap=True, markup=False)
+    con.print("  secrets: .env (mode 0600), handed to Open WebUI alone", markup=False)
 
 
 def _print_up(result, con) -> None:
@@ -140,7 +174,6 @@ def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DI
 
     Example: orch status
     """
-    from orchestrator.errors import OrchError
     from orchestrator.ollama.client import Ollama
     from orchestrator.stack import choice as runtime
 

@@ -67,14 +67,15 @@ class StackPlan:
     def ollama_bind(self) -> str:
         return "0.0.0.0" if self.expose_ollama else "127.0.0.1"
 
-    def warnings(self) -> list[str]:
+    def warnings(self, runtime: str = "docker") -> list[str]:
+        """What the user should know before it starts; the firewall note is Docker's alone (its ports bypass ufw)."""
+        bypass = "; Docker's published ports bypass host firewalls such as ufw" if runtime == "docker" else ""
         out = []
         if self.expose_ollama:
-            out.append(f"Ollama will answer on every interface at port {self.ollama_port} with no authentication; Docker's "
-                       "published ports bypass host firewalls such as ufw")
+            out.append(f"Ollama will answer on every interface at port {self.ollama_port} with no authentication{bypass}")
         if self.bind == "0.0.0.0" and self.webui:
-            out.append(f"Open WebUI listens on every interface at port {self.port} (it has sign-in; Docker's published ports "
-                       "bypass host firewalls such as ufw): pass --bind 127.0.0.1 to keep it on this machine")
+            out.append(f"Open WebUI listens on every interface at port {self.port} (it has sign-in{bypass}): "
+                       "pass --bind 127.0.0.1 to keep it on this machine")
         return out
 
 
