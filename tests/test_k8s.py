@@ -234,6 +234,21 @@ def kubeconfig(tmp_path, unused_port, monkeypatch):
     return path
 
 
+@pytest.mark.parametrize("command", [["status"], ["logs"], ["logs", "--service", "ollama"], ["down"]])
+def test_every_cluster_command_with_no_cluster_is_one_line_naming_the_context(rendered, kubeconfig, command):
+    """status and logs said kubectl's raw memcache.go errors (logs exiting 0); now they all say what apply says."""
+    proc = cli("k8s", command[0], str(rendered["defaults"]), *command[1:], check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith("error: no Kubernetes cluster answers for kube context 'gpu-cluster'"), lines[0]
+    assert "memcache.go" not in proc.stdout + proc.stderr
+
+
+def test_logs_of_a_service_the_stack_lacks_is_refused(rendered, kubeconfig):
+    proc = cli("k8s", "logs", str(rendered["defaults"]), "--service", "nope", check=False)
+    assert proc.returncode == 2 and "--service nope is not one of ollama, open-webui, orch-health" in proc.stderr
+
+
 def test_apply_with_no_reachable_cluster_is_one_line_naming_the_context(rendered, kubeconfig):
     before = {p: p.read_bytes() for p in rendered["defaults"].rglob("*") if p.is_file()}
     proc = cli("k8s", "apply", str(rendered["defaults"]), check=False)

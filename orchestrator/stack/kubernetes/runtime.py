@@ -19,7 +19,7 @@ from typing import Iterator
 
 import yaml
 
-from orchestrator.errors import OrchError
+from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import sha256_file
 from orchestrator.stack.process import stream
@@ -94,6 +94,9 @@ class Rendered:
     directory: Path
 
 
+SERVICES = ("ollama", "open-webui", "orch-health")
+
+
 class KubernetesRuntime:
     name = "kubernetes"
 
@@ -152,6 +155,7 @@ class KubernetesRuntime:
 
     def status(self, directory: Path) -> list[ServiceState]:
         k = Kubectl(namespace_of(directory))
+        k.context()  # no cluster: the one line apply and down give, with its fix
         pods = json.loads(k.run("get", "pods", "-l", PART_OF, "-o", "json").stdout).get("items", [])
         out = []
         for pod in pods:
@@ -164,8 +168,12 @@ class KubernetesRuntime:
         return out
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
+        unknown = [s for s in services or [] if s not in SERVICES]
+        if unknown:
+            raise BadInput(f"--service {unknown[0]} is not one of {', '.join(SERVICES)}")
         k = Kubectl(namespace_of(directory))
-        for service in services or ["ollama", "open-webui", "orch-health"]:
+        k.context()
+        for service in services or SERVICES:
             yield from stream([k.binary, "-n", k.namespace, "logs", "-l", f"app.kubernetes.io/name={service}", "--all-containers",
                                "--prefix", "--tail=200", *(["-f"] if follow else [])])
 
