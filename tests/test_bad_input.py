@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import cli, fails_cleanly
+from support import fails_cleanly
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def _bound_metadata(path: Path) -> None:
 
         if f.read(4) != b"GGUF":
             raise BadInput(f"{path} is not a GGUF file (no GGUF magic): check the path")
-        version, _n_tensors, n_kv = read("<I"), read("<Q"), read("<Q")
+        version, _, n_kv = read("<I"), read("<Q"), read("<Q")  # the tensor count is gguf's to check
         if version < 2 or n_kv > MAX_KV:
             raise BadInput(f"{path} declares GGUF version {version} with {n_kv} metadata keys: not a GGUF orch can judge")
         items = 0
