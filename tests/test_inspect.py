@@ -64,3 +64,16 @@ def test_baichuan_1_has_no_normhead_by_design(checkpoint, tmp_path):
     cli("build", str(checkpoint(32, generation=1)), "--quant", "q8_0", "--no-eval", "--no-register", "-o", str(out))
     code, v = judge(next(out.glob("*.gguf")))
     assert code == 0 and v["NormHead"]["status"] == "pass" and "not used by Baichuan 1" in v["NormHead"]["detail"]
+
+
+def test_inspect_prints_only_its_own_lines(tiny_build):
+    """llama.cpp's log line about n_ctx_train (0) used to reach the terminal after the verdicts."""
+    import subprocess
+
+    from support import ORCH
+
+    (gguf,) = tiny_build.glob("*.gguf")
+    proc = subprocess.run([str(ORCH), "inspect", str(gguf), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "llama_context" not in proc.stdout + proc.stderr and "n_ctx_train" not in proc.stdout + proc.stderr
+    assert "chat markers" in proc.stdout and "pass" in proc.stdout

@@ -252,7 +252,23 @@ def _markers(reader, path: Path, tokens: list[str]) -> Verdict:
 
 
 def _tokenize(path: Path, pieces: list[str]) -> list[list[int]]:
-    """Each piece as llama.cpp tokenises it with special tokens parsed (the vocabulary loaded once, no weights)."""
+    """Each piece as llama.cpp tokenises it with special tokens parsed (the vocabulary alone, no weights), asked in a child
+    process: llama.cpp's own log lines (n_ctx_train ...) stay out of orch's output, and a crash in it is a failed verdict."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", __name__, str(path), json.dumps(pieces)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise ValueError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+    answer = next((line for line in reversed(proc.stdout.splitlines()) if line.startswith("[")), None)  # llama.cpp may print too
+    if answer is None:
+        raise ValueError("llama.cpp gave no tokens")
+    return json.loads(answer)
+
+
+def _tokenize_here(path: Path, pieces: list[str]) -> list[list[int]]:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
@@ -284,3 +300,10 @@ def _space_prefix(reader, gen: int | None, tokenizer: Path | None) -> Verdict:
 
 def as_dicts(items: list[Verdict]) -> list[dict]:
     return [asdict(v) for v in items]
+
+
+if __name__ == "__main__":  # the child of _tokenize: python -m orchestrator.builder.gguf_check GGUF PIECES_JSON
+    import json
+    import sys
+
+    print(json.dumps(_tokenize_here(Path(sys.argv[1]), json.loads(sys.argv[2]))))
