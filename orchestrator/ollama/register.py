@@ -138,17 +138,10 @@ def confirm_registration(server: Ollama, name: str, mf) -> dict:
 
 
 def check_gguf(path: Path) -> None:
-    """Refuse to upload anything that does not start with GGUF's magic and parse as a GGUF (a FROM naming ~/.aws/credentials)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] != b"GGUF" or int.from_bytes(head[4:8], "little") not in (2, 3):
-        raise BadInput(f"{path} is not a GGUF file (it does not start with GGUF's magic): FROM must name the model's .gguf")
-    from gguf import GGUFReader
+    """Refuse to upload anything that is not a GGUF (a FROM naming ~/.aws/credentials): orch inspect's bounded reader decides."""
+    from orchestrator.builder.gguf_check import open_gguf
 
-    try:
-        GGUFReader(str(path), "r")
-    except Exception as e:  # noqa: BLE001  gguf raises ValueError, struct errors, IndexError ... on a file it cannot parse
-        raise BadInput(f"{path} starts like a GGUF but does not parse as one ({type(e).__name__}): rebuild it with orch build") from None
+    open_gguf(path)
 
 
 def _same(want, got) -> bool:

@@ -53,10 +53,6 @@ def describe(flags: set[str] | None = None) -> str:
     return f"{platform.machine()} CPU with {', '.join(has) if has else 'none of ' + ', '.join(NOTABLE)}"
 
 
-def has_amx(flags: set[str] | None = None) -> bool:
-    return "amx_int8" in (features() if flags is None else flags)
-
-
 def runtime_has_amx() -> bool:
     """Whether the installed llama-cpp-python was compiled with the AMX path."""
     import llama_cpp
