@@ -107,10 +107,10 @@ def read(path: Path, *, chat_hint: bool | None = None) -> Checkpoint:
     n_params = sum(_numel(s) for s in tensor_shapes(path, weight_format, files).values())
     gen_cfg = _json(path / "generation_config.json")
     generation, evidence = normhead.detect_generation(path, config)
-    vocab = len(SentencePieceModel.read(path / "tokenizer.model"))
-    bos_id, eos_id = (values.integer(config, "config.json", key, lo=0, hi=vocab - 1, default=fallback)
+    sp = SentencePieceModel.read(path / "tokenizer.model")  # once: ids are checked against it, and the markers' pieces read
+    bos_id, eos_id = (values.integer(config, "config.json", key, lo=0, hi=len(sp) - 1, default=fallback)
                       for key, fallback in (("bos_token_id", 1), ("eos_token_id", 2)))
-    markers = _markers(path, gen_cfg)
+    markers = _markers(sp, gen_cfg)
     chat = markers is not None if chat_hint is None else chat_hint and markers is not None
     if chat_hint and markers is None:
         raise BadInput(f"{path}/generation_config.json names no user_token_id/assistant_token_id: "
@@ -255,7 +255,7 @@ def _pickle_shapes(f: Path) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in state.items() if isinstance(v, tuple)}
 
 
-def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
+def _markers(sp: SentencePieceModel, gen_cfg: dict) -> ChatMarkers | None:
     """The chat markers generation_config.json names, checked to be single reserved pieces of this tokenizer.
 
     Judged by piece type, not by encoding the piece's text: with a dummy prefix
@@ -263,7 +263,6 @@ def _markers(path: Path, gen_cfg: dict) -> ChatMarkers | None:
     """
     if "user_token_id" not in gen_cfg or "assistant_token_id" not in gen_cfg:
         return None
-    sp = SentencePieceModel.read(path / "tokenizer.model")
     ids = tuple(values.integer(gen_cfg, "generation_config.json", key, lo=-(2**31), hi=2**31) for key in ("user_token_id", "assistant_token_id"))
     for key, tid in zip(("user_token_id", "assistant_token_id"), ids):
         if not 0 <= tid < len(sp):
