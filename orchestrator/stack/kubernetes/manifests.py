@@ -156,12 +156,12 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
 
 
 def webui_docs(plan: K8sPlan) -> list[dict]:
-    env = [
-        {"name": "OLLAMA_BASE_URL", "value": f"http://ollama.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}"},
-        {"name": "WEBUI_AUTH", "value": "True"}, {"name": "ENABLE_SIGNUP", "value": "False"},
-        {"name": "ENABLE_OPENAI_API", "value": "False"}, {"name": "DEFAULT_MODELS", "value": plan.model.name},
-        {"name": "DATA_DIR", "value": "/app/backend/data"},
-    ]
+    from orchestrator.stack import compose
+
+    settings = compose.load_template()["services"]["open-webui"]["environment"]  # the one place Open WebUI's settings live
+    settings |= {"OLLAMA_BASE_URL": f"http://ollama.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}",
+                 "DEFAULT_MODELS": plan.model.name, "DATA_DIR": "/app/backend/data"}
+    env = [{"name": k, "value": str(v)} for k, v in settings.items()]
     health = {"httpGet": {"path": "/health", "port": "http"}}
     container = {
         "name": "open-webui", "image": WEBUI_IMAGE, "imagePullPolicy": "IfNotPresent", "env": env,
