@@ -134,7 +134,7 @@ def unused_port() -> int:
 
 @pytest.fixture
 def ollama_cli(tmp_path, go_render, monkeypatch):
-    """`ollama` on PATH: tests/ollama_cli_double.py, a double of the ollama CLI (its serve runs the Ollama double)."""
+    """`ollama` on PATH: tests/ollama_cli_double.py, whose serve runs the Ollama double (a restart can be held back)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     script = bindir / "ollama"
@@ -145,3 +145,34 @@ def ollama_cli(tmp_path, go_render, monkeypatch):
     monkeypatch.setenv("OLLAMA_DOUBLE_RENDER", str(go_render))
     monkeypatch.setenv("OLLAMA_DOUBLE_HOLD", str(tmp_path / "hold-serve"))  # touch it to keep a restarted serve down
     return script
+
+
+@pytest.fixture
+def real_ollama_on_path(tmp_path, monkeypatch) -> Path:
+    """The real Ollama (built by scripts/test with orch install-ollama) as `ollama` on PATH; returns the binary."""
+    from support import real_ollama_binary
+
+    binary = real_ollama_binary()
+    bindir = tmp_path / "real-ollama-bin"
+    bindir.mkdir()
+    (bindir / "ollama").symlink_to(binary)  # Ollama finds lib/ollama beside its resolved path
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama-models"))  # never the user's own ~/.ollama
+    return binary
+
+
+@pytest.fixture
+def real_ollama(tmp_path):
+    """Start real `ollama serve`s (each with its own store, on a loopback port); all stopped after the test."""
+    from support import RealOllama
+
+    servers = []
+
+    def start(**kw) -> RealOllama:
+        s = RealOllama(tmp_path / f"real-ollama-{len(servers)}", **kw).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()

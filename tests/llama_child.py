@@ -3,7 +3,9 @@
     python tests/llama_child.py < request.json
 
 logits: {"gguf", "sequences", "settings": "f32-kv" | "report", "out"}: one array per sequence in an .npz at "out".
-generate: {"gguf", "prompt", "tokens", "repack"}: prints the greedy token ids as JSON.
+generate: {"gguf", "prompt", "tokens", "repack"}: prints the greedy completion and its usage as JSON.
+greedy: {"gguf", "ids", "tokens", "repack", "flash_attn"}: prints the greedy continuation of the prompt ids, its text, and
+    each step's top-2 logits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,25 @@ def generate(req: dict) -> None:
         llm.close()
 
 
+def greedy(req: dict) -> None:
+    llm = load(Path(req["gguf"]), repack=req["repack"], flash_attn=req["flash_attn"], n_ctx=512, logits_all=True, seed=0)
+    try:
+        ids, out, top2 = list(req["ids"]), [], []
+        llm.eval(ids)
+        for _ in range(req["tokens"]):
+            scores = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+            first, second = np.argsort(scores)[::-1][:2]
+            out.append(int(first))
+            top2.append([[int(first), float(scores[first])], [int(second), float(scores[second])]])
+            if first == llm.token_eos():
+                break
+            llm.eval([int(first)])
+        prefixes = [llm.detokenize(out[: i + 1]).decode(errors="replace") for i in range(len(out))]
+        print(json.dumps({"ids": out, "text": prefixes[-1] if out else "", "prefixes": prefixes, "top2": top2}))
+    finally:
+        llm.close()
+
+
 if __name__ == "__main__":
     request = json.loads(sys.stdin.read())
-    {"logits": logits, "generate": generate}[request["do"]](request)
+    {"logits": logits, "generate": generate, "greedy": greedy}[request["do"]](request)

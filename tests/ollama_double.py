@@ -77,10 +77,16 @@ class Double:
         return f
 
     def render(self, model: dict, *, prompt: str | None = None, system: str | None = None, messages=None) -> str:
+        """As Ollama renders: a chat's .System is its system messages (the model's SYSTEM when it has none), which
+        also stay in .Messages; the Modelfile's MESSAGE lines come first."""
         req = {"template": model.get("template") or "{{ .Prompt }}", "system": system if system is not None else model.get("system") or "",
-               "prompt": prompt or "", "messages": messages or []}
-        if messages is not None and model.get("system") and not any(m["role"] == "system" for m in messages):
-            req["messages"] = [{"role": "system", "content": model["system"]}, *messages]
+               "prompt": prompt or "", "messages": []}
+        if messages is not None:
+            messages = [*(model.get("messages") or []), *messages]
+            if model.get("system") and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": model["system"]}, *messages]
+            req["messages"] = messages
+            req["system"] = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         out = subprocess.run([str(self.render_bin)], input=json.dumps(req), capture_output=True, text=True, check=True)
         return out.stdout
 
@@ -102,6 +108,8 @@ class Double:
             llm = self.llama(name)
             t1 = time.perf_counter_ns()
             tokens = llm.tokenize(prompt_text.encode(), add_bos=True, special=True)
+            if len(tokens) >= 512:  # this double's context; Ollama would shift or truncate, it refuses instead
+                raise ValueError(f"the prompt ({len(tokens)} tokens) does not fit the double's 512-token context")
             n = min(int(opts.get("num_predict") or 128), 512 - len(tokens) - 1)
             count, reason, t_first = 0, "length", None
             for chunk in llm.create_completion(prompt=tokens, max_tokens=n, temperature=float(opts.get("temperature", 0.8)),

@@ -160,6 +160,88 @@ class OllamaDouble:
         return httpx.post(f"{self.url}{path}", json=body, timeout=60)
 
 
+REAL_OLLAMA_ENV = "ORCH_TEST_OLLAMA"  # the ollama binary scripts/test builds with `orch install-ollama`
+
+
+def real_ollama_binary() -> Path:
+    """The Ollama built from source for the suite; scripts/test builds it and exports its path."""
+    found = os.environ.get(REAL_OLLAMA_ENV)
+    assert found and Path(found).is_file(), (f"the real Ollama is needed: run scripts/test, which builds it with orch install-ollama "
+                                             f"and sets ${REAL_OLLAMA_ENV} (found {found!r})")
+    return Path(found)
+
+
+class RealOllama:
+    """`ollama serve` built from Ollama's own sources, on a loopback port with its own model store."""
+
+    def __init__(self, home: Path, *, port: int = 0, env: dict | None = None):
+        self.home, self.port, self.extra = home, port or free_port(), env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log = home / "ollama-serve.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict:
+        """What `ollama` (serve or the CLI) needs to find this server and its store."""
+        return os.environ | {"HOME": str(self.home), "OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(self.home / "models"),
+                             "OLLAMA_NO_CLOUD": "1"} | self.extra
+
+    def start(self, timeout: float = 60) -> "RealOllama":
+        import httpx
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([str(real_ollama_binary()), "serve"], env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
+        def answers():
+            assert self.proc.poll() is None, f"ollama serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            try:
+                return httpx.get(f"{self.url}/api/version", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=timeout, what=f"ollama serve answering on {self.url}", every=0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def requests(self, method: str, path: str = "") -> int:
+        """How many `method path...` requests the server has answered, from its own request log."""
+        return answered(self.log, method, path)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(real_ollama_binary()), *args], env=self.env, capture_output=True, text=True, check=check,
+                              timeout=timeout)
+
+
+def answered(log: Path, method: str, path: str, status: str = "2..") -> int:
+    """How many `method path...` requests (path a prefix) Ollama has answered with `status` (a regex), counted in its log
+    (one [GIN] line each); no method: every request, whatever its answer."""
+    import re
+
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    pattern = rf'^\[GIN\][^|]*\|\s+{status}\s+\|.*\|\s+{method}\s+"{re.escape(path)}' if method else r"^\[GIN\]"
+    return len(re.findall(pattern, text, re.M))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(condition, *, timeout: float = 30, what: str = "the condition", every: float = 0.05):
     """Poll `condition` until it returns something true (returned) or `timeout` seconds pass (an AssertionError naming `what`)."""
     import time

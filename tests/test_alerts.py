@@ -94,10 +94,11 @@ def test_slack_format_is_a_text_message(receiver):
 
 
 @pytest.fixture
-def served(ollama_double, tiny_build):
-    double = ollama_double()
-    cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
-    return double
+def served(real_ollama, tiny_build):
+    """The real Ollama with the tiny model; stopping it is the outage, starting it again on its port the recovery."""
+    server = real_ollama()
+    cli("register", str(tiny_build), "--host", server.url, "--name", MODEL, "--no-check")
+    return server
 
 
 def watch(url: str, *args: str) -> subprocess.Popen:

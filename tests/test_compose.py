@@ -17,15 +17,9 @@ import yaml
 from orchestrator.stack import compose
 from orchestrator.ollama import vulns
 from orchestrator.stack.config import OLLAMA_IMAGE, StackPlan, read_env
-from support import cli
+from support import free_port, cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "compose" / "compose-spec.json").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plan(tmp_path, **kw) -> StackPlan:

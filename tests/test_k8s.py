@@ -1,17 +1,19 @@
 """orch k8s with no cluster here: the rendered manifests checked against the Kubernetes schemas (1.30 and the newest),
 built by kubectl kustomize, read for every promise they make, and their moving parts run on loopback:
-three Ollama doubles as the replicas, the pods' own model-creation script and readiness command against each."""
+three real Ollama servers (built from source) as the replicas, the pods' own model-creation script and readiness
+command, with the real ollama CLI, against each."""
 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
@@ -272,7 +274,9 @@ def run_step(script: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", str(script)], env=os.environ | env, capture_output=True, text=True, timeout=300)
 
 
-def test_three_replicas_create_the_model_become_ready_and_pass_orch_health(rendered, tiny_build, ollama_double, ollama_cli, tmp_path):
+def test_three_replicas_create_the_model_become_ready_and_pass_orch_health(rendered, tiny_build, real_ollama, real_ollama_on_path,
+                                                                          tmp_path):
+    """Real Ollama, CLI and server: each replica's step creates the model once, and a restarted pod finds it in its store."""
     out = rendered["3 replicas on GPUs"]
     sts = find(documents(out), "StatefulSet", "ollama")
     c = container(sts, "ollama")
@@ -284,12 +288,11 @@ def test_three_replicas_create_the_model_become_ready_and_pass_orch_health(rende
     for f in (Path(env["MODELFILE"]).name, next(p.name for p in tiny_build.glob("*.gguf"))):
         (target / f).write_bytes((tiny_build / f).read_bytes())
     (target / ".complete").write_text(env["MODEL_SHA256"] + "\n")
-    replicas = [ollama_double() for _ in range(sts["spec"]["replicas"])]
+    replicas = [real_ollama() for _ in range(sts["spec"]["replicas"])]
     step = out / "scripts" / "create-model.sh"
-    for i, double in enumerate(replicas):
-        store = tmp_path / f"store-{i}"
-        store.mkdir()
-        pod_env = env | {"OLLAMA_HOST": double.url, "MODELFILE": str(target / Path(env["MODELFILE"]).name), "OLLAMA_MODELS": str(store)}
+    for server in replicas:
+        pod_env = server.env | env | {"OLLAMA_HOST": server.url, "MODELFILE": str(target / Path(env["MODELFILE"]).name),
+                                      "OLLAMA_MODELS": server.env["OLLAMA_MODELS"]}
         ready = subprocess.run(c["readinessProbe"]["exec"]["command"], env=os.environ | pod_env, capture_output=True)
         assert ready.returncode != 0, "a replica without the model must not be Ready"
         first = run_step(step, pod_env)
@@ -298,33 +301,46 @@ def test_three_replicas_create_the_model_become_ready_and_pass_orch_health(rende
         again = run_step(step, pod_env)  # a restarted pod: its store already holds the model
         assert again.returncode == 0 and "already in this pod's store" in again.stdout and "creating" not in again.stdout
         assert subprocess.run(c["readinessProbe"]["exec"]["command"], env=os.environ | pod_env).returncode == 0
-        assert double.stats()["blob_uploads"] == 1, "created once per store"
-    hosts = [a for d in replicas for a in ("--host", d.url)]
+        assert [m["model"] for m in httpx.get(f"{server.url}/api/tags", timeout=30).json()["models"]] == [env["MODEL_NAME"]]
+    hosts = [a for s in replicas for a in ("--host", s.url)]
     proc = cli("health", *hosts, "--model", env["MODEL_NAME"], "--json")
     reports = json.loads(proc.stdout)
     assert len(reports) == 3 and all(r["ok"] for r in reports)
 
 
-def test_a_model_that_cannot_be_created_fails_the_step_with_its_reason(rendered, tiny_build, ollama_double, ollama_cli, tmp_path):
+def cut_gguf(tiny_build: Path, into: Path) -> str:
+    """A GGUF cut short, as a copy that died half-way leaves it."""
+    data = next(tiny_build.glob("*.gguf")).read_bytes()
+    into.write_bytes(data[: len(data) // 2])
+    return f"FROM ./{into.name}\n"
+
+
+@pytest.mark.parametrize("volume", ["a Modelfile whose GGUF is missing", "a GGUF cut short"])
+def test_a_model_that_cannot_be_created_fails_the_step_with_its_reason(rendered, tiny_build, real_ollama, real_ollama_on_path, tmp_path,
+                                                                       volume):
+    """Real Ollama, CLI and server: what `ollama create` refuses ends the step with its reason, and the pod is not Ready."""
     out = rendered["defaults"]
-    env = {e["name"]: e["value"] for e in container(find(documents(out), "StatefulSet", "ollama"), "ollama")["env"]}
+    c = container(find(documents(out), "StatefulSet", "ollama"), "ollama")
+    env = {e["name"]: e["value"] for e in c["env"]}
     target = tmp_path / "models" / "m"
     target.mkdir(parents=True)
-    (target / "x.Modelfile").write_text("FROM ./missing.gguf\n")
+    (target / "x.Modelfile").write_text("FROM ./missing.gguf\n" if "missing" in volume else cut_gguf(tiny_build, target / "x.gguf"))
     (target / ".complete").write_text(env["MODEL_SHA256"])
-    double = ollama_double()
-    proc = run_step(out / "scripts" / "create-model.sh", env | {"OLLAMA_HOST": double.url, "MODELFILE": str(target / "x.Modelfile"),
-                                                                "OLLAMA_MODELS": str(tmp_path)})
+    server = real_ollama()
+    pod_env = server.env | env | {"OLLAMA_HOST": server.url, "MODELFILE": str(target / "x.Modelfile")}
+    proc = run_step(out / "scripts" / "create-model.sh", pod_env)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"orch create-model: FAILED: ollama create {env['MODEL_NAME']}")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"orch create-model: FAILED: ollama create {env['MODEL_NAME']}"), proc.stderr
+    assert subprocess.run(c["readinessProbe"]["exec"]["command"], env=os.environ | pod_env).returncode != 0
 
 
-def test_a_pod_waits_for_the_files_and_says_why(rendered, ollama_double, ollama_cli, tmp_path):
+def test_a_pod_waits_for_the_files_and_says_why(rendered, real_ollama, real_ollama_on_path, tmp_path):
+    """Real Ollama, CLI and server: no model files on the volume yet."""
     out = rendered["defaults"]
     env = {e["name"]: e["value"] for e in container(find(documents(out), "StatefulSet", "ollama"), "ollama")["env"]}
-    double = ollama_double()
-    proc = run_step(out / "scripts" / "create-model.sh", env | {"OLLAMA_HOST": double.url, "MODELFILE": str(tmp_path / "none" / "x.Modelfile"),
-                                                                "FILES_WAIT": "1"})
+    server = real_ollama()
+    proc = run_step(out / "scripts" / "create-model.sh", server.env | env | {"OLLAMA_HOST": server.url, "FILES_WAIT": "1",
+                                                                             "MODELFILE": str(tmp_path / "none" / "x.Modelfile")})
     assert proc.returncode == 1
     assert "waiting for" in proc.stdout and "orch k8s apply copies it there" in proc.stdout
     assert "did not appear on the model volume: run orch k8s apply" in proc.stderr

@@ -1,6 +1,8 @@
 """`orch register` and the end of `orch build`: a Modelfile and its GGUF reach a server over HTTP, exactly as written.
 
-The server is tests/ollama_double.py, a double of the Ollama API that generates with llama.cpp.
+The server is the real Ollama (built from source), except where a test needs a fault it cannot be made to show (an
+upload cut halfway, a create that ends in an error line, a parameter kept with another value): there it is
+tests/ollama_double.py, and the test says so.
 """
 
 from __future__ import annotations
@@ -25,44 +27,58 @@ def blob_posts(double) -> int:
     return sum(1 for method, path in double.stats()["requests"] if method == "POST" and path.startswith("/api/blobs/"))
 
 
-def test_build_tiny_registers_into_the_server_and_says_how_to_do_it_by_hand(ollama_double, tmp_path):
-    double = ollama_double()
-    proc = cli("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env={"OLLAMA_HOST": double.url})
+def show(server, name: str) -> dict:
+    r = httpx.post(f"{server.url}/api/show", json={"model": name}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def tags(server) -> list[str]:
+    return [m["name"] for m in httpx.get(f"{server.url}/api/tags", timeout=30).json()["models"]]
+
+
+def test_build_tiny_registers_into_the_server_and_says_how_to_do_it_by_hand(real_ollama, tmp_path):
+    """The real Ollama."""
+    server = real_ollama()
+    proc = cli("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env={"OLLAMA_HOST": server.url})
     assert "registered" in proc.stdout and "ollama create tiny:q4_K_M -f" in proc.stdout
 
-    tags = [m["name"] for m in double.get("/api/tags").json()["models"]]
-    assert tags == ["tiny:q4_K_M"]
+    assert tags(server) == ["tiny:q4_K_M"]
     written = modelfile.parse(tmp_path / "tiny" / "tiny.Q4_K_M.Modelfile")
-    shown = double.post("/api/show", {"model": "tiny:q4_K_M"}).json()
+    shown = show(server, "tiny:q4_K_M")
     assert shown["template"] == written.template
-    assert 'stop "<reserved_106>"' in shown["parameters"] and "num_ctx 4096" in shown["parameters"]
+    assert modelfile.parse_shown_parameters(shown["parameters"])["stop"] == ["<reserved_106>"]
+    assert modelfile.parse_shown_parameters(shown["parameters"])["num_ctx"] == 4096
     record = json.loads((tmp_path / "tiny" / "build.json").read_text())
     (reg,) = record["registration"]
     assert reg["status"] == "registered" and reg["uploaded"] and reg["confirmed"]["template"]
     assert reg["digest"] == record["artifacts"][0]["sha256"]
 
 
-def test_registering_an_unchanged_build_again_uploads_nothing(ollama_double, tiny_build):
-    double = ollama_double()
-    first = json.loads(register(tiny_build, double, "--json", check=True).stdout)
-    again = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+def test_registering_an_unchanged_build_again_uploads_nothing(real_ollama, tiny_build):
+    """The real Ollama."""
+    server = real_ollama()
+    first = json.loads(register(tiny_build, server, "--json", check=True).stdout)
+    again = json.loads(register(tiny_build, server, "--json", check=True).stdout)
     assert [r["uploaded"] for r in first + again] == [True, False]
-    assert blob_posts(double) == 1 and double.stats()["blob_uploads"] == 1
+    assert server.requests("POST", "/api/blobs/") == 1
 
 
-def test_a_server_that_already_has_the_blob_receives_no_upload(ollama_double, tiny_build):
-    double = ollama_double()
+def test_a_server_that_already_has_the_blob_receives_no_upload(real_ollama, tiny_build):
+    """The real Ollama."""
+    server = real_ollama()
     (gguf,) = tiny_build.glob("*.gguf")
     data = gguf.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    assert httpx.post(f"{double.url}/api/blobs/sha256:{digest}", content=data).status_code == 201
+    assert httpx.post(f"{server.url}/api/blobs/sha256:{digest}", content=data, timeout=60).status_code == 201
 
-    (result,) = json.loads(register(tiny_build, double, "--json", check=True).stdout)
+    (result,) = json.loads(register(tiny_build, server, "--json", check=True).stdout)
     assert result["status"] == "registered" and result["uploaded"] is False
-    assert blob_posts(double) == 1  # only the one made above
+    assert server.requests("POST", "/api/blobs/") == 1  # only the one made above
 
 
 def test_an_upload_cut_halfway_is_retried_and_succeeds(ollama_double, tiny_build):
+    """The Ollama double, which cuts the upload."""
     double = ollama_double()
     double.fault("upload_cut", times=1)
     (result,) = json.loads(register(tiny_build, double, "--json", check=True).stdout)
@@ -71,6 +87,7 @@ def test_an_upload_cut_halfway_is_retried_and_succeeds(ollama_double, tiny_build
 
 
 def test_a_create_that_ends_in_an_error_line_is_a_failure(ollama_double, tiny_build):
+    """The Ollama double, which ends the create's stream in an error line."""
     double = ollama_double()
     double.fault("create_error", times=1)
     proc = register(tiny_build, double)
@@ -82,7 +99,8 @@ def test_a_create_that_ends_in_an_error_line_is_a_failure(ollama_double, tiny_bu
 
 @pytest.mark.parametrize("name, value", [("temperature", 0.9), ("top_k", 4), ("stop", ["</s>"])])
 def test_a_parameter_the_server_kept_with_another_value_fails_the_confirmation(ollama_double, tiny_build, name, value):
-    """The values /api/show gives back are compared with the Modelfile's, not looked up as substrings."""
+    """The values /api/show gives back are compared with the Modelfile's, not looked up as substrings (the Ollama double
+    alters one)."""
     double = ollama_double()
     double.fault("alter_parameter", name=name, value=value, path="/api/show")
     proc = register(tiny_build, double)
@@ -90,12 +108,14 @@ def test_a_parameter_the_server_kept_with_another_value_fails_the_confirmation(o
     assert f"{name} " in proc.stdout + proc.stderr
 
 
-def test_an_invalid_name_is_refused_before_anything_is_sent(ollama_double, tiny_build):
-    double = ollama_double()
-    proc = register(tiny_build, double, "--name", "My Bot!")
+def test_an_invalid_name_is_refused_before_anything_is_sent(real_ollama, tiny_build):
+    """The real Ollama: its log shows no request."""
+    server = real_ollama()
+    before = server.requests("")
+    proc = register(tiny_build, server, "--name", "My Bot!")
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a valid Ollama model name" in proc.stderr
-    assert double.stats()["requests"] == []
+    assert server.requests("") == before
 
 
 def test_no_server_is_a_clear_failure_for_register(tiny_build, unused_port):
@@ -118,17 +138,17 @@ def test_a_gguf_given_to_register_is_refused_up_front_saying_what_to_pass(tiny_b
     assert proc.returncode == 2 and len(lines) == 1 and "is a GGUF, not a Modelfile: pass the Modelfile beside it" in lines[0], proc.stderr
 
 
-def test_a_modelfile_registers_as_written_under_a_new_name(ollama_double, tiny_build, tmp_path):
-    """Edits to the Modelfile (a SYSTEM line, a parameter, a seeded MESSAGE) are what the server gets."""
-    double = ollama_double()
+def test_a_modelfile_registers_as_written_under_a_new_name(real_ollama, tiny_build, tmp_path):
+    """The real Ollama: edits to the Modelfile (a SYSTEM line, a parameter, a seeded MESSAGE) are what it keeps."""
+    server = real_ollama()
     work = tmp_path / "edited"
     shutil.copytree(tiny_build, work)
     mf = next(work.glob("*.Modelfile"))
     mf.write_text(mf.read_text() + '\nSYSTEM """你是一个乐于助人的助手。"""\nparameter top_k 7\nMESSAGE user "hello \\"there\\""\n')
-    proc = cli("register", str(mf), "--host", double.url, "--name", "edited:v1")
+    proc = cli("register", str(mf), "--host", server.url, "--name", "edited:v1")
     assert proc.stdout.startswith("registered edited:v1")
-    shown = double.post("/api/show", {"model": "edited:v1"}).json()
-    assert shown["system"] == "你是一个乐于助人的助手。" and "top_k 7" in shown["parameters"]
+    shown = show(server, "edited:v1")
+    assert shown["system"] == "你是一个乐于助人的助手。" and modelfile.parse_shown_parameters(shown["parameters"])["top_k"] == 7
     assert shown["messages"] == [{"role": "user", "content": 'hello "there"'}]
 
 
@@ -159,12 +179,13 @@ def test_modelfile_parser_names_the_line_and_the_problem(tmp_path, text, problem
         modelfile.parse(path)
 
 
-def test_the_clients_errors_are_orchs_whichever_library_sent_the_request(ollama_double, unused_port):
-    """The official client's ResponseError and ConnectionError never leave orch's client: Refused and TransportError do."""
+def test_the_clients_errors_are_orchs_whichever_library_sent_the_request(real_ollama, unused_port):
+    """The official client's ResponseError and ConnectionError never leave orch's client: Refused and TransportError do
+    (the real Ollama's 404, and nothing listening)."""
     from orchestrator.ollama import client
 
-    double = ollama_double()
-    with client.Ollama(double.url) as server:
+    real = real_ollama()
+    with client.Ollama(real.url) as server:
         with pytest.raises(client.Refused) as refused:
             server.show("nosuch:latest")
         assert refused.value.status_code == 404 and "not found" in refused.value.error

@@ -90,24 +90,25 @@ def test_a_modelfile_with_a_second_from_is_refused(tiny_build, tmp_path):
 
 
 @pytest.mark.parametrize("from_", ["{secret}", "../credentials"])
-def test_register_uploads_only_a_gguf_whatever_from_names(ollama_double, tiny_build, tmp_path, from_):
-    """A Modelfile from someone else naming the user's files: nothing is sent to the server (the Ollama double)."""
-    double = ollama_double()
+def test_register_uploads_only_a_gguf_whatever_from_names(real_ollama, tiny_build, tmp_path, from_):
+    """A Modelfile from someone else naming the user's files: nothing is sent to the server (the real Ollama)."""
+    server = real_ollama()
     secret = tmp_path / "credentials"
     secret.write_text("[default]\naws_secret_access_key = hunter2\n")
     (tmp_path / "build").mkdir()
     mf = tmp_path / "build" / "evil.Modelfile"
     mf.write_text(f"FROM {from_.format(secret=secret)}\nPARAMETER temperature 0.3\n")
-    proc = cli("register", str(mf), "--name", "evil:latest", "--host", double.url, check=False)
+    proc = cli("register", str(mf), "--name", "evil:latest", "--host", server.url, check=False)
     assert proc.returncode != 0 and "is not a GGUF file" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert not any(path.startswith("/api/blobs/") for _, path in double.stats()["requests"]), "nothing was uploaded"
+    assert server.requests("POST", "/api/blobs/") == 0 and server.requests("HEAD", "/api/blobs/") == 0, "nothing was sent"
 
 
-def test_orch_up_registers_by_itself_only_a_gguf_beside_its_modelfile(ollama_double, tiny_build, tmp_path):
-    """A build directory whose Modelfile names a GGUF elsewhere is reported, not registered; the user can still do it by hand."""
+def test_orch_up_registers_by_itself_only_a_gguf_beside_its_modelfile(real_ollama, tiny_build, tmp_path):
+    """A build directory whose Modelfile names a GGUF elsewhere is reported, not registered; the user can still do it by hand
+    (the real Ollama)."""
     from orchestrator.stack.up import _register
 
-    double = ollama_double()
+    server = real_ollama()
     (gguf,), (own,) = tiny_build.glob("*.gguf"), tiny_build.glob("*.Modelfile")
     elsewhere = tmp_path / "elsewhere.gguf"
     shutil.copy(gguf, elsewhere)
@@ -115,10 +116,10 @@ def test_orch_up_registers_by_itself_only_a_gguf_beside_its_modelfile(ollama_dou
     mf.parent.mkdir()
     mf.write_text(own.read_text().replace(f"FROM ./{gguf.name}", f"FROM {elsewhere}"))
     assert f"FROM {elsewhere}" in mf.read_text()
-    reg = _register(mf, "tiny:elsewhere", double.url, SILENT)
+    reg = _register(mf, "tiny:elsewhere", server.url, SILENT)
     assert reg.status == "failed" and "not a file beside the Modelfile" in reg.message
-    assert not any(path.startswith("/api/blobs/") for _, path in double.stats()["requests"])
-    by_hand = cli("register", str(mf), "--name", "tiny:elsewhere", "--host", double.url, "--no-check", check=False)
+    assert server.requests("POST", "/api/blobs/") == 0
+    by_hand = cli("register", str(mf), "--name", "tiny:elsewhere", "--host", server.url, "--no-check", check=False)
     assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
 
 

@@ -1,9 +1,9 @@
 """`orch up --runtime native` for real: services under supervisord, Open WebUI from PyPI driven by headless Chromium,
 and services that come back after kill -9.
 
-No Ollama binary runs here. The double (tests/ollama_double.py, llama.cpp generating with the tiny model) stands
-in for Ollama: through --ollama-url, or as the `ollama` on PATH that supervisord runs (tests/ollama_cli_double.py,
-whose `serve` starts the double). Open WebUI's virtualenv is cached between runs under
+The browser test runs the real Ollama (built from source by scripts/test) as the `ollama` on PATH that supervisord
+starts. The test of a held-back restart runs the double instead (tests/ollama_cli_double.py, whose `serve` starts
+tests/ollama_double.py): the real server cannot be made to stay down for a while. Open WebUI's virtualenv is cached between runs under
 ~/.cache/orch/test-open-webui-venv, with torch==2.13.0 (the CPU wheel) installed into it first.
 """
 
@@ -24,16 +24,9 @@ import pytest
 
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
-from support import ORCH, cli, orch, read_json_lines
+from support import ORCH, answered, cli, free_port, orch, read_json_lines
 
-MODEL = "tiny:q4_K_M"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pid_of(stack: Path, name: str) -> int | None:
@@ -84,43 +77,78 @@ def webui_env(monkeypatch):
     return venv
 
 
+def quiet_background_generation(webui: str, email: str, password: str) -> None:
+    """Turn off Open WebUI's title, tag and follow-up generations, as an admin would on a slow box.
+
+    Each is a full generation queued on Ollama's one slot after every chat; this
+    test checks chats and restarts, and a probe stuck behind them would time out.
+    """
+    import httpx
+
+    token = httpx.post(f"{webui}/api/v1/auths/signin", json={"email": email, "password": password}, timeout=30).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    config = httpx.get(f"{webui}/api/v1/tasks/config", headers=auth, timeout=30).json()
+    config |= {"ENABLE_TITLE_GENERATION": False, "ENABLE_TAGS_GENERATION": False, "ENABLE_FOLLOW_UP_GENERATION": False,
+               "ENABLE_AUTOCOMPLETE_GENERATION": False}
+    r = httpx.post(f"{webui}/api/v1/tasks/config/update", headers=auth, json=config, timeout=30)
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{webui}/api/v1/tasks/config", headers=auth, timeout=30).json()["ENABLE_TITLE_GENERATION"] is False
+
+
+def chats_answered(stack: Path) -> int:
+    """How many /api/chat requests the real Ollama has answered with a 2xx, from its own request log."""
+    return answered(stack / "logs" / "ollama.log", "POST", "/api/chat")
+
+
 @pytest.mark.timeout(1500)
-def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui_env, tmp_path, artifacts_dir):
+def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_on_path, tiny_build, webui_env, tmp_path,
+                                                                    isolated_home, artifacts_dir):
+    """Real Ollama (built from source, started by orch up under supervisord) and real Open WebUI, driven in Chromium."""
     assert CHROMIUM, "headless Chromium is needed: apt-get install chromium (scripts/test does it)"
     from playwright.sync_api import sync_playwright
 
-    double = ollama_double()
-    orch("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
-    stack, port = tmp_path / "stack", free_port()
-    def up_args(model: str) -> list[str]:
-        return ["up", "--runtime", "native", "--ollama-url", double.url, "--offline", "--bind", "127.0.0.1", "--port", str(port),
-                "--model", model, "--dir", str(stack), "--wait", "300"]
+    shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
+    model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
+    stack, port, ollama_port = tmp_path / "stack", free_port(), free_port()
+    ollama_url = f"http://127.0.0.1:{ollama_port}"
 
-    up = up_args(MODEL)
+    def up_args(default: str) -> list[str]:
+        return ["up", "--runtime", "native", "--offline", "--bind", "127.0.0.1", "--port", str(port), "--ollama-port",
+                str(ollama_port), "--model", default, "--dir", str(stack), "--wait", "300"]
+
+    up = up_args(model)
     first = orch(*up, timeout=1400, check=False)
     pids, monitor = {}, None
-    try:  # from here on, whatever fails, orch down runs: no Open WebUI is left behind
-        assert first.returncode == 0, first.stderr
+    try:  # from here on, whatever fails, orch down runs: nothing is left behind
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"registered {model}" in first.stdout, first.stdout
         env = dict(line.split("=", 1) for line in (stack / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
         assert f"Admin password (shown once, kept in {stack / '.env'}): {env['WEBUI_ADMIN_PASSWORD']}" in first.stdout
         assert oct((stack / ".env").stat().st_mode & 0o777) == "0o600"
-        pids["open-webui"] = pid_of(stack, "open-webui")
+        pids["open-webui"], pids["ollama"] = pid_of(stack, "open-webui"), pid_of(stack, "ollama")
         pids["supervisord"] = native.Supervisor(stack).pid()
+        assert Path(f"/proc/{pids['ollama']}/exe").resolve() == real_ollama_on_path.resolve(), "supervisord runs the real Ollama"
         assert oct((stack / "supervisord.conf").stat().st_mode & 0o777) == "0o600"
         assert env["WEBUI_SECRET_KEY"] not in (stack / "supervisord.conf").read_text(), "secrets stay in .env"
         webui_env = environ_of(pids["open-webui"])
         assert webui_env.get("WEBUI_SECRET_KEY") == env["WEBUI_SECRET_KEY"], "Open WebUI, and only it, gets the secrets"
-        assert not {"WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"} & set(environ_of(pids["supervisord"])), "nor does supervisord"
+        for other in ("supervisord", "ollama"):
+            assert not {"WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"} & set(environ_of(pids[other])), f"nor does {other}"
         again = orch(*up, timeout=600)  # idempotent: nothing restarted, no password shown again
         assert "Admin password" not in again.stdout
-        assert pid_of(stack, "open-webui") == pids["open-webui"]
-        assert re.search(r"open-webui: running, pid \d+, uptime", orch("status", "--dir", str(stack)).stdout)
-        assert "== open-webui ==" in orch("logs", "--dir", str(stack)).stdout  # no ollama was started: only its log is shown
+        assert (pid_of(stack, "open-webui"), pid_of(stack, "ollama")) == (pids["open-webui"], pids["ollama"])
+        status = orch("status", "--dir", str(stack)).stdout
+        assert re.search(r"open-webui: running, pid \d+, uptime", status) and re.search(r"ollama: running, pid \d+", status)
+        logs = orch("logs", "--dir", str(stack)).stdout
+        assert "== ollama ==" in logs and "== open-webui ==" in logs
 
+        webui = f"http://127.0.0.1:{port}"
+        quiet_background_generation(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"])
+        before = chats_answered(stack)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(f"http://127.0.0.1:{port}/auth", wait_until="networkidle")
+            page.goto(f"{webui}/auth", wait_until="networkidle")
             page.fill("input[name=email]", env["WEBUI_ADMIN_EMAIL"])
             page.fill("input[name=password]", env["WEBUI_ADMIN_PASSWORD"])
             page.click("button:has-text('Sign in')")
@@ -128,35 +156,30 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
             notes = page.get_by_role("button", name=re.compile("Okay, Let's Go", re.I))
             if notes.count():
                 notes.first.click()
-            assert page.locator("#model-selector-model-button").inner_text().strip() == MODEL
-            before = double.stats()["streamed"]
+            assert page.locator("#model-selector-model-button").inner_text().strip() == model
             page.locator("#chat-input").click()
             page.keyboard.type("你好，请介绍一下你自己。")
             page.keyboard.press("Enter")
             reply = page.locator("#response-content-container").first
             page.wait_for_function("() => (document.querySelector('#response-content-container')?.innerText || '').trim().length > 0",
                                    timeout=120_000)
-            settled, last = 0, None
-            for _ in range(120):  # the reply streams in; screenshot it once it has stopped growing
-                page.wait_for_timeout(500)
-                now = reply.inner_text()
-                settled, last = (settled + 1 if now == last else 0), now
-                if settled >= 4:
-                    break
+            wait_for(lambda: chats_answered(stack) > before, 300)  # the reply is complete once Ollama logs the request as answered
             page.screenshot(path=str(artifacts_dir / "open-webui-chat.png"))
             text = reply.inner_text().strip()
             browser.close()
         assert text, "no reply reached the page"
-        assert double.stats()["streamed"] > before, "the reply did not come from the double's streamed /api/chat"
+        refused = answered(stack / "logs" / "ollama.log", "POST", "/api/chat", status="4..")
+        assert refused == 0, f"Ollama refused {refused} of Open WebUI's chats: {text}"
 
-        orch("register", str(tiny_build), "--host", double.url, "--name", "tiny:other", "--no-check")
+        orch("register", str(tiny_build), "--host", ollama_url, "--name", "tiny:other", "--no-check")
         changed = orch(*up_args("tiny:other"), timeout=600)
         assert "DEFAULT_MODELS changed, but Open WebUI reads it only on its first start" in changed.stdout
         assert pid_of(stack, "open-webui") != pids["open-webui"], "changed settings: restarted"
+        assert pid_of(stack, "ollama") == pids["ollama"], "Ollama's settings did not change: it kept running"
 
         # kill -9: supervisord starts it again at once; it serves again once it has booted, and the monitor sees both
-        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 240)
-        monitor = subprocess.Popen([str(ORCH), "health", "--host", double.url, "--model", MODEL, "--webui", f"http://127.0.0.1:{port}",
+        wait_for(lambda: answers(f"{webui}/health"), 240)
+        monitor = subprocess.Popen([str(ORCH), "health", "--host", ollama_url, "--model", model, "--webui", webui,
                                     "--watch", "--interval", "1", "--failures", "1", "--timeout", "20", "--json"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         read_json_lines(monitor, lambda r: r.get("ok") is True)
@@ -167,13 +190,21 @@ def test_browser_chat_through_native_open_webui(ollama_double, tiny_build, webui
         failed = read_json_lines(monitor, lambda r: r.get("kind") == "failed")[-1]
         assert failed["event"].startswith("failed: webui"), failed
         read_json_lines(monitor, lambda r: r.get("kind") == "recovered", timeout=240)
+
+        # and the real Ollama: killed, it is started again with its models, and answers
+        os.kill(pids["ollama"], signal.SIGKILL)
+        wait_for(lambda: (pid_of(stack, "ollama") or pids["ollama"]) != pids["ollama"], 30)
+        pids["ollama"] = pid_of(stack, "ollama")
+        wait_for(lambda: answers(f"{ollama_url}/api/version"), 60)
+        report = json.loads(orch("health", "--host", ollama_url, "--model", model, "--json", check=False).stdout)
+        assert report["ok"] is True, [c for c in report["checks"] if c["status"] != "ok"]
     finally:
         if monitor is not None:
             monitor.send_signal(signal.SIGINT)
             monitor.communicate(timeout=30)
         down = orch("down", "--dir", str(stack), check=False)
-    assert down.returncode == 0 and "open-webui" in down.stdout and "supervisord" in down.stdout
-    assert not listening(port), f"port {port} still answers after orch down"
+    assert down.returncode == 0 and "open-webui" in down.stdout and "ollama" in down.stdout and "supervisord" in down.stdout
+    assert not listening(port) and not listening(ollama_port), "a port still answers after orch down"
     for name, pid in pids.items():
         assert gone(pid), f"{name} (pid {pid}) still runs after orch down"
 
@@ -197,6 +228,7 @@ def test_down_without_a_running_supervisor_touches_nothing(tmp_path):
 
 def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_recovery(ollama_cli, tiny_build, tmp_path,
                                                                                       isolated_home, monkeypatch):
+    """The Ollama double as `ollama serve`, its restart held back until the monitor has seen the outage."""
     monkeypatch.setenv("HF_TOKEN", "hf_user_secret")  # the user's own token: ollama serve must never see it
     shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
     model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
@@ -245,3 +277,34 @@ def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_reco
     for name, pid in pids.items():
         assert gone(pid), f"{name} (pid {pid}) still runs after orch down"
 
+
+
+SETTINGS = {  # what a service's environment may hold, as supervisord must hand it over
+    "JSON, as Open WebUI's DEFAULT_MODEL_PARAMS": '{"function_calling": "legacy"}',
+    "an apostrophe": "it's",
+    "commas and spaces": "a,b c",
+    "a percent sign": "50%",
+    "a path": "/home/user/.local/share/orch/stack/open-webui-data",
+}
+
+
+def test_supervisord_hands_every_setting_over_unchanged(tmp_path):
+    """The environment line of supervisord.conf, read by supervisord's own parser, gives back each value as written."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+    from supervisor.options import UnhosedConfigParser, expand
+
+    env = {f"S{i}": value for i, value in enumerate(SETTINGS.values())}
+    service = native.Service("x", ["/bin/true"], env, "http://127.0.0.1:9/")
+    parser = UnhosedConfigParser()
+    parser.read_string(native.config(tmp_path, [service], tmp_path / "s.sock"))
+    line = parser.get("program:x", "environment")
+    assert dict_of_key_value_pairs(expand(line, {"ENV_HOME": "/"}, "environment")) == env
+
+
+@pytest.mark.parametrize("value", ["both \" and '", '"starts with a quote', "two\nlines"])
+def test_a_setting_supervisord_cannot_carry_is_refused_in_one_line(tmp_path, value):
+    from orchestrator.errors import OrchError
+
+    service = native.Service("x", ["/bin/true"], {"S": value}, "http://127.0.0.1:9/")
+    with pytest.raises(OrchError, match="cannot be passed through supervisord"):
+        native.config(tmp_path, [service], tmp_path / "s.sock")
