@@ -69,20 +69,40 @@ def test_register_keeps_the_template_and_every_parameter_by_value(server, tiny_b
 
 
 TYPES = {  # every GGUF type orch writes, and the architectures
-    "f16": (32, "f16", {}),
-    "q8_0": (32, "q8_0", {}),
-    "q4_K_M": (32, "q4_K_M", {}),
-    "q4_K_M of a 40-layer ALiBi (13B-shaped) model": (40, "q4_K_M", {}),
+    "f16": (32, "f16", []),
+    "q8_0": (32, "q8_0", []),
+    "q4_K_M": (32, "q4_K_M", []),
+    "q4_K_M of a 40-layer ALiBi (13B-shaped) model": (40, "q4_K_M", []),
+    "iq4_xs, an i-quant from an importance matrix": (32, "iq4_xs", ["--imatrix"]),
+    "q4_K_M with a LoRA adapter merged": (32, "q4_K_M", ["--adapter"]),
 }
 
 
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory, built, checkpoint):
+    """TYPES' builds: the session's shared ones, or made here for --imatrix and --adapter."""
+    from lora import make_lora
+
+    def build(layers: int, quant: str, extra: list[str]):
+        if not extra:
+            return built(layers, quant)
+        out = tmp_path_factory.mktemp("types") / quant
+        if extra == ["--adapter"]:
+            extra = ["--adapter", str(make_lora(out.parent / "adapter", checkpoint(layers), targets=("W_pack",), fmt="safetensors"))]
+        orch("build", str(checkpoint(layers)), "--quant", quant, *extra, "--no-register", "--no-eval", "-o", str(out))
+        return out
+
+    return build
+
+
 @pytest.mark.parametrize("kind", list(TYPES))
-def test_ollama_create_accepts_every_type_orch_writes(server, built, kind):
-    """Real Ollama: `ollama create` runs llama-quantize over each GGUF before it takes it (ollama#17279)."""
-    layers, quant, kw = TYPES[kind]
-    build = built(layers, quant, **kw)
-    name = f"types:{quant.lower()}-{layers}"
-    register(server, build, name, "--no-check")
+def test_ollama_create_accepts_every_type_orch_writes(server, builds, kind):
+    """Real Ollama: `ollama create` runs llama-quantize over each GGUF before it takes it (ollama#17279), then it generates."""
+    layers, quant, extra = TYPES[kind]
+    build = builds(layers, quant, extra)
+    name = f"types:{quant.lower()}-{layers}{'-adapter' if extra == ['--adapter'] else ''}"
+    register(server, next(build.glob("*.Modelfile")), name, "--no-check")
+    assert show(server, name)["details"]["quantization_level"].lower() == quant.lower()
     reply = httpx.post(f"{server.url}/api/generate", json={"model": name, "prompt": "你好", "stream": False,
                                                            "options": {"num_predict": 4, "temperature": 0}}, timeout=300)
     assert reply.status_code == 200, reply.text
