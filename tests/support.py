@@ -174,8 +174,8 @@ def real_ollama_binary() -> Path:
 class RealOllama:
     """`ollama serve` built from Ollama's own sources, on a loopback port with its own model store."""
 
-    def __init__(self, home: Path, *, port: int = 0, env: dict | None = None):
-        self.home, self.port, self.extra = home, port or free_port(), env or {}
+    def __init__(self, home: Path, *, port: int = 0, bind: str = "127.0.0.1", env: dict | None = None):
+        self.home, self.port, self.bind, self.extra = home, port or free_port(), bind, env or {}
         self.proc: subprocess.Popen | None = None
         self.log = home / "ollama-serve.log"
 
@@ -186,7 +186,7 @@ class RealOllama:
     @property
     def env(self) -> dict:
         """What `ollama` (serve or the CLI) needs to find this server and its store."""
-        return os.environ | {"HOME": str(self.home), "OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(self.home / "models"),
+        return os.environ | {"HOME": str(self.home), "OLLAMA_HOST": f"{self.bind}:{self.port}", "OLLAMA_MODELS": str(self.home / "models"),
                              "OLLAMA_NO_CLOUD": "1"} | self.extra
 
     def start(self, timeout: float = 60) -> "RealOllama":

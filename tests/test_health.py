@@ -159,15 +159,21 @@ def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):
     assert gen["status"] == "degraded" and "first token after 1." in gen["reason"]
 
 
+UNPATCHED = ["CVE-2026-5757", "CVE-2026-65315"]  # no release fixes them: every version is open to them
+
+
 @pytest.mark.parametrize("version, cves", [
-    ("0.13.9", ["CVE-2026-7482", "CVE-2026-7020"]),
-    ("0.14.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697"]),
-    ("0.17.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697"]),
-    ("0.17.1", ["CVE-2026-7020", "CVE-2026-102697"]),
-    ("0.20.2", ["CVE-2026-7020", "CVE-2026-102697"]),
-    ("0.20.3", ["CVE-2026-102697"]),
-    ("0.29.9", ["CVE-2026-102697"]),
-    ("0.30.0", ["CVE-2026-85180", "CVE-2026-102697"]),
+    ("0.13.9", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-5530", "CVE-2026-86289"]),
+    ("0.14.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697", "CVE-2026-5530", "CVE-2026-86289"]),
+    ("0.17.0", ["CVE-2026-7482", "CVE-2026-7020", "CVE-2026-102697", "CVE-2026-5530", "CVE-2026-86289"]),
+    ("0.17.1", ["CVE-2026-7020", "CVE-2026-102697", "CVE-2026-5530", "CVE-2026-86289"]),
+    ("0.18.1", ["CVE-2026-7020", "CVE-2026-102697", "CVE-2026-5530", "CVE-2026-86289"]),
+    ("0.18.2", ["CVE-2026-7020", "CVE-2026-102697", "CVE-2026-86289"]),
+    ("0.20.2", ["CVE-2026-7020", "CVE-2026-102697", "CVE-2026-86289"]),
+    ("0.20.3", ["CVE-2026-102697", "CVE-2026-86289"]),
+    ("0.29.9", ["CVE-2026-102697", "CVE-2026-86289"]),
+    ("0.30.0", ["CVE-2026-85180", "CVE-2026-102697", "CVE-2026-86289"]),
+    ("0.31.1", ["CVE-2026-85180", "CVE-2026-102697", "CVE-2026-86289"]),
     ("0.31.2", ["CVE-2026-85180"]),
     ("0.33.2", ["CVE-2026-85180"]),
     ("0.33.3", []),
@@ -180,7 +186,7 @@ def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):
 def test_the_version_is_checked_against_every_known_cve_at_its_range_boundaries(version, cves):
     from orchestrator.ollama import vulns
 
-    assert [a.cve for a in vulns.affecting(version)] == cves
+    assert [a.cve for a in vulns.affecting(version)] == cves + UNPATCHED
 
 
 def test_a_vulnerable_server_is_flagged_with_the_cve_and_the_fix(served):
@@ -188,7 +194,7 @@ def test_a_vulnerable_server_is_flagged_with_the_cve_and_the_fix(served):
     proc, report, _ = health(double.url, "--model", MODEL)
     assert proc.returncode == 0
     version = check(report, "version")
-    assert version["status"] == "degraded" and version["data"]["cves"] == ["CVE-2026-103663"]
+    assert version["status"] == "degraded" and version["data"]["cves"] == ["CVE-2026-103663", *UNPATCHED]
     assert "CVE-2026-103663" in version["reason"] and "fixed in 0.35.0" in version["reason"]
 
 

@@ -66,6 +66,9 @@ def health(
     openai: bool = typer.Option(False, "--openai", help="Also probe the OpenAI-compatible /v1/chat/completions."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds each request may take."),
     slow: float = typer.Option(10.0, "--slow", min=0.0, help="A first token slower than this many seconds is degraded."),
+    cve_feed: str = typer.Option("builtin", "--cve-feed", envvar="ORCH_CVE_FEED", metavar="builtin|osv",
+                                 help="Where the known vulnerabilities come from: orch's built-in table, or OSV (api.osv.dev, "
+                                      "cached a day; ORCH_OSV_URL for a mirror), falling back to the table when it cannot answer."),
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table (one line per probe in watch mode)."),
     watch: bool = typer.Option(False, "--watch", help="Probe again and again; Ctrl-C stops."),
     interval: float = typer.Option(30.0, "--interval", min=0.1, help="Seconds between probes in watch mode."),
@@ -106,7 +109,10 @@ def health(
             check()
         except OrchError as e:
             raise typer.BadParameter(str(e), param_hint=flag) from None
-    specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow) for h in (host or [None])]
+    if cve_feed not in ("builtin", "osv"):
+        raise typer.BadParameter(f"{cve_feed!r} is not builtin or osv", param_hint="--cve-feed")
+    specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed)
+             for h in (host or [None])]
     if not watch:
         reports = [probe.probe(spec) for spec in specs]
         if as_json:

@@ -182,8 +182,11 @@ def get(url: str, timeout: float = 5.0) -> httpx.Response:
 
 
 def post_json(url: str, body: dict, timeout: float = 10.0) -> httpx.Response:
-    """A POST of JSON to a service that is not Ollama (an alert webhook)."""
-    return httpx.post(url, json=body, timeout=timeout)
+    """A POST of JSON to a service that is not Ollama (an alert webhook, OSV), its answer bounded like every other."""
+    with httpx.Client(timeout=timeout, transport=_BoundedTransport(timeout)) as session:
+        r = session.post(url, json=body)
+        r.read()
+        return r
 
 
 class Ollama:

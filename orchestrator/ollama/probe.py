@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 from orchestrator import names
-from orchestrator.ollama import client, vulns
+from orchestrator.ollama import client
 from orchestrator.ollama.client import Ollama, body_error
 
 OK, DEGRADED, FAIL, SKIPPED = "ok", "degraded", "fail", "skipped"
@@ -65,6 +65,7 @@ class Probe:
     openai: bool = False
     timeout: float = 30.0
     slow: float = 10.0
+    cve_feed: str = "builtin"  # or "osv" (cve_feed.py)
 
 
 class ProbeError(Exception):
@@ -81,7 +82,7 @@ def probe(p: Probe) -> Report:
             for name in ("version", "model", "generate", "chat") + (("openai",) if p.openai else ()):
                 checks.append(Check(name, SKIPPED, "the server did not answer"))
         else:
-            _run("version", lambda: _version(http), checks)
+            _run("version", lambda: _version(http, p.cve_feed), checks)
             found = _run("model", lambda: _model(http, p.model), checks)
             model = found.data.get("model", p.model)
             if found.status == FAIL:
@@ -93,7 +94,8 @@ def probe(p: Probe) -> Report:
                 if p.openai:
                     _run("openai", lambda: _openai(http, model), checks)
                 _run("placement", lambda: _placement(http, model), checks)
-            _run("exposure", lambda: _exposure(http.url), checks)
+            exposure = _run("exposure", lambda: _exposure(http.url), checks)
+            _judge_unpatched(checks, exposure)
     if p.webui:
         _run("webui", lambda: _webui(p.webui, p.timeout), checks)
     return Report(http.url, model, checks, started, time.monotonic() - t0)
@@ -130,15 +132,37 @@ def _server(http):
     return OK, "answering", {}
 
 
-def _version(http):
+def _version(http, feed: str):
+    from orchestrator.ollama import cve_feed
+
     version = str(_json(http.get("/api/version"), "/api/version").get("version", ""))
-    open_to = vulns.affecting(version)
-    if open_to is None:
+    found = cve_feed.findings(version, feed)
+    if found is None:
         return DEGRADED, f"version {version!r} is not a release number: cannot check it against known vulnerabilities", {"version": version}
-    if open_to:
-        named = "; ".join(f"{a.cve} ({a.summary}, {a.remedy})" for a in open_to)
-        return DEGRADED, f"Ollama {version} is open to {named}: upgrade it", {"version": version, "cves": [a.cve for a in open_to]}
-    return OK, f"version {version}, no known vulnerability", {"version": version, "cves": []}
+    data = {"version": version, "cves": [a.cve for a in found.advisories], "source": found.source,
+            **({"fallback": found.fallback} if found.fallback else {}),
+            "unpatched": [{"cve": a.cve, "summary": a.summary, "mitigation": a.mitigation} for a in found.advisories if a.unpatched]}
+    fixable = [a for a in found.advisories if not a.unpatched]
+    seen = f" (per {found.source}{'; ' + found.fallback if found.fallback else ''})"
+    if fixable:
+        named = "; ".join(f"{a.cve} ({a.summary}, {a.remedy})" for a in fixable)
+        return DEGRADED, f"Ollama {version} is open to {named}: upgrade it{seen}", data
+    if data["unpatched"]:
+        named = ", ".join(a["cve"] for a in data["unpatched"])
+        return OK, f"version {version}; {named} have no fixed release: safe while only this host reaches it{seen}", data
+    return OK, f"version {version}, no known vulnerability{seen}", data
+
+
+def _judge_unpatched(checks: list[Check], exposure: Check) -> None:
+    """An advisory no release fixes is judged by who can reach the server: beyond loopback it fails the version check."""
+    version = next((c for c in checks if c.name == "version"), None)
+    unpatched = (version.data.get("unpatched") if version else None) or []
+    if not unpatched or not exposure.data.get("exposed_on"):
+        return
+    named = "; ".join(f"{a['cve']} ({a['summary']})" for a in unpatched)
+    version.status = FAIL
+    version.reason = (f"Ollama answers beyond loopback while open to {named}, which no release fixes: "
+                      f"{unpatched[0]['mitigation']}")
 
 
 def _model(http, wanted: str | None):

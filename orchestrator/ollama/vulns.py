@@ -1,11 +1,14 @@
 """Known vulnerabilities of the Ollama server, by version range: the one table `orch health` checks a server against.
 
 Each entry is what its public record says (sources below); a range is
-`introduced <= version` and either `< fixed` or `<= last_affected` when the
-record names no fixed release. Update it when a new advisory appears, and
-move the pinned image (stack/config.py) past every entry.
+`introduced <= version` and either `< fixed`, `<= last_affected` when the
+record names no fixed release, or every later version when it names neither (an
+unpatched advisory: its mitigation is what a user can do). Update it when a new
+advisory appears, and move the pinned image (stack/config.py) past every entry
+that has a fix. `orch health --cve-feed osv` asks OSV instead (cve_feed.py); this
+table is what an offline box has.
 
-Sources, read 2026-11-23:
+Sources, read 2026-11-23 and 2026-12-01:
 - CVE-2026-7482 / GHSA-x8qc-fggm-mpqg: "Ollama before 0.17.1", heap out-of-bounds read in the GGUF loader
   reached through /api/create; fixed in 0.17.1 (ollama/ollama#14406).
 - CVE-2026-7020 / GHSA-x99g-8v8j-25j2: "Ollama up to 0.20.2", path traversal in digestToPath of the tensor
@@ -18,6 +21,14 @@ Sources, read 2026-11-23:
   file written outside the model store that runs as root on restart in the Docker image. CERT Polska's
   notice says "from 0.34.2 to 0.35.0" while naming 0.35.0 as the fix; the CVE record itself says affected
   0.34.2 lessThan 0.35.0, which is what this table holds.
+- CVE-2026-5530: SSRF in the model pull API (server/download.go), "Ollama up to 18.1" (0.18.1); the vendor did
+  not answer the reporter, and the record names no fixed release.
+- CVE-2026-86289 / GHSA-c2q9-58w2-gjg4: integer overflow in the GGUF v1 string decoder (readGGUFV1String); NVD
+  "up to 0.31.1", fixed in 0.31.2 (0.31.2-rc1 first).
+- CVE-2026-5757: heap memory disclosure through a crafted GGUF in the quantization path; CERT could not reach
+  the vendor and no release is named as fixed: every version.
+- CVE-2026-65315 / GHSA-9hhj-2jwx-r87p: uncontrolled allocation from GGUF metadata (a GGUF under 1 KB makes the
+  server allocate until it is killed); the advisory names no affected or patched range: every version.
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ def parse(version: str) -> Version | None:
     return tuple(numbers) if len(numbers) == 3 else None  # type: ignore[return-value]
 
 
+TABLE_DATE = "2026-12-01"  # when the table below was last checked against the records
+
+
 @dataclass(frozen=True)
 class Advisory:
     cve: str
@@ -41,19 +55,29 @@ class Advisory:
     introduced: str = "0.0.0"
     fixed: str | None = None  # the first release without it
     last_affected: str | None = None  # when the record names no fixed release
+    mitigation: str = ""  # what to do while no release fixes it
+
+    @property
+    def unpatched(self) -> bool:
+        """No release is named as fixed, nor a last affected one: every version from `introduced` on."""
+        return self.fixed is None and self.last_affected is None
 
     def affects(self, version: Version) -> bool:
         if version < parse(self.introduced):
             return False
         if self.fixed is not None:
             return version < parse(self.fixed)
-        return version <= parse(self.last_affected)
+        return self.unpatched or version <= parse(self.last_affected)
 
     @property
     def remedy(self) -> str:
+        if self.unpatched:
+            return f"no fixed release; {self.mitigation}"
         return f"fixed in {self.fixed}" if self.fixed else f"upgrade past {self.last_affected} (no fixed release on record)"
 
 
+GGUF_MITIGATION = ("keep Ollama on loopback (orch's default) and create models only from GGUFs you built or trust; "
+                   "never let untrusted clients reach /api/create or /api/blobs")
 ADVISORIES = (
     Advisory("CVE-2026-7482", "heap out-of-bounds read through /api/create", fixed="0.17.1"),
     Advisory("CVE-2026-7020", "path traversal in the tensor model transfer", last_affected="0.20.2"),
@@ -61,6 +85,10 @@ ADVISORIES = (
     Advisory("CVE-2026-102697", "agent mode's command approval bypass", introduced="0.14.0", fixed="0.31.2"),
     Advisory("CVE-2026-103663", "path traversal through /api/pull, root code execution on restart", introduced="0.34.2",
              fixed="0.35.0"),
+    Advisory("CVE-2026-5530", "SSRF through the model pull API", last_affected="0.18.1"),
+    Advisory("CVE-2026-86289", "integer overflow in the GGUF v1 string decoder", fixed="0.31.2"),
+    Advisory("CVE-2026-5757", "heap disclosure through a crafted GGUF in the quantization path", mitigation=GGUF_MITIGATION),
+    Advisory("CVE-2026-65315", "uncontrolled allocation from GGUF metadata (a tiny GGUF exhausts memory)", mitigation=GGUF_MITIGATION),
 )
 
 

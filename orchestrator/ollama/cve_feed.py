@@ -1,0 +1,124 @@
+"""The advisories that apply to an Ollama version: from OSV when asked and reachable, else orch's built-in table.
+
+OSV (https://osv.dev) gathers the Go vulnerability database and GitHub's
+advisories; one POST to /v1/query with the version and the package
+`github.com/ollama/ollama` (ecosystem Go) answers the vulnerabilities that
+affect it. Answers are cached per version for a day. The built-in table
+(vulns.py) is the default: a health probe should not tell a third party which
+server version a private box runs, and an offline box would wait on every
+probe. Whatever goes wrong with OSV (no network, a slow or malformed answer),
+the table answers instead and the result says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import paths
+from orchestrator.ollama import vulns
+
+OSV_URL = "https://api.osv.dev/v1/query"
+URL_ENV = "ORCH_OSV_URL"  # a mirror of OSV's API (or a test's double)
+PACKAGE = {"name": "github.com/ollama/ollama", "ecosystem": "Go"}
+TTL = 24 * 3600
+FEEDS = ("builtin", "osv")
+
+
+@dataclass(frozen=True)
+class Findings:
+    advisories: list[vulns.Advisory]
+    source: str  # where they came from, in words
+    fallback: str = ""  # why OSV was not used, when it was asked for
+
+
+def builtin(version: str) -> Findings | None:
+    found = vulns.affecting(version)
+    return None if found is None else Findings(found, f"orch's built-in table (checked {vulns.TABLE_DATE})")
+
+
+def findings(version: str, feed: str = "builtin", *, timeout: float = 5.0, now: float | None = None) -> Findings | None:
+    """The advisories for `version` (None when it is not a release number); `feed` osv asks OSV, falling back to the table."""
+    table = builtin(version)
+    if feed != "osv" or table is None:
+        return table
+    now = time.time() if now is None else now
+    release = ".".join(map(str, vulns.parse(version)))
+    cache = paths.cache_home() / "osv" / f"ollama-{release}.json"
+    cached = _cached(cache, now)
+    if cached is not None:
+        return Findings(cached[0], f"OSV (cached answer from {_when(cached[1])})")
+    url = os.environ.get(URL_ENV) or OSV_URL
+    try:
+        advisories = osv_query(url, release, timeout)
+    except OsvUnusable as e:
+        return Findings(table.advisories, table.source, f"OSV not used ({e})")
+    _store(cache, now, advisories)
+    return Findings(advisories, f"OSV ({url}, asked {_when(now)})")
+
+
+class OsvUnusable(Exception):
+    """OSV could not be asked, or answered something else than its documented shape."""
+
+
+def osv_query(url: str, version: str, timeout: float) -> list[vulns.Advisory]:
+    from orchestrator.ollama import client
+
+    body = {"version": version, "package": PACKAGE}
+    try:
+        r = client.post_json(url, body, timeout=timeout)
+    except client.TransportError as e:
+        raise OsvUnusable(f"{url} did not answer: {client.short(e)}") from None
+    if r.status_code != 200:
+        raise OsvUnusable(f"{url} answered HTTP {r.status_code}")
+    try:
+        answer = r.json()
+    except ValueError:
+        raise OsvUnusable(f"{url} answered something that is not JSON") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("vulns", []), list):
+        raise OsvUnusable(f"{url} answered JSON without a list of vulns")
+    return [_advisory(v, url) for v in answer.get("vulns", [])]
+
+
+def _advisory(v, url: str) -> vulns.Advisory:
+    """One OSV record as an Advisory: its CVE id where it has one, and the first fixed version its ranges name."""
+    if not isinstance(v, dict) or not isinstance(v.get("id"), str):
+        raise OsvUnusable(f"{url} answered a vulnerability without an id")
+    aliases = [a for a in v.get("aliases") or [] if isinstance(a, str)]
+    cve = next((a for a in [v["id"], *aliases] if a.startswith("CVE-")), v["id"])
+    fixed = None
+    for affected in v.get("affected") or []:
+        for rng in (affected or {}).get("ranges") or [] if isinstance(affected, dict) else []:
+            for event in (rng or {}).get("events") or [] if isinstance(rng, dict) else []:
+                if isinstance(event, dict) and isinstance(event.get("fixed"), str) and vulns.parse(event["fixed"]):
+                    fixed = fixed or event["fixed"].lstrip("v")
+    summary = str(v.get("summary") or v.get("details") or v["id"]).strip().splitlines()[0][:160]
+    known = next((a for a in vulns.ADVISORIES if a.cve == cve), None)
+    return vulns.Advisory(cve, summary, fixed=fixed, mitigation=known.mitigation if known else vulns.GGUF_MITIGATION
+                          if fixed is None else "")
+
+
+def _cached(path: Path, now: float) -> tuple[list[vulns.Advisory], float] | None:
+    try:
+        data = json.loads(path.read_text())
+        if now - float(data["fetched"]) > TTL:
+            return None
+        return [vulns.Advisory(**a) for a in data["advisories"]], float(data["fetched"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store(path: Path, now: float, advisories: list[vulns.Advisory]) -> None:
+    from dataclasses import asdict
+
+    from orchestrator.files import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({"fetched": now, "advisories": [asdict(a) for a in advisories]}), mode=0o644)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
