@@ -34,6 +34,7 @@ def up(
     wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
     no_webui: bool = typer.Option(False, "--no-webui", help="Ollama alone, for a headless API box (no browser chat)."),
+    no_backup: bool = typer.Option(False, "--no-backup", help="No backup before Open WebUI changes (and so no data to roll back to)."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
 
@@ -56,7 +57,7 @@ def up(
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
     plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
                             expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
-                            webui=not no_webui)
+                            webui=not no_webui, backup=not no_backup)
     con, err = render.console(), render.console(stderr=True)
     chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
 
@@ -168,25 +169,37 @@ def down(
 
 
 @app.command()
-def status(directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP)) -> None:
+def status(
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the services and the loaded models as JSON."),
+) -> None:
     """Services, their health, and the models loaded with their memory.
 
-    Example: orch status
+    Example: orch status --json
     """
     from orchestrator.ollama.client import Ollama
     from orchestrator.stack import choice as runtime
 
     d = _stack_dir(directory)
     rt, record = runtime.load(d)
-    con = render.console()
-    for s in rt.status(d):
-        colour = "green" if s.running else "yellow"
-        con.print(f"{s.name}: [{colour}]{s.state}[/]{', ' + render.escape(s.detail) if s.detail else ''}")
+    states = rt.status(d)
     try:
         with Ollama(record.ollama_url) as server:
-            loaded = server.loaded()
+            loaded, unreachable = server.loaded(), None
     except OrchError as e:
-        con.print(str(e))
+        loaded, unreachable = [], str(e)
+    if as_json:
+        render.print_json({"runtime": rt.name, "ollama": record.ollama_url, "webui": record.webui_url,
+                           "services": [{"name": s.name, "state": s.state, "running": s.running, "detail": s.detail} for s in states],
+                           "loaded": [{"name": m.get("name"), "size": m.get("size", 0), "size_vram": m.get("size_vram", 0)} for m in loaded],
+                           "ollama_error": unreachable})
+        return
+    con = render.console()
+    for s in states:
+        colour = "green" if s.running else "yellow"
+        con.print(f"{s.name}: [{colour}]{s.state}[/]{', ' + render.escape(s.detail) if s.detail else ''}")
+    if unreachable:
+        con.print(unreachable)
         return
     for m in loaded:
         con.print(f"loaded {m['name']}: {m.get('size', 0) / 1e9:.1f} GB, {m.get('size_vram', 0) / 1e9:.1f} GB in GPU memory")
@@ -210,3 +223,63 @@ def logs(
     rt, _ = runtime.load(d)
     for line in rt.logs(d, [service] if service else None, follow=follow):
         print(line, flush=True)
+
+
+@app.command("backup")
+def backup_cmd(
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Archive to write [default: backups/ in the stack directory]."),
+) -> None:
+    """Back up the stack's chats, users, settings and secrets into one archive (mode 0600), while it runs.
+
+    Open WebUI's database is copied with SQLite's online backup API; the archive's
+    manifest lists every file's sha256 and the Ollama models with their digests
+    (the GGUFs themselves stay in the build directories).
+
+    Examples:
+
+      orch backup
+
+      orch backup --out /mnt/safe/orch-$(date +%F).tar.gz
+    """
+    from orchestrator.ollama.client import Ollama
+    from orchestrator.stack import backup
+    from orchestrator.stack import choice as runtime
+    from orchestrator.stack.native import installed_webui
+
+    d = _stack_dir(directory)
+    rt, record = runtime.load(d)
+    if rt.name != "native":
+        raise OrchError(f"orch backup reads Open WebUI's data from the stack directory, which the {rt.name} runtime keeps in a "
+                        "volume: back the volume up with your container tools (README: Backups and upgrades)")
+    with Ollama(record.ollama_url, timeout=10) as server:
+        try:
+            models = [{"name": m.model, "digest": m.digest} for m in server.api.list().models]
+        except Exception:  # noqa: BLE001  Ollama down: the backup is still worth having, without the list
+            models = []
+    running = installed_webui(d) or {}
+    path = backup.create(d, out.resolve() if out else None, models=models, open_webui=running.get("package", ""))
+    render.console().print(f"backed up {d} to {path} ({path.stat().st_size / 1e6:.1f} MB, {len(models)} models listed)",
+                           markup=False, soft_wrap=True)
+
+
+@app.command("restore")
+def restore_cmd(
+    archive: Path = typer.Argument(..., metavar="ARCHIVE", help="A file orch backup wrote."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+) -> None:
+    """Put a backup back: the archive is checked whole first, and a cut, altered or foreign one changes nothing.
+
+    Stop the stack first (orch down); start it again with orch up.
+
+    Example: orch down && orch restore ~/.local/share/orch/stack/backups/orch-backup-20261201-101500-manual.tar.gz && orch up
+    """
+    from orchestrator.stack import backup
+    from orchestrator.stack.native import Supervisor
+
+    d = _stack_dir(directory)
+    if Supervisor(d).running():
+        raise OrchError(f"the stack in {d} is running: stop it first with orch down --dir {d}, then restore")
+    manifest = backup.restore(archive, d)
+    render.console().print(f"restored {archive} ({manifest.created}, {len(manifest.files)} files) into {d}: start it with orch up",
+                           markup=False, soft_wrap=True)

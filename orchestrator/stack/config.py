@@ -46,6 +46,7 @@ class StackPlan:
     offline: bool = False
     default_model: str | None = None
     webui: bool = True  # False: Ollama alone, a headless API box
+    backup: bool = True  # a backup before Open WebUI changes (its release or install), rolled back to when it fails
     images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
 
     def __post_init__(self):

@@ -29,7 +29,7 @@ from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
 from orchestrator.ollama import client, install
-from orchestrator.stack import compose, preflight
+from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
 from orchestrator.stack.runtime import ServiceState, Started
 
@@ -39,8 +39,25 @@ VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/
 PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
 
 
+WEBUI_RECORD = "open-webui.json"  # which Open WebUI the stack runs: its package and executable
+
+
 def webui_venv() -> Path:
-    return Path(os.environ.get(VENV_ENV) or paths.data_home() / "open-webui-venv")
+    """One virtualenv per Open WebUI release, so that the one before an upgrade is still there to roll back to."""
+    return Path(os.environ.get(VENV_ENV) or paths.data_home() / f"open-webui-venv-{WEBUI_VERSION}")
+
+
+def webui_record(exe: Path) -> dict:
+    return {"package": WEBUI_PACKAGE, "exe": str(exe)}
+
+
+def installed_webui(directory: Path) -> dict | None:
+    """The Open WebUI the stack in `directory` last ran, as webui_record wrote it (None before its first start)."""
+    try:
+        record = json.loads((directory / WEBUI_RECORD).read_text())
+        return record if isinstance(record, dict) and {"package", "exe"} <= set(record) else None
+    except (OSError, ValueError):
+        return None
 
 
 def ensure_webui(reporter: Reporter) -> Path:
@@ -282,7 +299,11 @@ class NativeRuntime:
                 preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
-        """Write supervisord.conf, start supervisord (or hand it the new config), and wait until every service answers."""
+        """Write supervisord.conf, start supervisord (or hand it the new config), and wait until every service answers.
+
+        When Open WebUI itself changes (another release or install), a backup is taken first; if the new one does not
+        become healthy, the old one is started again on the data as it was.
+        """
         plan.directory.mkdir(parents=True, exist_ok=True)
         exe = ensure_webui(reporter) if plan.webui else None
         env_path = plan.directory / ".env"
@@ -292,7 +313,32 @@ class NativeRuntime:
         settings = next((s.env for s in wanted if s.name == "open-webui"), {})
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
         changed = changed_settings(old, settings) if settings else []
+        running_now, taken = installed_webui(plan.directory), None
+        upgrade = exe is not None and running_now is not None and running_now != webui_record(exe)
+        if upgrade and plan.backup and (plan.directory / backup.DATA).is_dir():
+            taken = backup.create(plan.directory, backup.default_path(plan.directory, "before-upgrade"),
+                                  open_webui=running_now["package"], reason=f"before {running_now['package']} -> {WEBUI_PACKAGE}")
+            reporter.note(f"Open WebUI changes ({running_now['package']} -> {WEBUI_PACKAGE}): backed up first to {taken}")
+            backup.prune(plan.directory)
         supervisor = Supervisor(plan.directory)
+        self._apply(plan, wanted, supervisor, reporter)
+        if settings:
+            write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+        try:
+            for service in wanted:
+                wait_healthy(service, supervisor, wait, reporter)
+        except OrchError as e:
+            if not upgrade:
+                raise
+            self._roll_back(plan, running_now, taken, supervisor, wait, reporter)
+            raise OrchError(f"Open WebUI {WEBUI_PACKAGE} did not become healthy ({e}); rolled back to {running_now['package']}"
+                            + (f" and the data as it was before ({taken})" if taken else " (no backup was taken: --no-backup)")
+                            + ": orch logs open-webui") from None
+        if exe is not None:
+            write_text(plan.directory / WEBUI_RECORD, json.dumps(webui_record(exe), indent=2) + "\n")
+        return Started(env_path, created, changed)
+
+    def _apply(self, plan: StackPlan, wanted: list[Service], supervisor: Supervisor, reporter: Reporter) -> None:
         write_text(supervisor.conf, config(plan.directory, wanted, supervisor.socket), mode=0o600)
         if supervisor.running():
             restarted = supervisor.apply()
@@ -300,11 +346,22 @@ class NativeRuntime:
                 reporter.note(f"supervisord restarts {', '.join(restarted)} with the new settings")
         else:
             supervisor.start()
-        if settings:
-            write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+
+    def _roll_back(self, plan: StackPlan, previous: dict, taken: Path | None, supervisor: Supervisor, wait: float,
+                   reporter: Reporter) -> None:
+        """The Open WebUI that ran before, on the data from the backup taken before the change."""
+        reporter.note(f"rolling back to {previous['package']}", level="warning")
+        if supervisor.processes().get("open-webui", {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF"):
+            supervisor.rpc().supervisor.stopProcess("open-webui")
+        if taken is not None:
+            backup.restore(taken, plan.directory)
+        wanted = services(plan, Path(previous["exe"]))
+        write_text(supervisor.conf, config(plan.directory, wanted, supervisor.socket), mode=0o600)
+        supervisor.apply()
+        if supervisor.processes().get("open-webui", {}).get("statename") not in ("RUNNING", "STARTING"):
+            supervisor.rpc().supervisor.startProcess("open-webui")
         for service in wanted:
             wait_healthy(service, supervisor, wait, reporter)
-        return Started(env_path, created, changed)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         supervisor = Supervisor(directory)

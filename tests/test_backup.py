@@ -1,0 +1,233 @@
+"""orch backup and orch restore, and orch up's backup and rollback around a change of Open WebUI.
+
+The archive checks run on a stack directory made here (a real SQLite database, uploads and secrets). The round trip
+and the rollback run the native stack for real: the real Ollama (built from source) and the real Open WebUI from PyPI,
+its chats created and read through its own API.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.files import sha256_file
+from orchestrator.stack import backup
+from orchestrator.stack.config import WEBUI_VERSION, read_env, write_env
+from orchestrator.stack.runtime import StackRecord
+from support import cli, free_port, orch
+
+
+def make_stack(directory: Path, chats: list[str]) -> Path:
+    """A stopped native stack as orch up leaves it: secrets, settings, Open WebUI's database in WAL mode, an upload."""
+    data = directory / backup.DATA
+    (data / "uploads").mkdir(parents=True)
+    write_env(directory / ".env")
+    (directory / "settings.json").write_text('{"ENABLE_SIGNUP": "False"}\n')
+    StackRecord("native", "http://127.0.0.1:9", "http://127.0.0.1:9").save(directory)
+    db = sqlite3.connect(data / backup.DATABASE)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE chat (id TEXT PRIMARY KEY, title TEXT)")
+    db.executemany("INSERT INTO chat VALUES (?, ?)", [(str(i), t) for i, t in enumerate(chats)])
+    db.commit()
+    db.close()
+    (data / "uploads" / "notes.txt").write_text("用户上传的文件\n")
+    return directory
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and "backups" not in p.parts}
+
+
+def titles(directory: Path) -> list[str]:
+    db = sqlite3.connect(directory / backup.DATA / backup.DATABASE)
+    try:
+        return [t for (t,) in db.execute("SELECT title FROM chat ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_a_backup_round_trips_the_database_uploads_and_secrets(tmp_path):
+    stack = make_stack(tmp_path / "stack", ["第一次对话", "second chat"])
+    held = sqlite3.connect(stack / backup.DATA / backup.DATABASE)  # Open WebUI still has the database open, WAL and all
+    held.execute("INSERT INTO chat VALUES ('2', 'written after the last checkpoint')")
+    held.commit()
+    proc = cli("backup", "--dir", str(stack))
+    archive = Path(proc.stdout.split(" to ", 1)[1].split(" (", 1)[0])
+    held.close()
+    assert oct(archive.stat().st_mode & 0o777) == "0o600" and archive.parent == stack / "backups"
+    secret = read_env(stack / ".env")["WEBUI_SECRET_KEY"]
+
+    shutil.rmtree(stack / backup.DATA)
+    (stack / ".env").unlink()
+    cli("restore", str(archive), "--dir", str(stack))
+    assert titles(stack) == ["第一次对话", "second chat", "written after the last checkpoint"]
+    assert (stack / backup.DATA / "uploads" / "notes.txt").read_text() == "用户上传的文件\n"
+    assert read_env(stack / ".env")["WEBUI_SECRET_KEY"] == secret and oct((stack / ".env").stat().st_mode & 0o777) == "0o600"
+
+
+def rewrite(archive: Path, out: Path, change) -> Path:
+    """A copy of `archive` with its members passed through `change(name, data) -> data | None` (None drops one)."""
+    with tarfile.open(archive, "r:gz") as tar, tarfile.open(out, "w:gz") as new:
+        for member in tar.getmembers():
+            data = change(member.name, tar.extractfile(member).read())
+            if data is not None:
+                member.size = len(data)
+                new.addfile(member, io.BytesIO(data))
+    return out
+
+
+def tampered_manifest(name: str, data: bytes) -> bytes:
+    if name != "manifest.json":
+        return data
+    manifest = json.loads(data)
+    manifest["files"][f"{backup.DATA}/{backup.DATABASE}"] = "0" * 64
+    return json.dumps(manifest).encode()
+
+
+BAD_ARCHIVES = {
+    "cut short": (lambda a, out: out.write_bytes(a.read_bytes()[: a.stat().st_size // 2]) and out, "is not a complete orch backup"),
+    "a manifest that was altered": (lambda a, out: rewrite(a, out, tampered_manifest), "does not match its sha256"),
+    "a file that was altered": (lambda a, out: rewrite(a, out, lambda n, d: d + b"x" if n.endswith("notes.txt") else d),
+                                "does not match its sha256"),
+    "a file added": (lambda a, out: rewrite(a, out, lambda n, d: d) and _append(out), "does not hold what its manifest lists"),
+    "not a backup at all": (lambda a, out: out.write_bytes(gzip.compress(b"hello")) and out, "is not a complete orch backup"),
+}
+
+
+def _append(out: Path) -> Path:
+    with tarfile.open(out, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(out, "w:gz") as tar:
+        for m, data in members + [(tarfile.TarInfo(f"{backup.DATA}/uploads/extra.sh"), b"echo hi\n")]:
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(BAD_ARCHIVES))
+def test_a_bad_archive_is_refused_in_one_line_and_the_data_is_untouched(tmp_path, kind):
+    stack = make_stack(tmp_path / "stack", ["keep me"])
+    good = backup.create(stack)
+    make, says = BAD_ARCHIVES[kind]
+    bad = make(good, tmp_path / "bad.tar.gz")
+    before = digest(stack)
+    proc = cli("restore", str(bad), "--dir", str(stack), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    assert digest(stack) == before and not list(stack.glob(".restore-*"))
+
+
+def test_a_backup_of_another_stack_is_refused(tmp_path):
+    mine, theirs = make_stack(tmp_path / "mine", ["mine"]), make_stack(tmp_path / "theirs", ["theirs"])
+    before = digest(mine)
+    proc = cli("restore", str(backup.create(theirs)), "--dir", str(mine), check=False)
+    assert proc.returncode == 2 and "is a backup of another stack" in proc.stderr and digest(mine) == before
+    fresh = tmp_path / "new-machine"  # a stack directory with nothing in it yet takes it: moving to another box
+    cli("restore", str(backup.create(theirs)), "--dir", str(fresh))
+    assert titles(fresh) == ["theirs"]
+
+
+def test_orch_up_keeps_the_last_five_backups_taken_before_upgrades(tmp_path):
+    stack = make_stack(tmp_path / "stack", ["x"])
+    for i in range(7):
+        (stack / "backups").mkdir(exist_ok=True)
+        (stack / "backups" / f"orch-backup-2026120{i}-000000-before-upgrade.tar.gz").write_bytes(b"")
+    manual = backup.create(stack)
+    gone = backup.prune(stack)
+    assert [p.name[12:20] for p in gone] == ["20261200", "20261201"]
+    assert manual.is_file() and len(list((stack / "backups").glob("*before-upgrade*"))) == 5
+
+
+# --- the native stack for real ----------------------------------------------------------------------------------------
+
+class WebUI:
+    """Open WebUI's own API, signed in as the admin orch made."""
+
+    def __init__(self, url: str, stack: Path):
+        env = read_env(stack / ".env")
+        r = httpx.post(f"{url}/api/v1/auths/signin", json={"email": env["WEBUI_ADMIN_EMAIL"], "password": env["WEBUI_ADMIN_PASSWORD"]},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        self.url, self.auth = url, {"Authorization": f"Bearer {r.json()['token']}"}
+
+    def new_chat(self, title: str) -> str:
+        chat = {"title": title, "messages": [{"role": "user", "content": "你好"}], "models": []}
+        r = httpx.post(f"{self.url}/api/v1/chats/new", headers=self.auth, json={"chat": chat}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def chats(self) -> list[str]:
+        r = httpx.get(f"{self.url}/api/v1/chats/list", headers=self.auth, timeout=60)
+        assert r.status_code == 200, r.text
+        return sorted(c["title"] for c in r.json())
+
+    def delete(self, chat_id: str) -> None:
+        assert httpx.delete(f"{self.url}/api/v1/chats/{chat_id}", headers=self.auth, timeout=60).status_code == 200
+
+
+def broken_webui(where: Path) -> Path:
+    """An Open WebUI install whose start exits at once: the new release that does not come up."""
+    from orchestrator.stack.native import WEBUI_PACKAGE
+
+    (where / "bin").mkdir(parents=True)
+    exe = where / "bin" / "open-webui"
+    exe.write_text("#!/bin/sh\necho 'Traceback: alembic migration failed (this install is broken on purpose)' >&2\nexit 3\n")
+    exe.chmod(0o755)
+    (where / ".orch-installed").write_text(WEBUI_PACKAGE + "\n")
+    return where
+
+
+@pytest.mark.timeout(1500)
+def test_backup_restore_and_a_failed_upgrade_rolled_back_with_the_real_stack(real_ollama_on_path, tiny_build, isolated_home, tmp_path,
+                                                                             monkeypatch):
+    """Real Ollama and real Open WebUI under supervisord: a chat deleted comes back from the backup; an Open WebUI that
+    does not start after a change is rolled back to the one before, with the chats as they were."""
+    from orchestrator.stack import native
+
+    venv = Path(os.environ.get("ORCH_TEST_WEBUI_VENV") or Path.home() / ".cache" / "orch" / "test-open-webui-venv")
+    monkeypatch.setenv(native.VENV_ENV, str(venv))
+    monkeypatch.setenv(native.PREINSTALL_ENV, "torch==2.13.0")
+    shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
+    stack, port = tmp_path / "stack", free_port()
+    up = ["up", "--runtime", "native", "--offline", "--bind", "127.0.0.1", "--port", str(port), "--ollama-port", str(free_port()),
+          "--dir", str(stack), "--wait", "300"]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        orch(*up, timeout=1400)
+        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={WEBUI_VERSION}"
+        webui = WebUI(url, stack)
+        kept, lost = webui.new_chat("北京的天气"), webui.new_chat("a chat deleted after the backup")
+        archive = Path(orch("backup", "--dir", str(stack)).stdout.split(" to ", 1)[1].split(" (", 1)[0])
+        webui.delete(lost)
+        assert webui.chats() == ["北京的天气"]
+        refused = orch("restore", str(archive), "--dir", str(stack), check=False)
+        assert refused.returncode == 1 and "is running: stop it first with orch down" in refused.stderr
+
+        orch("down", "--dir", str(stack))
+        orch("restore", str(archive), "--dir", str(stack))
+        orch(*up, timeout=600)
+        assert WebUI(url, stack).chats() == ["a chat deleted after the backup", "北京的天气"]
+
+        monkeypatch.setenv(native.VENV_ENV, str(broken_webui(tmp_path / "broken-venv")))
+        failed = orch(*up, timeout=1400, check=False)
+        lines = failed.stderr.strip().splitlines()
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert lines[-1].startswith(f"error: Open WebUI open-webui=={WEBUI_VERSION} did not become healthy") and \
+            "rolled back to" in lines[-1] and "the data as it was before" in lines[-1], lines[-1]
+        taken = sorted((stack / "backups").glob("*before-upgrade.tar.gz"))
+        assert len(taken) == 1, "a backup was taken before the change"
+        assert str(venv / "bin" / "open-webui") in (stack / "supervisord.conf").read_text(), "the old Open WebUI runs again"
+        assert WebUI(url, stack).chats() == ["a chat deleted after the backup", "北京的天气"]
+        assert json.loads((stack / native.WEBUI_RECORD).read_text())["exe"] == str(venv / "bin" / "open-webui")
+    finally:
+        orch("down", "--dir", str(stack), check=False)
