@@ -206,7 +206,8 @@ def test_backup_restore_and_a_failed_upgrade_rolled_back_with_the_real_stack(rea
         orch(*up, timeout=1400)
         assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={WEBUI_VERSION}"
         webui = WebUI(url, stack)
-        kept, lost = webui.new_chat("北京的天气"), webui.new_chat("a chat deleted after the backup")
+        webui.new_chat("北京的天气")
+        lost = webui.new_chat("a chat deleted after the backup")
         archive = Path(orch("backup", "--dir", str(stack)).stdout.split(" to ", 1)[1].split(" (", 1)[0])
         webui.delete(lost)
         assert webui.chats() == ["北京的天气"]
