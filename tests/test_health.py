@@ -76,6 +76,7 @@ def test_connection_refused(unused_port):
     proc, report, seconds = health(f"http://127.0.0.1:{unused_port}", "--timeout", "2")
     assert proc.returncode == 1 and seconds < 10
     assert check(report, "server")["status"] == "fail" and "connection refused" in check(report, "server")["reason"]
+    assert check(report, "server")["reason"].endswith("start it (ollama serve, or orch up), or pass --host"), "the one advice chat and bench give"
     assert check(report, "generate")["status"] == "skipped"
 
 
@@ -315,6 +316,20 @@ def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
     assert watch.availability() == 0.0, "only the last 4 probes count, all failed"
     watch.observe(report(OK))
     assert watch.next_delay(5) == 5 and watch.availability() == 0.25
+
+
+def test_a_failure_not_yet_judged_still_counts_against_availability_and_ok(unused_port):
+    """`--watch --failures 2` at a refused port: the first probe is degraded (one of two) but not ok, and not available."""
+    cmd = [str(ORCH), "health", "--host", f"http://127.0.0.1:{unused_port}", "--watch", "--interval", "0.2", "--failures", "2",
+           "--json"]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = read_json_lines(watcher, lambda r: "checks" in r)[-1]
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.communicate(timeout=30)
+    assert check(first, "server")["status"] == "degraded" and "failing (1 of 2" in check(first, "server")["reason"]
+    assert first["ok"] is False and first["availability"] == 0.0
 
 
 def test_watch_reports_another_check_failing_while_one_already_fails():

@@ -27,7 +27,7 @@ OPTIONS = {
     "defaults": [],
     "3 replicas on GPUs": ["--replicas", "3", "--gpu", "--gpu-count", "2", "--node-selector", "nvidia.com/gpu.present=true",
                            "--toleration", "nvidia.com/gpu=present:NoSchedule", "--num-parallel", "4"],
-    "ingress, monitor": ["--host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor", "--storage-class", "fast"],
+    "ingress, monitor": ["--ingress-host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor", "--storage-class", "fast"],
     "one node's directory": ["--model-volume", "hostpath", "--host-path", "/srv/orch-models", "--monitor-image", "registry.local/orch:1"],
 }
 
@@ -211,6 +211,9 @@ def test_a_pip_mirror_with_a_token_is_a_secret_not_a_deployment_value(tiny_build
     (["--name", "My Bot!"], "not a valid Ollama model name"),
     (["--toleration", "gpu:Sometimes"], "not KEY[=VALUE][:EFFECT]"),
     (["--model-volume", "hostpath"], "needs --host-path"),
+    (["--ingress-host", "http://127.0.0.1:11434"], "is not a DNS name such as chat.example.com"),
+    (["--ingress-host", "chat.example.com:443"], "is not a DNS name"),
+    (["--tls-secret", "chat-tls"], "--tls-secret needs --ingress-host"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_build, tmp_path, args, says):
     proc = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "k8s"), *args, check=False)
@@ -236,7 +239,7 @@ def kubeconfig(tmp_path, unused_port, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("command", [["status"], ["logs"], ["logs", "--service", "ollama"], ["down"]])
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["logs"], ["logs", "--service", "ollama"], ["down"]])
 def test_every_cluster_command_with_no_cluster_is_one_line_naming_the_context(rendered, kubeconfig, command):
     """status and logs said kubectl's raw memcache.go errors (logs exiting 0); now they all say what apply says."""
     proc = cli("k8s", command[0], str(rendered["defaults"]), *command[1:], check=False)

@@ -139,6 +139,9 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         assert (pid_of(stack, "open-webui"), pid_of(stack, "ollama")) == (pids["open-webui"], pids["ollama"])
         status = orch("status", "--dir", str(stack)).stdout
         assert re.search(r"open-webui: running, pid \d+, uptime", status) and re.search(r"ollama: running, pid \d+", status)
+        status = json.loads(orch("status", "--dir", str(stack), "--json").stdout)
+        assert {s["name"]: s["running"] for s in status["services"]} == {"ollama": True, "open-webui": True}
+        assert status["runtime"] == "native" and status["ollama"] == ollama_url and status["ollama_error"] is None
         logs = orch("logs", "--dir", str(stack)).stdout
         assert "== ollama ==" in logs and "== open-webui ==" in logs
 

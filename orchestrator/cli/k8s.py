@@ -33,8 +33,8 @@ def render_cmd(
     model_volume: str = typer.Option("pvc", "--model-volume", help="pvc (a ReadWriteMany claim) or hostpath (one node's directory)."),
     host_path: Optional[str] = typer.Option(None, "--host-path", help="The node directory, with --model-volume hostpath."),
     storage_class: Optional[str] = typer.Option(None, "--storage-class", help="StorageClass for every claim [default: the cluster's]."),
-    host: Optional[str] = typer.Option(None, "--host", help="An Ingress for the browser chat on this host name."),
-    tls_secret: Optional[str] = typer.Option(None, "--tls-secret", help="The TLS Secret for --host."),
+    host: Optional[str] = typer.Option(None, "--ingress-host", help="An Ingress for the browser chat on this DNS name, e.g. chat.example.com."),
+    tls_secret: Optional[str] = typer.Option(None, "--tls-secret", help="The TLS Secret for --ingress-host."),
     service_monitor: bool = typer.Option(False, "--service-monitor", help="Add a Prometheus Operator ServiceMonitor for the monitor."),
     monitor_image: Optional[str] = typer.Option(None, "--monitor-image", help="An image with orch installed for the monitor "
                                                 "[default: the pinned Python image, installing orch's few dependencies at start]."),
@@ -89,19 +89,25 @@ def apply_cmd(
 
 
 @k8s.command("status")
-def status_cmd(directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote.")) -> None:
+def status_cmd(
+    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
+    as_json: bool = typer.Option(False, "--json", help="Print the pods and their states as JSON."),
+) -> None:
     """Pods, readiness, and which Ollama replicas serve the model (readiness asks ollama show MODEL).
 
-    Example: orch k8s status ./k8s
+    Example: orch k8s status ./k8s --json
     """
     from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
 
-    _print_status(KubernetesRuntime(), _dir(directory))
+    _print_status(KubernetesRuntime(), _dir(directory), as_json=as_json)
 
 
-def _print_status(runtime, directory: Path) -> None:
-    con = render.console()
+def _print_status(runtime, directory: Path, *, as_json: bool = False) -> None:
     states = runtime.status(directory)
+    if as_json:
+        render.print_json({"pods": [{"name": s.name, "state": s.state, "detail": s.detail} for s in states]})
+        return
+    con = render.console()
     for s in states:
         con.print(f"{s.name}: [{'green' if s.state == 'ready' else 'yellow'}]{s.state}[/], {render.escape(s.detail)}")
     if not states:

@@ -152,7 +152,8 @@ def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port
         if metrics is not None:
             metrics.update(report, watcher.availability())
         if as_json:
-            print(json.dumps(report.as_dict() | {"availability": round(watcher.availability(), 3)}, ensure_ascii=False), flush=True)
+            print(json.dumps(report.as_dict() | {"ok": watcher.last_ok, "availability": round(watcher.availability(), 3)},
+                             ensure_ascii=False), flush=True)
         else:
             con.print(render.health_line(report) + f"  [dim]{watcher.availability():.0%} ok over the last {len(watcher.history)}[/]")
 

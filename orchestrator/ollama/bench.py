@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
-from orchestrator.ollama.client import Ollama, StreamError, TransportError, explain
+from orchestrator.ollama.client import START_IT, Ollama, StreamError, TransportError, explain
 
 PROMPTS = ["你好，请介绍一下你自己。", "What can you help me with today?", "请用三句话解释什么是量化。",
            "Give me one tip for writing clear emails.", "北京有哪些值得去的地方？", "Summarise our conversation so far."]
@@ -133,7 +133,7 @@ def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILE
     with Ollama(host, timeout=plan.timeout, connect=5.0, connections=max(plan.users)) as server:
         version = server.version()
         if version is None:
-            raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host")
+            raise OrchError(f"no Ollama answered at {server.url}: {START_IT}")
         levels: list[Level] = []
         with reporter.task("loading the model"):
             warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from orchestrator.errors import OrchError
-from orchestrator.ollama.client import Ollama, Refused, TransportError
+from orchestrator.ollama.client import START_IT, Ollama, Refused, TransportError
 
 HELP = "Type a message and press Enter. /clear forgets the conversation, /bye (or Ctrl-D) leaves."
 
@@ -25,7 +25,7 @@ def _converse(server: Ollama, model: str, system: str | None, read, write) -> No
             raise OrchError(f"{model} is not on the server at {server.url}: orch build it, or orch register a build") from None
         raise OrchError(f"the server at {server.url} refused {model}: {e.error}") from None
     except TransportError:
-        raise OrchError(f"no Ollama answered at {server.url}: start it (ollama serve, or orch up), or pass --host") from None
+        raise OrchError(f"no Ollama answered at {server.url}: {START_IT}") from None
     write(f"Chatting with {model} at {server.url}. {HELP}\n")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     unsent = ""  # a message the server never answered, sent again on an empty line

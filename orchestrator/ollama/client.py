@@ -35,6 +35,7 @@ CHUNK = 1 << 20
 MAX_BODY = 32 << 20  # no answer of Ollama's API comes near this: a reply of 8,000 tokens streams about 1.5 MB
 MAX_LINE = 1 << 20  # one NDJSON line is a few hundred bytes
 
+START_IT = "start it (ollama serve, or orch up), or pass --host"  # the one advice when no Ollama answers
 TransportError = httpx.HTTPError  # what a request raises when the server cannot be reached or breaks off
 ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
 
@@ -146,7 +147,7 @@ def manual_command(name: str, modelfile: Path, url: str) -> str:
 def explain(e: Exception) -> str:
     """A transport failure in plain words."""
     if isinstance(e, httpx.ConnectError):
-        return f"connection refused or unreachable ({short(e)}): is the server running?"
+        return f"connection refused or unreachable ({short(e)}): {START_IT}"
     if isinstance(e, httpx.TimeoutException):
         return "no answer within the timeout"
     if isinstance(e, httpx.RemoteProtocolError):

@@ -42,7 +42,7 @@ class Watch:
     def __init__(self, failures: int = 3, history: int = 60):
         self.failures = failures
         self.streak: dict[str, int] = {}
-        self.history: deque[Report] = deque(maxlen=history)
+        self.history: deque[bool] = deque(maxlen=history)  # each probe as it was: True when no check failed
         self.failed_since: float | None = None
         self.outage = False
         self.failing: frozenset[str] = frozenset()  # the checks judged failed in the last report
@@ -55,8 +55,8 @@ class Watch:
             if c.status == FAIL and streak < self.failures:
                 c = Check(c.name, DEGRADED, f"failing ({streak} of {self.failures} before it counts): {c.reason}", c.latency_ms, c.data)
             judged.append(c)
+        self.history.append(not report.failed)  # availability counts what happened, before --failures judges it
         report = Report(report.host, report.model, judged, report.started, report.seconds)
-        self.history.append(report)
         failing = tuple({"check": c.name, "reason": c.reason} for c in judged if c.status == FAIL)
         events = []
         now_failing = frozenset(f["check"] for f in failing)
@@ -80,8 +80,13 @@ class Watch:
         return report, events
 
     def availability(self) -> float:
-        """Share of the probes in the rolling window in which no check failed."""
-        return sum(not r.failed for r in self.history) / len(self.history) if self.history else 1.0
+        """Share of the probes in the rolling window in which no check failed (a failure --failures has not yet judged counts)."""
+        return sum(self.history) / len(self.history) if self.history else 1.0
+
+    @property
+    def last_ok(self) -> bool:
+        """Whether the last probe had no failed check, as it was probed."""
+        return self.history[-1] if self.history else True
 
     def next_delay(self, interval: float, max_backoff: float = 60.0) -> float:
         """The interval, doubled for each probe in a row the server was down, up to `max_backoff`."""

@@ -127,6 +127,13 @@ def parse_toleration(value: str) -> dict:
     return t
 
 
+def _ingress_host(name: str) -> bool:
+    """A host name an Ingress rule takes: DNS-1123 labels joined by dots, the first may be '*'."""
+    labels = name.split(".")
+    return (len(name) <= 253 and len(labels) >= 1 and all(DNS_1123_LABEL.fullmatch(label) for label in labels[1:] or labels)
+            and (labels[0] == "*" and len(labels) > 1 or bool(DNS_1123_LABEL.fullmatch(labels[0]))))
+
+
 def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: str = "orch", replicas: int = 1, gpu: bool = False,
               gpu_count: int = 1, node_selector: list[str] = (), tolerations: list[str] = (), **kw) -> K8sPlan:
     if not DNS_1123_LABEL.fullmatch(namespace):
@@ -145,7 +152,10 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
     if kw.get("model_volume", "pvc") == "hostpath" and replicas > 1 and not node_selector:
         raise BadInput("a hostPath model volume is on one node: with --replicas above 1 pin the pods there with --node-selector")
     if kw.get("tls_secret") and not kw.get("host"):
-        raise BadInput("--tls-secret needs --host (the Ingress host name it is for)")
+        raise BadInput("--tls-secret needs --ingress-host (the Ingress host name it is for)")
+    if kw.get("host") is not None and not _ingress_host(kw["host"]):
+        raise BadInput(f"--ingress-host {kw['host']!r} is not a DNS name such as chat.example.com (no scheme, port or path; "
+                       "the Ollama URL is --host in the other commands)")
     for option, key in (("--ollama-memory", "ollama_memory"), ("--ollama-cpu", "ollama_cpu")):
         if kw.get(key) is not None and not re.fullmatch(QUANTITY, kw[key]):
             raise BadInput(f"{option} {kw[key]!r} is not a Kubernetes quantity such as 16Gi or 4 (or 500m for CPU)")
