@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,12 @@ from support import orch
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
+
+# A suite started in the background (nohup, `&` in a script) has SIGINT ignored, and every child inherits that: the
+# tests that stop `orch health --watch` with Ctrl-C's signal would wait forever. A handler here is reset to the
+# default in each child at exec, so the children see SIGINT as a user's Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -176,3 +183,18 @@ def real_ollama(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+TINY_NAME = "tiny:q4_K_M"
+
+
+@pytest.fixture
+def real_served(real_ollama, tiny_build):
+    """start(**kw): a real Ollama (real_ollama's options) with the tiny build registered as tiny:q4_K_M through orch register."""
+    def start(**kw):
+        server = real_ollama(**kw)
+        from support import cli
+
+        cli("register", str(tiny_build), "--host", server.url, "--name", TINY_NAME, "--no-check")
+        return server
+    return start

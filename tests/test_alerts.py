@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestrator.ollama.alerts import Alerter, redact
-from support import ORCH, cli, read_json_lines, wait_until
+from support import ORCH, read_json_lines, wait_until
 
 MODEL = "tiny:q4_K_M"
 TOKEN = "T000/B000/s3cr3t-token"
@@ -94,11 +94,9 @@ def test_slack_format_is_a_text_message(receiver):
 
 
 @pytest.fixture
-def served(real_ollama, tiny_build):
+def served(real_served):
     """The real Ollama with the tiny model; stopping it is the outage, starting it again on its port the recovery."""
-    server = real_ollama()
-    cli("register", str(tiny_build), "--host", server.url, "--name", MODEL, "--no-check")
-    return server
+    return real_served()
 
 
 def watch(url: str, *args: str) -> subprocess.Popen:

@@ -19,13 +19,6 @@ def served(ollama_double, tiny_build):
     return double
 
 
-@pytest.fixture
-def real_served(real_ollama, tiny_build):
-    server = real_ollama()
-    cli("register", str(tiny_build), "--host", server.url, "--name", MODEL, "--no-check")
-    return server
-
-
 def bench(double, *args: str, check: bool = True):
     proc = cli("bench", MODEL, "--host", double.url, "--max-tokens", "8", *args, check=check)
     return proc, (json.loads(proc.stdout) if "--json" in args and proc.returncode == 0 else None)
@@ -33,14 +26,15 @@ def bench(double, *args: str, check: bool = True):
 
 def test_levels_of_concurrent_multi_turn_chats_are_measured(real_served):
     """The real Ollama: every turn of every user is one streamed /api/chat, and one slot makes the first token wait."""
-    before = real_served.requests("POST", "/api/chat")
-    _, result = bench(real_served, "--users", "1,3", "--turns", "2", "--ttft-target", "120", "--json")
+    server = real_served()
+    before = server.requests("POST", "/api/chat")
+    _, result = bench(server, "--users", "1,3", "--turns", "2", "--ttft-target", "120", "--json")
     levels = {lv["users"]: lv for lv in result["levels"]}
     assert sorted(levels) == [1, 3]
     for users, lv in levels.items():
         assert (lv["requests"], lv["errors"], lv["meets_target"]) == (users * 2, 0, True)
         assert 0 < lv["ttft_p50"] <= lv["ttft_p95"] and lv["tokens_per_s_total"] > 0 and lv["tokens_per_s_per_user"] > 0
-    assert real_served.requests("POST", "/api/chat") - before == 1 + 1 * 2 + 3 * 2, "a warm-up, then every turn of every user"
+    assert server.requests("POST", "/api/chat") - before == 1 + 1 * 2 + 3 * 2, "a warm-up, then every turn of every user"
     assert result["holds_users"] == 3 and "OLLAMA_NUM_PARALLEL=3" in result["recommendation"]
     # one slot answers in turn: the first token waits longer with more users at once
     assert levels[3]["ttft_p95"] > levels[1]["ttft_p50"]

@@ -109,15 +109,6 @@ def test_the_built_in_table_is_the_default_and_osv_is_not_asked(osv):
     assert double.asked == [] and found.source.startswith("orch's built-in table (checked ")
 
 
-@pytest.fixture
-def real_served(real_ollama, tiny_build):
-    def start(**kw):
-        server = real_ollama(**kw)
-        cli("register", str(tiny_build), "--host", server.url, "--name", MODEL, "--no-check")
-        return server
-    return start
-
-
 def version_check(url: str, *args: str) -> tuple[int, dict]:
     proc = cli("health", "--host", url, "--model", MODEL, "--json", *args, check=False)
     report = json.loads(proc.stdout)

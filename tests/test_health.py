@@ -32,14 +32,6 @@ def served(ollama_double, tiny_build):
     return start
 
 
-@pytest.fixture
-def real_served(real_ollama, tiny_build):
-    """A real Ollama with the tiny model registered through `orch register`."""
-    server = real_ollama()
-    cli("register", str(tiny_build), "--host", server.url, "--name", MODEL, "--no-check")
-    return server
-
-
 def health(url: str, *args: str):
     t = time.monotonic()
     proc = cli("health", "--host", url, "--json", *args, check=False)
@@ -55,7 +47,7 @@ def check(report: dict, name: str) -> dict:
 
 def test_a_healthy_server_is_ok_with_tokens_really_generated(real_served):
     """The real Ollama: every check, the OpenAI route and /api/ps placement included."""
-    proc, report, _ = health(real_served.url, "--model", MODEL, "--openai")
+    proc, report, _ = health(real_served().url, "--model", MODEL, "--openai")
     assert proc.returncode == 0 and report["ok"], [c for c in report["checks"] if c["status"] != "ok"]
     assert {c["name"]: c["status"] for c in report["checks"]} == {
         "server": "ok", "version": "ok", "model": "ok", "generate": "ok", "chat": "ok", "openai": "ok", "placement": "ok",
@@ -67,7 +59,7 @@ def test_a_healthy_server_is_ok_with_tokens_really_generated(real_served):
 
 def test_the_table_names_every_check(real_served):
     """The real Ollama."""
-    proc = cli("health", "--host", real_served.url)
+    proc = cli("health", "--host", real_served().url)
     for name in ("server", "version", "model", "generate", "chat", "placement"):
         assert re.search(rf"│ {name}\s+│ ok", proc.stdout), proc.stdout
 
@@ -217,7 +209,7 @@ def test_usage_errors_exit_2():
 
 def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(real_served, unused_port):
     """The real Ollama, stopped and started again on its port with its store."""
-    server = real_served
+    server = real_served()
     cmd = [str(ORCH), "health", "--host", server.url, "--model", MODEL, "--watch", "--interval", "0.3", "--failures", "2",
            "--timeout", "2", "--json", "--metrics-port", str(unused_port)]
     started = time.time()

@@ -75,6 +75,9 @@ def test_the_built_ollama_is_the_pinned_release_in_ollamas_own_layout():
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, env=os.environ | {"OLLAMA_HOST": "127.0.0.1:9"})
     assert version.stdout.strip().endswith(f"client version is {OLLAMA_SOURCE_VERSION}") or \
         OLLAMA_SOURCE_VERSION in version.stdout + version.stderr
+    from orchestrator.ollama import vulns
+
+    assert [a.cve for a in vulns.affecting(OLLAMA_SOURCE_VERSION) if not a.unpatched] == [], "a release fixes what it is open to"
     provenance = json.loads((home / "orch-provenance.json").read_text())
     assert provenance["ollama"] == f"github.com/ollama/ollama@v{OLLAMA_SOURCE_VERSION} from the Go module proxy"
     objdump = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(home / "lib" / "ollama" / "llama-server")],
