@@ -95,6 +95,20 @@ def quiet_background_generation(webui: str, email: str, password: str) -> None:
     assert httpx.get(f"{webui}/api/v1/tasks/config", headers=auth, timeout=30).json()["ENABLE_TITLE_GENERATION"] is False
 
 
+def stop_monitor(monitor: subprocess.Popen | None) -> bool:
+    """Ctrl-C for the monitor, and kill -9 if it does not stop (False then): whatever happens, orch down runs after it."""
+    if monitor is None:
+        return True
+    monitor.send_signal(signal.SIGINT)
+    try:
+        monitor.communicate(timeout=30)
+        return True
+    except subprocess.TimeoutExpired:
+        monitor.kill()
+        monitor.communicate()
+        return False
+
+
 def chats_answered(stack: Path) -> int:
     """How many /api/chat requests the real Ollama has answered with a 2xx, from its own request log."""
     return answered(stack / "logs" / "ollama.log", "POST", "/api/chat")
@@ -134,8 +148,9 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         assert webui_env.get("WEBUI_SECRET_KEY") == env["WEBUI_SECRET_KEY"], "Open WebUI, and only it, gets the secrets"
         for other in ("supervisord", "ollama"):
             assert not {"WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"} & set(environ_of(pids[other])), f"nor does {other}"
-        again = orch(*up, timeout=600)  # idempotent: nothing restarted, no password shown again
-        assert "Admin password" not in again.stdout
+        again = json.loads(orch(*up, "--json", timeout=600).stdout)  # idempotent: nothing restarted, no password shown again
+        assert again["admin"] == {"email": env["WEBUI_ADMIN_EMAIL"], "password": None} and again["registered"] == []
+        assert again["urls"]["chat"] == f"http://127.0.0.1:{port}" and again["health"]["ok"] is True
         assert (pid_of(stack, "open-webui"), pid_of(stack, "ollama")) == (pids["open-webui"], pids["ollama"])
         status = orch("status", "--dir", str(stack)).stdout
         assert re.search(r"open-webui: running, pid \d+, uptime", status) and re.search(r"ollama: running, pid \d+", status)
@@ -202,10 +217,9 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         report = json.loads(orch("health", "--host", ollama_url, "--model", model, "--json", check=False).stdout)
         assert report["ok"] is True, [c for c in report["checks"] if c["status"] != "ok"]
     finally:
-        if monitor is not None:
-            monitor.send_signal(signal.SIGINT)
-            monitor.communicate(timeout=30)
+        stopped = stop_monitor(monitor)
         down = orch("down", "--dir", str(stack), check=False)
+    assert stopped, "orch health --watch did not stop on Ctrl-C's signal"
     assert down.returncode == 0 and "open-webui" in down.stdout and "ollama" in down.stdout and "supervisord" in down.stdout
     assert not listening(port) and not listening(ollama_port), "a port still answers after orch down"
     for name, pid in pids.items():
@@ -271,10 +285,9 @@ def test_a_killed_ollama_comes_back_and_the_monitor_sees_the_outage_and_the_reco
         assert re.search(r"ollama: running, pid \d+", status)
         assert "== ollama ==" in orch("logs", "ollama", "--dir", str(stack)).stdout
     finally:
-        if monitor is not None:
-            monitor.send_signal(signal.SIGINT)
-            monitor.communicate(timeout=30)
+        stopped = stop_monitor(monitor)
         down = orch("down", "--dir", str(stack), check=False)
+    assert stopped, "orch health --watch did not stop on Ctrl-C's signal"
     assert down.returncode == 0 and "ollama" in down.stdout
     assert not listening(port), f"port {port} still answers after orch down"
     for name, pid in pids.items():

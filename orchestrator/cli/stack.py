@@ -35,6 +35,7 @@ def up(
     runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
     no_webui: bool = typer.Option(False, "--no-webui", help="Ollama alone, for a headless API box (no browser chat)."),
     no_backup: bool = typer.Option(False, "--no-backup", help="No backup before Open WebUI changes (and so no data to roll back to)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (URLs, the admin account, registrations, health) as JSON."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
 
@@ -80,9 +81,12 @@ def up(
             raise
         raise e.__class__(f"runtime {chosen.name} ({why}): {e}") from None  # orch chose it: say which and why
     announce()
-    with render.RichReporter() as reporter:
+    with render.RichReporter(quiet=as_json) as reporter:
         result = stack_up.up(plan, chosen, wait=wait, reporter=reporter)
-    _print_up(result, con)
+    if as_json:
+        render.print_json(result.as_dict())
+    else:
+        _print_up(result, con)
     if result.health.failed:
         err.print("[red]the stack is up but a health check failed[/] (see the table): orch logs, then orch health", soft_wrap=True)
         raise typer.Exit(1)

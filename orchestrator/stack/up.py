@@ -24,6 +24,11 @@ class UpResult:
     first_start_only: list[str] = field(default_factory=list)
     registered: list[register.Registration] = field(default_factory=list)
 
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "env": str(self.env), "urls": self.urls, "admin": self.admin,
+                "first_start_only": self.first_start_only, "registered": [r.as_dict() for r in self.registered],
+                "health": self.health.as_dict()}
+
 
 def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
     """(Modelfile, Ollama name) for every build under the data directory."""
