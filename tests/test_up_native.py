@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator.stack import native
@@ -209,11 +210,14 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         assert failed["event"].startswith("failed: webui"), failed
         read_json_lines(monitor, lambda r: r.get("kind") == "recovered", timeout=240)
 
-        # and the real Ollama: killed, it is started again with its models, and answers
+        # and the real Ollama: killed, it is started again with its models, and answers; its llama-server is not left behind
+        engines = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server" and os.getpgid(p.pid) == pids["ollama"]]
+        assert engines, "the model runs in a llama-server in Ollama's process group"
         os.kill(pids["ollama"], signal.SIGKILL)
         wait_for(lambda: (pid_of(stack, "ollama") or pids["ollama"]) != pids["ollama"], 30)
         pids["ollama"] = pid_of(stack, "ollama")
         wait_for(lambda: answers(f"{ollama_url}/api/version"), 60)
+        wait_for(lambda: all(gone(pid) for pid in engines), 30)  # ended by the restart, not left holding the model's memory
         report = json.loads(orch("health", "--host", ollama_url, "--model", model, "--json", check=False).stdout)
         assert report["ok"] is True, [c for c in report["checks"] if c["status"] != "ok"]
     finally:

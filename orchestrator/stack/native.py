@@ -94,7 +94,9 @@ def services(plan: StackPlan, webui_exe: Path | None) -> list[Service]:
     out = []
     if plan.ollama_url is None:
         env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
-        out.append(Service("ollama", [install.find_ollama() or "ollama", "serve"], env,
+        # through stale_group: a llama-server the last `ollama serve` left behind (killed, it cannot end it) is ended first
+        reaper = [sys.executable, "-m", "orchestrator.stack.stale_group", str(plan.directory / "run" / "ollama.pgid"), "llama-server", "--"]
+        out.append(Service("ollama", [*reaper, install.find_ollama() or "ollama", "serve"], env,
                            f"http://127.0.0.1:{plan.ollama_port}/api/version"))
     if webui_exe is None:
         return out
