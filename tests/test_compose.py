@@ -108,7 +108,8 @@ def test_a_native_dry_run_shows_the_native_plan(tmp_path, monkeypatch):
     proc = cli("up", "--runtime", "native", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu")
     assert "runtime: native (--runtime native)" in proc.stderr and "ufw" not in proc.stderr + proc.stdout
     out = " ".join(proc.stdout.split())
-    assert "program ollama: ollama serve" in out and "program open-webui:" in out and "Open WebUI virtualenv:" in out
+    assert re.search(r"program ollama: \S+ -m orchestrator.stack.stale_group \S+/run/ollama.pgid llama-server -- ollama serve", out), out
+    assert "program open-webui:" in out and "Open WebUI virtualenv:" in out
     assert "ollama binary: NOT FOUND: install it with" in out and "compose.yaml" not in out
     assert not (tmp_path / "stack").exists()
 
