@@ -9,7 +9,6 @@ own per-message builder gives.
 from __future__ import annotations
 
 import json
-import math
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ import sentencepiece as spm
 from orchestrator import modelfile
 from orchestrator.builder.chat_format import ChatMarkers, build_chat_input
 from orchestrator.builder.tiny import ASSISTANT_PIECE, USER_PIECE
+from orchestrator.ollama.register import same_value
 from support import RealOllama, in_llama_child, orch
 
 
@@ -33,13 +33,6 @@ def show(server: RealOllama, name: str) -> dict:
     r = httpx.post(f"{server.url}/api/show", json={"model": name}, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def same(want, got) -> bool:
-    """Ollama keeps floats as float32: 0.3 comes back as 0.30000001."""
-    if isinstance(want, float):
-        return isinstance(got, (int, float)) and math.isclose(want, got, rel_tol=1e-6)
-    return want == got
 
 
 def register(server: RealOllama, build, name: str, *extra: str) -> dict:
@@ -58,7 +51,7 @@ def test_register_keeps_the_template_and_every_parameter_by_value(server, tiny_b
     assert shown["template"] == mf.template
     kept = modelfile.parse_shown_parameters(shown["parameters"])
     assert set(kept) == set(mf.parameters)
-    assert all(same(v, kept[k]) for k, v in mf.parameters.items()), (mf.parameters, kept)
+    assert all(same_value(v, kept[k]) for k, v in mf.parameters.items()), (mf.parameters, kept)
     assert shown["details"]["format"] == "gguf" and shown["details"]["quantization_level"] == "Q4_K_M"
 
     again = register(server, tiny_build, "tiny:q4_K_M")

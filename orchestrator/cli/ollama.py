@@ -109,8 +109,10 @@ def health(
             check()
         except OrchError as e:
             raise typer.BadParameter(str(e), param_hint=flag) from None
-    if cve_feed not in ("builtin", "osv"):
-        raise typer.BadParameter(f"{cve_feed!r} is not builtin or osv", param_hint="--cve-feed")
+    from orchestrator.ollama.cve_feed import FEEDS
+
+    if cve_feed not in FEEDS:
+        raise typer.BadParameter(f"{cve_feed!r} is not {' or '.join(FEEDS)}", param_hint="--cve-feed")
     specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed)
              for h in (host or [None])]
     if not watch:

@@ -26,6 +26,7 @@ URL_ENV = "ORCH_OSV_URL"  # a mirror of OSV's API (or a test's double)
 PACKAGE = {"name": "github.com/ollama/ollama", "ecosystem": "Go"}
 TTL = 24 * 3600
 FEEDS = ("builtin", "osv")
+UNKNOWN_MITIGATION = f"keep Ollama on loopback (orch's default) and read the advisory (https://osv.dev/list?q={PACKAGE['name']})"
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def _advisory(v, url: str) -> vulns.Advisory:
                     fixed = fixed or event["fixed"].lstrip("v")
     summary = str(v.get("summary") or v.get("details") or v["id"]).strip().splitlines()[0][:160]
     known = next((a for a in vulns.ADVISORIES if a.cve == cve), None)
-    return vulns.Advisory(cve, summary, fixed=fixed, mitigation=known.mitigation if known else vulns.GGUF_MITIGATION
-                          if fixed is None else "")
+    mitigation = known.mitigation if known and known.mitigation else UNKNOWN_MITIGATION
+    return vulns.Advisory(cve, summary, fixed=fixed, mitigation=mitigation if fixed is None else "")
 
 
 def _cached(path: Path, now: float) -> tuple[list[vulns.Advisory], float] | None:

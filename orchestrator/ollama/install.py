@@ -41,6 +41,10 @@ class Installed:
     def lib(self) -> Path:
         return self.home / "lib" / "ollama"
 
+    @property
+    def complete(self) -> bool:
+        return self.binary.is_file() and all((self.lib / p).is_file() for p in RUNTIME)
+
 
 def home(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False) -> Path:
     return paths.data_home() / "ollama" / (f"{version}-cuda" if cuda else version)
@@ -48,17 +52,15 @@ def home(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False) -> Path:
 
 def installed(version: str = OLLAMA_SOURCE_VERSION) -> Installed | None:
     """The Ollama orch built, CUDA build first, when one is complete."""
-    for cuda in (True, False):
-        found = Installed(version, home(version, cuda=cuda))
-        if found.binary.is_file() and all((found.lib / p).is_file() for p in RUNTIME):
-            return found
-    return None
+    return next((found for cuda in (True, False) if (found := Installed(version, home(version, cuda=cuda))).complete), None)
 
 
 def find_ollama() -> str | None:
     """The ollama to run: the one on PATH, else the one `orch install-ollama` built."""
+    if on_path := shutil.which("ollama"):
+        return on_path
     found = installed()
-    return shutil.which("ollama") or (str(found.binary) if found else None)
+    return str(found.binary) if found else None
 
 
 def missing_tools(*, cuda: bool = False) -> list[str]:
@@ -89,12 +91,12 @@ def go_version() -> tuple[int, int]:
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def _go(args: list[str], *, cwd: Path, log: Path, reporter: Reporter, what: str, env: dict | None = None) -> None:
+def _go(args: list[str], *, cwd: Path, log: Path, reporter: Reporter, what: str) -> None:
     from orchestrator.builder.llamacpp.process import run_watched
 
     # cgo for Ollama's sqlite; the proxy and GOFLAGS stay the user's
-    environ = os.environ | {"CGO_ENABLED": "1"} | (env or {})
-    run_watched(["go", *args], watch=None, expected_bytes=None, what=what, log=log, reporter=reporter, cwd=cwd, env=environ)
+    run_watched(["go", *args], watch=None, expected_bytes=None, what=what, log=log, reporter=reporter, cwd=cwd,
+                env=os.environ | {"CGO_ENABLED": "1"})
 
 
 def module_source(version: str, *, log: Path, reporter: Reporter = SILENT) -> Path:
@@ -123,7 +125,7 @@ def install(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False, reporte
     from orchestrator.builder.llamacpp import provision, tools
 
     target = Installed(version, home(version, cuda=cuda))
-    if target.binary.is_file() and all((target.lib / p).is_file() for p in RUNTIME):
+    if target.complete:
         reporter.note(f"Ollama {version} is already built in {target.home}")
         return target
     if needs := missing_tools(cuda=cuda):

@@ -128,7 +128,7 @@ def confirm_registration(server: Ollama, name: str, mf) -> dict:
     if mf.template is not None and (shown.template or "") != mf.template:
         raise OrchError(f"the server's template for {name} differs from the Modelfile's")
     kept = mf_mod.parse_shown_parameters(shown.parameters or "")
-    differ = [f"{k} {v!r} (the server has {kept.get(k, 'none')!r})" for k, v in mf.parameters.items() if not _same(v, kept.get(k))]
+    differ = [f"{k} {v!r} (the server has {kept.get(k, 'none')!r})" for k, v in mf.parameters.items() if not same_value(v, kept.get(k))]
     if differ:
         raise OrchError(f"the server did not keep these parameters of {name}: {', '.join(differ)}")
     t = time.monotonic()
@@ -144,10 +144,10 @@ def check_gguf(path: Path) -> None:
     open_gguf(path)
 
 
-def _same(want, got) -> bool:
+def same_value(want, got) -> bool:
     """A parameter's value as sent and as shown (Ollama keeps floats as float32, so 0.3 comes back as 0.30000001)."""
     if isinstance(want, list):
-        return isinstance(got, list) and len(want) == len(got) and all(_same(w, g) for w, g in zip(want, got))
+        return isinstance(got, list) and len(want) == len(got) and all(same_value(w, g) for w, g in zip(want, got))
     if isinstance(want, float) and isinstance(got, (int, float)):
         return math.isclose(want, got, rel_tol=1e-6)
     return want == got and type(want) is type(got)
