@@ -134,7 +134,7 @@ def _quote(value: str) -> str:
     at either end; % doubled, since supervisord expands %(...)s."""
     value = str(value)
     quote = '"' if '"' not in value else "'"
-    if quote in value or value[:1] in "'\"" and value or value[-1:] in "'\"" and value or "\n" in value:
+    if quote in value or "\n" in value or value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
         raise OrchError(f"the setting {value[:60]!r} cannot be passed through supervisord (it holds both kinds of quotes, "
                         "a line break, or starts or ends with a quote): change it")
     return quote + value.replace("%", "%%") + quote
@@ -358,8 +358,7 @@ class NativeRuntime:
         if taken is not None:
             backup.restore(taken, plan.directory)
         wanted = services(plan, Path(previous["exe"]))
-        write_text(supervisor.conf, config(plan.directory, wanted, supervisor.socket), mode=0o600)
-        supervisor.apply()
+        self._apply(plan, wanted, supervisor, reporter)
         if supervisor.processes().get("open-webui", {}).get("statename") not in ("RUNNING", "STARTING"):
             supervisor.rpc().supervisor.startProcess("open-webui")
         for service in wanted:
