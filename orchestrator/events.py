@@ -34,7 +34,8 @@ class Task:
 class Reporter:
     """Receives progress; subclass it to show it. This one is silent."""
 
-    def task(self, description: str, total: float | None = None) -> Task:
+    def task(self, description: str, total: float | None = None, unit: str = "bytes") -> Task:
+        """`unit` names what `total` counts (bytes, tokens, ...), so that a bar can say so."""
         return Task()
 
     def note(self, text: str, level: Level = "info") -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.builder.llamacpp.load import load, scoring
+from orchestrator.builder.llamacpp.load import load, score_all, scoring
 
 
 def logits(req: dict) -> None:
@@ -29,7 +29,10 @@ def logits(req: dict) -> None:
         out = []
         for seq in seqs:
             llm.reset()
-            llm.eval(seq)
+            if req["settings"] == "report":
+                score_all(llm, seq)
+            else:
+                llm.eval(seq)
             out.append(np.array(llm.scores[: len(seq)], dtype=np.float64))
         np.savez(req["out"], *out)
     finally:

@@ -11,7 +11,29 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.events import Reporter, Task
+
 ORCH = Path(sys.executable).with_name("orch")
+
+
+class Recording(Reporter):
+    """The reporter a CLI would pass, keeping what each bar was told."""
+
+    def __init__(self):
+        self.bars = []
+
+    def task(self, description, total=None, unit="bytes"):
+        bar = {"description": description, "total": total, "unit": unit, "completed": []}
+        self.bars.append(bar)
+
+        class Bar(Task):
+            def update(self, *, completed=None, total=None, description=None):
+                if completed is not None:
+                    bar["completed"].append(completed)
+
+            def advance(self, amount):
+                bar["completed"].append((bar["completed"] or [0])[-1] + amount)
+        return Bar()
 
 
 def orch(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

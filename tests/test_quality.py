@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator.builder.quality import calibration_tokens
-from support import build_record, cli, gguf_logits
+from orchestrator.builder.quality import calibration_tokens, evaluate
+from support import Recording, build_record, cli, gguf_logits
 
 
 def test_the_report_measures_each_type_against_the_unquantized_model(built, checkpoint):
@@ -38,6 +38,18 @@ def test_the_report_measures_each_type_against_the_unquantized_model(built, chec
     assert kl == pytest.approx(q4["kl_divergence"], rel=1e-3, abs=1e-5)
     assert top1 == pytest.approx(q4["top1_agreement"], abs=1e-4)
     assert ppl == pytest.approx(q4["perplexity"], rel=1e-3)
+
+
+def test_the_report_counts_the_tokens_it_scores(built, checkpoint, tmp_path):
+    out = built(32)
+    tokens = calibration_tokens(checkpoint(32) / "tokenizer.model", 300)
+    reporter = Recording()
+    evaluate(next(out.glob("*.F32.gguf")), {"q8_0": next(out.glob("*.Q8_0.gguf")), "q4_K_M": next(out.glob("*.Q4_K_M.gguf"))},
+             tokens, work=tmp_path, reporter=reporter)
+    (bar,) = reporter.bars
+    assert bar["unit"] == "tokens" and bar["total"] == 3 * len(tokens), "the unquantized model and each type read every token"
+    assert bar["completed"][-1] == 3 * len(tokens) and bar["completed"] == sorted(bar["completed"])
+    assert not list(tmp_path.glob("quality.tokens")), "the count is not left in the build"
 
 
 def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(checkpoint, tmp_path):

@@ -144,13 +144,17 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
         link_prepared(src.ckpt, prepared)
 
+    t = time.monotonic()
     llama = provision.locate(plan.llama_cpp, reporter=reporter)
+    outside = {"llama_cpp": round(time.monotonic() - t, 3)}  # fetched once per machine: what a first build waits for
     matrix = known_matrix(plan, stages.state, Keys.of(plan, src, llama, None).imatrix_input)
     keys = Keys.of(plan, src, llama, matrix and matrix["sha256"])
     base_rec, hashes = convert_beside_hashing(plan, src, llama, keys, stages, prepared, reporter,
                                               base_needed=base_needed(plan, keys, stages.state, matrix))
     _pause_point("convert")
+    t = time.monotonic()
     tools = llama_tools(llama, reporter) if plan.imatrix else None
+    outside["llama_tools"] = round(time.monotonic() - t, 3)  # compiled once per machine
     if plan.imatrix == "compute" and matrix is None:
         matrix = stages.run("imatrix", keys.imatrix_input, lambda: compute_imatrix(plan, src, tools, reporter))
         keys = Keys.of(plan, src, llama, matrix["sha256"])
@@ -178,7 +182,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
 
     write_modelfiles(plan, src.ckpt)
     _pause_point("modelfile")
-    timings = {"fetch": fetch_seconds} | {k: v["seconds"] for k, v in stages.state.stages.items()}
+    timings = {"fetch": fetch_seconds} | outside | {k: v["seconds"] for k, v in stages.state.stages.items()}
     record = make_record(plan, src, llama, base_rec, hashes, artifacts, checks, report, matrix,
                          timings | {"total_this_run": round(time.monotonic() - t0, 3)}, stages.resumed)
     write_record(plan.output, record)

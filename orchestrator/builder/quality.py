@@ -46,24 +46,28 @@ def evaluate(base: Path, quantized: dict[str, Path], tokens: list[int], *, work:
     request = work / "quality-request.json"
     request.write_text(json.dumps({"base": str(base), "quantized": {k: str(v) for k, v in quantized.items()}, "tokens": tokens}))
     result = work / "quality.json"
+    counted = work / "quality.tokens"  # a byte per token scored: the bar's count
+    counted.unlink(missing_ok=True)
     with atomic_path(result) as tmp:
-        run_watched([sys.executable, "-m", __name__, str(request), str(tmp)], watch=None, expected_bytes=None,
+        run_watched([sys.executable, "-m", __name__, str(request), str(tmp), str(counted)], watch=counted,
+                    expected_bytes=len(tokens) * (1 + len(quantized)), unit="tokens",
                     what=f"quality of {', '.join(quantized)}", log=work / "logs" / "quality.log", reporter=reporter)
+    counted.unlink(missing_ok=True)
     return json.loads(result.read_text())
 
 
-def log_probs(gguf: Path, tokens: list[int]):
+def log_probs(gguf: Path, tokens: list[int], on_tokens=None):
     """Next-token log-probabilities at every position, float32 [positions, vocab]."""
     import numpy as np
 
-    from orchestrator.builder.llamacpp.load import scoring
+    from orchestrator.builder.llamacpp.load import score_all, scoring
 
     llm = scoring(gguf, len(tokens))
     try:
-        llm.eval(tokens)
+        score_all(llm, tokens, on_tokens)
         out = np.empty((len(tokens), llm.n_vocab()), dtype=np.float32)
-        for i in range(0, len(tokens), 64):  # float64 only a block at a time
-            block = np.asarray(llm.scores[i:i + 64], dtype=np.float64)
+        for i in range(0, len(tokens), 64):  # float64 only a block at a time; scores has a row per slot of the context
+            block = np.asarray(llm.scores[i:min(i + 64, len(tokens))], dtype=np.float64)
             block -= block.max(axis=1, keepdims=True)
             block -= np.log(np.exp(block).sum(axis=1, keepdims=True))
             out[i:i + 64] = block
@@ -89,14 +93,18 @@ def figures(base, quant, tokens: list[int]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    request, out = Path(argv[0]), Path(argv[1])
+    request, out, counted = Path(argv[0]), Path(argv[1]), Path(argv[2])
     job = json.loads(request.read_text())
     tokens = job["tokens"]
-    base = log_probs(Path(job["base"]), tokens)
-    result = {}
-    for quant, path in job["quantized"].items():
-        result[quant] = figures(base, log_probs(Path(path), tokens), tokens)
-        print(f"{quant}: {result[quant]}", flush=True)
+    with open(counted, "ab", buffering=0) as count:
+        def on_tokens(n: int) -> None:
+            count.write(b"." * n)
+
+        base = log_probs(Path(job["base"]), tokens, on_tokens)
+        result = {}
+        for quant, path in job["quantized"].items():
+            result[quant] = figures(base, log_probs(Path(path), tokens, on_tokens), tokens)
+            print(f"{quant}: {result[quant]}", flush=True)
     out.write_text(json.dumps(result, indent=2))
     return 0
 

@@ -50,15 +50,34 @@ class _RichTask(Task):
             self.progress.update(self.id, completed=self.total)
 
 
+def _amount_column():
+    """Bytes as a download reads them, other units as done/total, and nothing for a wait that has no total."""
+    from rich.progress import DownloadColumn, ProgressColumn
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        downloads = DownloadColumn()
+
+        def render(self, task) -> Text:
+            if task.total is None:
+                return Text("")
+            unit = task.fields.get("unit", "bytes")
+            if unit == "bytes":
+                return self.downloads.render(task)
+            return Text(f"{int(task.completed)}/{int(task.total)} {unit}", style="progress.download")
+
+    return Amount()
+
+
 class RichReporter(Reporter):
     """Progress bars (none when quiet) and notes on stderr, so stdout stays for results (and --json)."""
 
     STYLE = {"info": "", "warning": "[yellow]note:[/] "}
 
     def __init__(self, quiet: bool = False):
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), _amount_column(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=console(stderr=True), transient=False, disable=quiet)
 
     def __enter__(self) -> "RichReporter":
@@ -68,8 +87,8 @@ class RichReporter(Reporter):
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def task(self, description: str, total: float | None = None) -> Task:
-        return _RichTask(self.progress, self.progress.add_task(description, total=total), total)
+    def task(self, description: str, total: float | None = None, unit: str = "bytes") -> Task:
+        return _RichTask(self.progress, self.progress.add_task(description, total=total, unit=unit), total)
 
     def note(self, text: str, level: Level = "info") -> None:
         self.progress.console.print(self.STYLE.get(level, "") + escape(text), soft_wrap=True)

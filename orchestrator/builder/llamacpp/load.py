@@ -30,6 +30,18 @@ def scoring(gguf: Path, n_tokens: int):
     return load(gguf, n_ctx=n_tokens + 8, n_batch=min(512, n_tokens), logits_all=True)
 
 
+SCORING_CHUNK = 128
+
+
+def score_all(llm, tokens: list[int], on_tokens=None) -> None:
+    """Evaluate `tokens` SCORING_CHUNK at a time, so that a caller can count them; the report and its test use the same chunks."""
+    for i in range(0, len(tokens), SCORING_CHUNK):
+        chunk = tokens[i:i + SCORING_CHUNK]
+        llm.eval(chunk)
+        if on_tokens is not None:
+            on_tokens(len(chunk))
+
+
 @contextmanager
 def _repacking(on: bool):
     import llama_cpp.llama_cpp as native

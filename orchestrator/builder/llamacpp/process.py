@@ -11,14 +11,17 @@ from orchestrator.events import SILENT, Reporter
 
 
 def run_watched(cmd: list[str], *, watch: Path | None, expected_bytes: int | None, what: str, log: Path,
-                reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None) -> None:
+                reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None, unit: str = "bytes") -> None:
     """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress (none: a spinner).
+
+    A child whose output does not grow can count in other units by appending
+    a byte per unit (a token scored, say) to a file of its own as `watch`.
 
     A child process keeps Ctrl-C and kill prompt (a C call in this process
     would hold them until it returns) and keeps llama.cpp's memory out of ours.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with reporter.task(what, total=expected_bytes) as task, open(log, "wb") as logf:
+    with reporter.task(what, total=expected_bytes, unit=unit) as task, open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
         try:
             while proc.poll() is None:

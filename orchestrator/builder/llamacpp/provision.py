@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from orchestrator.events import SILENT, Reporter
 from orchestrator.files import sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+SDIST_BYTES = 76_589_250  # its size on PyPI: the download bar's total (pip itself reports nothing when not on a terminal)
 ENV_OVERRIDE = "ORCH_LLAMA_CPP"
 ENV_SDIST = "ORCH_LLAMA_CPP_SDIST"
 # the whole tree but what no build reads: the converter and gguf-py, and the sources the imatrix tool compiles from
@@ -77,7 +79,7 @@ def provision(*, reporter: Reporter = SILENT) -> LlamaCpp:
         sdist = _obtain_sdist(tmp, reporter)
         digest = sha256_file(sdist)
         tree = tmp / "tree"
-        _extract(sdist, tree)
+        _extract(sdist, tree, reporter)
         version = f"llama.cpp vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
         info = {"version": version, "origin": f"PyPI sdist {sdist.name}", "sdist_sha256": digest}
         (tree / "orch-provenance.json").write_text(json.dumps(info, indent=2))
@@ -97,10 +99,24 @@ def _obtain_sdist(tmp: Path, reporter: Reporter) -> Path:
     reporter.note(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once)…")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--disable-pip-version-check", "-q", "-d", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    scratch = tmp / "pip-tmp"  # pip downloads into a temporary directory first: its growth there is the bar
+    scratch.mkdir()
+    with reporter.task("download llama.cpp (sdist)", total=SDIST_BYTES) as task, \
+            tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors, env=os.environ | {"TMPDIR": str(scratch)})
+        try:
+            while proc.poll() is None:
+                task.update(completed=min(_sdist_bytes(tmp), int(SDIST_BYTES * 0.99)))
+                time.sleep(0.2)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
     found = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
     if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
         raise OrchError(
             f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({last}): "
             f"set PIP_INDEX_URL to a reachable PyPI mirror, or {ENV_SDIST} to a downloaded sdist, or --llama-cpp to a llama.cpp tree"
@@ -108,7 +124,20 @@ def _obtain_sdist(tmp: Path, reporter: Reporter) -> Path:
     return found[0]
 
 
-def _extract(sdist: Path, dest: Path) -> None:
+def _sdist_bytes(tmp: Path) -> int:
+    """How much of the sdist pip has written so far, wherever in `tmp` it is (pip's own directories come and go)."""
+    sizes = [0]
+    for folder, _, files in os.walk(tmp):  # errors from a vanished directory are ignored
+        for name in files:
+            if name.startswith("llama_cpp_python-") and name.endswith(".tar.gz"):
+                try:
+                    sizes.append(os.stat(os.path.join(folder, name)).st_size)
+                except OSError:
+                    pass
+    return max(sizes)
+
+
+def _extract(sdist: Path, dest: Path, reporter: Reporter = SILENT) -> None:
     with tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
@@ -121,7 +150,10 @@ def _extract(sdist: Path, dest: Path) -> None:
                 members.append(m)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
             raise OrchError(f"{sdist.name} holds no vendor/llama.cpp/convert_hf_to_gguf.py: it is not a llama-cpp-python sdist")
-        tar.extractall(dest, members=members, filter="data")
+        with reporter.task("unpack llama.cpp", total=len(members), unit="files") as task:
+            for m in members:
+                tar.extract(m, dest, filter="data")
+                task.advance(1)
 
 
 def _tree_version(root: Path) -> str:
