@@ -76,7 +76,7 @@ def built(tmp_path_factory, checkpoint, llama_tree):
             out = root / (f"{layers}L-{quants.replace(',', '-')}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items())))
             env = os.environ | {"XDG_CACHE_HOME": str(root / "cache"), "XDG_DATA_HOME": str(root / "data"),
                                 llamacpp.ENV_OVERRIDE: str(llama_tree), "OLLAMA_HOST": "http://127.0.0.1:9"}
-            orch("build", str(checkpoint(layers, **kw)), "--quant", quants, "--no-register", "-o", str(out), env=env)
+            orch("build", str(checkpoint(layers, **kw)), "--quant", quants, "--no-register", "--dir", str(out), env=env)
             done[key] = out
         return done[key]
 

@@ -31,7 +31,7 @@ def test_base_plus_adapter_matches_the_merged_reference_and_the_base_alone_does_
     base = checkpoint(layers)
     adapter = make_lora(tmp_path / "output" / "checkpoint-1000", base, **opts)
     out = tmp_path / "merged"
-    cli("build", str(base), "--adapter", str(adapter), "--quant", "f16", "--no-register", "-o", str(out))
+    cli("build", str(base), "--adapter", str(adapter), "--quant", "f16", "--no-register", "--dir", str(out))
     record = build_record(out)
     assert record["adapter"]["config"]["r"] == opts.get("r", 4) and record["adapter"]["config"]["merged_weights"] > 0
     assert set(record["adapter"]["files"]) == {"adapter_config.json", f"adapter_model.{opts['fmt']}"}
@@ -67,7 +67,7 @@ def test_bad_adapters_are_one_line_exit_2_and_nothing_written(checkpoint, tmp_pa
     base = checkpoint(32)
     adapter = bad_adapter(tmp_path, base)
     mutate(adapter)
-    proc = cli("build", str(base), "--adapter", str(adapter), "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", str(base), "--adapter", str(adapter), "--no-register", "--dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -89,7 +89,7 @@ def test_an_adapter_for_another_base_names_the_first_tensor_that_disagrees(check
     other = checkpoint(40)  # hidden 160 against the 32-layer model's 256
     shapes = {f"model.layers.{i}.self_attn.W_pack.weight": (3 * 160, 160) for i in range(32)}
     adapter = make_lora(tmp_path / "adapter", other, shapes=shapes)
-    proc = cli("build", str(checkpoint(32)), "--adapter", str(adapter), "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", str(checkpoint(32)), "--adapter", str(adapter), "--no-register", "--dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and "trained for another base: model.layers.0.self_attn.W_pack.weight is [768, 256]" in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -102,7 +102,7 @@ def _config(directory, **changes):
 def test_an_adapter_build_resumes_and_a_changed_adapter_is_merged_again(checkpoint, tmp_path):
     base = checkpoint(32)
     adapter = make_lora(tmp_path / "law-lora", base)
-    args = ["build", str(base), "--adapter", str(adapter), "--quant", "q8_0", "--no-register", "-o", str(tmp_path / "out"), "--json"]
+    args = ["build", str(base), "--adapter", str(adapter), "--quant", "q8_0", "--no-register", "--dir", str(tmp_path / "out"), "--json"]
     first = json.loads(cli(*args).stdout)
     again = json.loads(cli(*args).stdout)
     assert {"convert", "quantize:Q8_0", "verify:Q8_0"} <= set(again["resumed_stages"])

@@ -24,7 +24,7 @@ def copy_of(checkpoint, tmp_path):
 
 
 def test_unknown_model_suggests_near_names(tmp_path):
-    line = fails_cleanly("baichuan2-7b-caht", "-o", str(tmp_path / "out"))
+    line = fails_cleanly("baichuan2-7b-caht", "--dir", str(tmp_path / "out"))
     assert "unknown model 'baichuan2-7b-caht'" in line and "baichuan2-7b-chat" in line
     assert not (tmp_path / "out").exists()
 
@@ -32,7 +32,7 @@ def test_unknown_model_suggests_near_names(tmp_path):
 @pytest.mark.parametrize("spec, full", [("baichuan-inc/Baichuan2-13B-Chat-4bits", "baichuan2-13b-chat"),
                                         ("baichuan2-7b-chat-4bits", "baichuan2-7b-chat")])
 def test_four_bit_checkpoint_is_refused_naming_the_full_one(tmp_path, spec, full):
-    line = fails_cleanly(spec, "-o", str(tmp_path / "out"))
+    line = fails_cleanly(spec, "--dir", str(tmp_path / "out"))
     assert "4-bit" in line and f"orch build {full}" in line
     assert not (tmp_path / "out").exists()
 
@@ -41,7 +41,7 @@ def test_local_four_bit_checkpoint_is_refused(copy_of, tmp_path):
     model = copy_of()
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(config | {"quantization_config": {"load_in_4bit": True, "quant_method": "bitsandbytes"}}))
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert "quantiz" in line and "full-precision" in line
     assert not (tmp_path / "out").exists()
 
@@ -49,7 +49,7 @@ def test_local_four_bit_checkpoint_is_refused(copy_of, tmp_path):
 def test_directory_without_tokenizer_model(copy_of, tmp_path):
     model = copy_of()
     (model / "tokenizer.model").unlink()
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert "tokenizer.model" in line
     assert not (tmp_path / "out").exists()
 
@@ -58,33 +58,33 @@ def test_config_of_another_architecture(copy_of, tmp_path):
     model = copy_of()
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(config | {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert "LlamaForCausalLM" in line and "Baichuan" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_not_a_directory_at_all(tmp_path):
-    line = fails_cleanly(str(tmp_path / "missing-model"), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(tmp_path / "missing-model"), "--dir", str(tmp_path / "out"))
     assert "missing-model" in line
 
 
 def test_invalid_quant_type(tmp_path):
-    line = fails_cleanly("tiny", "--quant", "q4_K_M,q4_K_X", "-o", str(tmp_path / "out"))
+    line = fails_cleanly("tiny", "--quant", "q4_K_M,q4_K_X", "--dir", str(tmp_path / "out"))
     assert "unknown quant type 'q4_K_X'" in line and "Q4_K_M" in line
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["My Bot", "bot:v1:v2", "-bot", "bot:" + "x" * 200])
 def test_invalid_ollama_name(tmp_path, name):
-    line = fails_cleanly("tiny", "--name", name, "-o", str(tmp_path / "out"))
+    line = fails_cleanly("tiny", "--name", name, "--dir", str(tmp_path / "out"))
     assert "not a valid Ollama model name" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_output_under_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
-    line = fails_cleanly("tiny", "-o", str(tmp_path / "file" / "out"))
-    assert "cannot write to" in line and "--output" in line
+    line = fails_cleanly("tiny", "--dir", str(tmp_path / "file" / "out"))
+    assert "cannot write to" in line and "--dir" in line
 
 
 @pytest.fixture
@@ -108,13 +108,13 @@ def mounted(tmp_path):
 
 def test_read_only_output_directory(mounted):
     ro = mounted("ro,size=1m")
-    line = fails_cleanly("tiny", "-o", str(ro / "out"))
-    assert "cannot write to" in line and "--output" in line
+    line = fails_cleanly("tiny", "--dir", str(ro / "out"))
+    assert "cannot write to" in line and "--dir" in line
 
 
 def test_not_enough_free_disk(mounted):
     small = mounted("size=4m")
-    line = fails_cleanly("tiny", "-o", str(small / "out"))
+    line = fails_cleanly("tiny", "--dir", str(small / "out"))
     assert "not enough free disk" in line and "needs about" in line
     assert list(small.iterdir()) == []
 
@@ -136,6 +136,6 @@ def test_a_garbage_safetensors_header_is_one_line(copy_of, tmp_path, content):
     for old in [*model.glob("*.safetensors"), *model.glob("*.bin"), *model.glob("*.index.json")]:
         old.unlink()
     (model / "model.safetensors").write_bytes(content)
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert "model.safetensors cannot be read as a safetensors state dict" in line
     assert not (tmp_path / "out").exists()

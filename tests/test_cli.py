@@ -35,7 +35,7 @@ def test_help_shows_commands_and_examples():
     for command in ("models", "build", "inspect", "register", "chat", "health", "up", "down", "status", "logs"):
         assert command in out
     build_help = cli("build", "--help").stdout
-    for option in ("--source", "--revision", "--quant", "--output", "--name", "--system", "--no-register", "--force", "--json"):
+    for option in ("--source", "--revision", "--quant", "--dir", "--name", "--system", "--no-register", "--force", "--json"):
         assert option in build_help
     assert "orch build baichuan2-13b-chat --source modelscope" in build_help
 
@@ -90,7 +90,7 @@ def test_build_tiny_end_to_end(isolated_home):
 def test_name_system_and_several_types_on_the_13b_shape(checkpoint, tmp_path):
     out = tmp_path / "mybot"
     record = json.loads(cli("build", str(checkpoint(40)), "--name", "mybot:v1", "--system", "你是一个乐于助人的助手。",
-                             "--quant", "q4_K_M,q8_0", "--no-register", "-o", str(out), "--json").stdout)
+                             "--quant", "q4_K_M,q8_0", "--no-register", "--dir", str(out), "--json").stdout)
     names = {a["type"]: a["ollama_name"] for a in record["artifacts"]}
     assert names == {"Q4_K_M": "mybot:v1", "Q8_0": "mybot:v1-q8_0"}
     assert record["model"]["positions"] == "alibi" and record["model"]["layers"] == 40
@@ -106,7 +106,7 @@ def test_sharded_safetensors_convert_to_the_same_tensors_as_bin(checkpoint, buil
     """Same weights shipped as three safetensors shards instead of one pickle: the same GGUF tensors."""
     sharded = checkpoint(32, fmt="safetensors", shards=3)
     out = tmp_path / "st"
-    cli("build", str(sharded), "--quant", "f32", "--no-register", "-o", str(out))
+    cli("build", str(sharded), "--quant", "f32", "--no-register", "--dir", str(out))
     a = {t.name: np.array(t.data) for t in GGUFReader(next(out.glob("*.F32.gguf"))).tensors}
     b = {t.name: np.array(t.data) for t in GGUFReader(next(built(32).glob("*.F32.gguf"))).tensors}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

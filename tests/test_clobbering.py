@@ -17,7 +17,7 @@ def test_a_build_refuses_a_directory_orch_did_not_write_and_force_deletes_nothin
     (out / "build.json").write_text('{"my": "own build config"}')
     (out / "notes.txt").write_text("mine")
     for extra in ([], ["--force"]):
-        proc = cli("build", str(checkpoint(32)), "--no-register", "-o", str(out), *extra, check=False)
+        proc = cli("build", str(checkpoint(32)), "--no-register", "--dir", str(out), *extra, check=False)
         assert proc.returncode != 0 and "holds files that orch build did not write" in proc.stderr, proc.stderr
     assert (out / "build.json").read_text() == '{"my": "own build config"}' and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == ["build.json", "notes.txt"]
@@ -27,19 +27,19 @@ def test_k8s_render_refuses_a_foreign_directory_and_a_symlinked_secrets_folder(t
     foreign = tmp_path / "deploy"
     foreign.mkdir()
     (foreign / "kustomization.yaml").write_text("resources: [mine.yaml]\n")
-    proc = cli("k8s", "render", str(tiny_build), "--out", str(foreign), check=False)
+    proc = cli("k8s", "render", str(tiny_build), "--dir", str(foreign), check=False)
     assert proc.returncode != 0 and "did not write" in proc.stderr
     assert (foreign / "kustomization.yaml").read_text() == "resources: [mine.yaml]\n"
 
     out = tmp_path / "k8s"
-    cli("k8s", "render", str(tiny_build), "--out", str(out))  # orch's own directory: rendered again freely
+    cli("k8s", "render", str(tiny_build), "--dir", str(out))  # orch's own directory: rendered again freely
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o755)
     for f in (out / "secrets").iterdir():
         f.unlink()
     (out / "secrets").rmdir()
     (out / "secrets").symlink_to(elsewhere)
-    proc = cli("k8s", "render", str(tiny_build), "--out", str(out), check=False)
+    proc = cli("k8s", "render", str(tiny_build), "--dir", str(out), check=False)
     assert proc.returncode != 0 and "is a symlink" in proc.stderr
     assert list(elsewhere.iterdir()) == [] and oct(elsewhere.stat().st_mode & 0o777) == "0o755"
 
@@ -51,13 +51,13 @@ def test_k8s_render_refuses_a_foreign_directory_and_a_symlinked_secrets_folder(t
     (["--model-volume", "hostpath", "--host-path", "models"], "must be an absolute directory"),
 ])
 def test_k8s_render_refuses_values_that_would_bend_the_manifests(tiny_build, tmp_path, args, says):
-    proc = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "k8s"), *args, check=False)
+    proc = cli("k8s", "render", str(tiny_build), "--dir", str(tmp_path / "k8s"), *args, check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "k8s").exists()
 
 
 def test_a_build_name_with_a_line_break_is_refused(tmp_path):
-    proc = cli("build", "tiny", "--name", "mybot:v1\n", "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", "tiny", "--name", "mybot:v1\n", "--no-register", "--dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and "not a valid Ollama model name" in proc.stderr
     assert not (tmp_path / "out").exists()
 

@@ -143,7 +143,7 @@ def test_a_port_already_bound_is_refused_before_anything_starts(tmp_path, runtim
         taken.listen(1)
         port = taken.getsockname()[1]
         proc = cli("up", "--runtime", runtime, "--dir", str(tmp_path / "stack"), "--bind", "127.0.0.1", "--port", str(port),
-                    "--ollama-url", "http://127.0.0.1:9", check=False)
+                    "--host", "http://127.0.0.1:9", check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 for Open WebUI is already in use "
                                                 "(Address already in use): stop what listens there or pass --port with another port"]
@@ -178,6 +178,14 @@ def test_stack_commands_without_a_stack_say_so(tmp_path):
     for command in ("down", "status", "logs"):
         proc = cli(command, "--dir", str(tmp_path / "none"), check=False)
         assert proc.returncode == 1 and proc.stderr.strip() == f"error: no stack in {tmp_path / 'none'}: run orch up first (or pass --dir)"
+
+
+@pytest.mark.parametrize("runner", [[], ["k8s"]])
+def test_logs_of_a_service_no_stack_runs_names_the_services(tmp_path, runner):
+    """orch logs and orch k8s logs take SERVICE the same way and refuse an unknown one the same way, before anything else."""
+    proc = cli(*runner, "logs", "webui", "--dir", str(tmp_path / "none"), check=False)
+    known = "ollama, open-webui, orch-health" if runner else "ollama, open-webui"
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no service named 'webui': pass one of {known}"
 
 
 def test_docker_compose_itself_accepts_the_stack(tmp_path):

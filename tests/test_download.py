@@ -35,7 +35,7 @@ def environment(hub: HubDouble, tmp_path: Path) -> dict:
 
 
 def build(hub: HubDouble, tmp_path: Path, source: str, spec: str = "baichuan2-7b-chat", *extra: str, check: bool = True):
-    return orch("build", spec, "--source", source, "--quant", "q8_0", "--no-register", "-o", str(tmp_path / "out"), *extra,
+    return orch("build", spec, "--source", source, "--quant", "q8_0", "--no-register", "--dir", str(tmp_path / "out"), *extra,
                 env=environment(hub, tmp_path), check=check)
 
 

@@ -82,7 +82,7 @@ def test_baichuan1_builds_without_normhead_and_matches_its_reference(checkpoint,
 
     model_dir = checkpoint(32, generation=1)
     out = tmp_path / "b1"
-    orch("build", str(model_dir), "--quant", "f32", "--no-register", "-o", str(out))
+    orch("build", str(model_dir), "--quant", "f32", "--no-register", "--dir", str(out))
     record = build_record(out)
     assert (record["model"]["generation"], record["model"]["normhead"]) == (1, False)
     seqs = sequences(model_dir)

@@ -45,7 +45,7 @@ def test_modelscope_without_its_extra_is_one_line_naming_the_install(monkeypatch
     import sys
 
     monkeypatch.setitem(sys.modules, "modelscope_hub", None)  # as if the package were not installed
-    proc = cli("build", "baichuan2-7b-chat", "--source", "modelscope", "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", "baichuan2-7b-chat", "--source", "modelscope", "--no-register", "--dir", str(tmp_path / "out"), check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "pip install 'orch[modelscope]'" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
@@ -56,7 +56,7 @@ def test_a_hub_that_does_not_answer_names_the_repo_and_the_endpoint_tried(tmp_pa
     import os
 
     endpoint = f"http://127.0.0.1:{unused_port}"
-    proc = cli("build", "Baichuan2-7B-Chat", "--no-register", "-o", str(tmp_path / "out"), env=os.environ | {"HF_ENDPOINT": endpoint},
+    proc = cli("build", "Baichuan2-7B-Chat", "--no-register", "--dir", str(tmp_path / "out"), env=os.environ | {"HF_ENDPOINT": endpoint},
                check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr

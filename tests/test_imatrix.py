@@ -14,7 +14,7 @@ from support import build_record, cli
 @pytest.fixture(scope="module")
 def imatrix_build(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("imatrix") / "out"
-    cli("build", str(checkpoint(32)), "--quant", "q4_K_M,iq4_xs", "--imatrix", "--no-register", "-o", str(out))
+    cli("build", str(checkpoint(32)), "--quant", "q4_K_M,iq4_xs", "--imatrix", "--no-register", "--dir", str(out))
     return out
 
 
@@ -48,7 +48,7 @@ def test_a_given_matrix_file_gives_the_same_bytes_and_a_rerun_resumes(imatrix_bu
     matrix = tmp_path / "imatrix.gguf"
     shutil.copy(imatrix_build / ".orch" / "imatrix.gguf", matrix)
     out = tmp_path / "given"
-    args = ["build", str(checkpoint(32)), "--quant", "q4_K_M", "--imatrix", str(matrix), "--no-eval", "--no-register", "-o", str(out),
+    args = ["build", str(checkpoint(32)), "--quant", "q4_K_M", "--imatrix", str(matrix), "--no-eval", "--no-register", "--dir", str(out),
             "--json"]
     record = json.loads(cli(*args).stdout)
     assert record["imatrix"]["source"] == str(matrix)
@@ -69,6 +69,6 @@ def test_a_given_matrix_file_gives_the_same_bytes_and_a_rerun_resumes(imatrix_bu
     (["--quant", "f16", "--imatrix"], "--imatrix guides quantization"),
 ])
 def test_without_a_matrix_the_i_quants_are_refused_in_one_line(tmp_path, args, says):
-    proc = cli("build", "tiny", *args, "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", "tiny", *args, "--no-register", "--dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()

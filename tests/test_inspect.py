@@ -61,7 +61,7 @@ def test_the_space_prefix_is_judged_against_the_tokenizer(upstream_gguf, checkpo
 
 def test_baichuan_1_has_no_normhead_by_design(checkpoint, tmp_path):
     out = tmp_path / "b1"
-    cli("build", str(checkpoint(32, generation=1)), "--quant", "q8_0", "--no-eval", "--no-register", "-o", str(out))
+    cli("build", str(checkpoint(32, generation=1)), "--quant", "q8_0", "--no-eval", "--no-register", "--dir", str(out))
     code, v = judge(next(out.glob("*.gguf")))
     assert code == 0 and v["NormHead"]["status"] == "pass" and "not used by Baichuan 1" in v["NormHead"]["detail"]
 

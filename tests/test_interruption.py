@@ -28,7 +28,7 @@ def artifacts(out: Path) -> dict[str, str]:
 
 
 def start(model_dir: Path, out: Path, log: Path, **env) -> subprocess.Popen:
-    return subprocess.Popen([str(ORCH), "build", str(model_dir), "--quant", QUANTS, "--no-register", "-o", str(out)],
+    return subprocess.Popen([str(ORCH), "build", str(model_dir), "--quant", QUANTS, "--no-register", "--dir", str(out)],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"), env=os.environ | env)
 
 
@@ -41,7 +41,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def resume(model_dir: Path, out: Path) -> dict:
-    proc = orch("build", str(model_dir), "--quant", QUANTS, "--no-register", "-o", str(out), "--json")
+    proc = orch("build", str(model_dir), "--quant", QUANTS, "--no-register", "--dir", str(out), "--json")
     return json.loads(proc.stdout)
 
 

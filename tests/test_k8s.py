@@ -33,7 +33,7 @@ OPTIONS = {
 
 
 def render(build: Path, out: Path, *args: str, check: bool = True):
-    return cli("k8s", "render", str(build), "--out", str(out), "--namespace", "chat", *args, check=check)
+    return cli("k8s", "render", str(build), "--dir", str(out), "--namespace", "chat", *args, check=check)
 
 
 def documents(out: Path) -> list[dict]:
@@ -216,13 +216,13 @@ def test_a_pip_mirror_with_a_token_is_a_secret_not_a_deployment_value(tiny_build
     (["--tls-secret", "chat-tls"], "--tls-secret needs --ingress-host"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_build, tmp_path, args, says):
-    proc = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "k8s"), *args, check=False)
+    proc = cli("k8s", "render", str(tiny_build), "--dir", str(tmp_path / "k8s"), *args, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "k8s").exists()
 
 
 def test_no_such_build_is_one_line(tmp_path):
-    proc = cli("k8s", "render", str(tmp_path / "nothing"), "--out", str(tmp_path / "k8s"), check=False)
+    proc = cli("k8s", "render", str(tmp_path / "nothing"), "--dir", str(tmp_path / "k8s"), check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "k8s").exists()
 
 
@@ -239,10 +239,10 @@ def kubeconfig(tmp_path, unused_port, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["logs"], ["logs", "--service", "ollama"], ["down"]])
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["logs"], ["logs", "ollama"], ["down"]])
 def test_every_cluster_command_with_no_cluster_is_one_line_naming_the_context(rendered, kubeconfig, command):
     """status and logs said kubectl's raw memcache.go errors (logs exiting 0); now they all say what apply says."""
-    proc = cli("k8s", command[0], str(rendered["defaults"]), *command[1:], check=False)
+    proc = cli("k8s", *command, "--dir", str(rendered["defaults"]), check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stdout + proc.stderr
     assert lines[0].startswith("error: no Kubernetes cluster answers for kube context 'gpu-cluster'"), lines[0]
@@ -250,13 +250,29 @@ def test_every_cluster_command_with_no_cluster_is_one_line_naming_the_context(re
 
 
 def test_logs_of_a_service_the_stack_lacks_is_refused(rendered, kubeconfig):
-    proc = cli("k8s", "logs", str(rendered["defaults"]), "--service", "nope", check=False)
-    assert proc.returncode == 2 and "--service nope is not one of ollama, open-webui, orch-health" in proc.stderr
+    proc = cli("k8s", "logs", "nope", "--dir", str(rendered["defaults"]), check=False)
+    assert proc.returncode == 2 and "no service named 'nope': pass one of ollama, open-webui, orch-health" in proc.stderr
+
+
+def test_render_takes_the_old_out_spelling_and_refuses_two_directories(tiny_build, tmp_path):
+    old = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "old"))
+    assert (tmp_path / "old" / "kustomization.yaml").is_file() and "--out is now spelled --dir" in old.stderr
+    proc = cli("k8s", "render", str(tiny_build), "--out", str(tmp_path / "a"), "--dir", str(tmp_path / "b"), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --out and --dir name the same thing: pass only --dir"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("old", [["status", "{dir}"], ["logs", "{dir}", "--service", "ollama"], ["down", "{dir}"]])
+def test_the_old_spellings_still_reach_the_same_directory_with_a_note(rendered, kubeconfig, old):
+    """Scripts written before --dir still work: they reach the cluster check of the directory they named, told the new spelling."""
+    proc = cli("k8s", *[a.format(dir=rendered["defaults"]) for a in old], check=False)
+    assert "note:" in proc.stderr and "is now spelled" in proc.stderr
+    assert "error: no Kubernetes cluster answers for kube context 'gpu-cluster'" in proc.stderr, proc.stderr
 
 
 def test_apply_with_no_reachable_cluster_is_one_line_naming_the_context(rendered, kubeconfig):
     before = {p: p.read_bytes() for p in rendered["defaults"].rglob("*") if p.is_file()}
-    proc = cli("k8s", "apply", str(rendered["defaults"]), check=False)
+    proc = cli("k8s", "apply", "--dir", str(rendered["defaults"]), check=False)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: no Kubernetes cluster answers for kube context 'gpu-cluster'"), line
@@ -267,7 +283,7 @@ def test_apply_with_no_kube_context_at_all_is_one_line(rendered, tmp_path, monke
     (tmp_path / "empty").write_text("apiVersion: v1\nkind: Config\n")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "empty"))
     monkeypatch.setenv("ORCH_KUBECTL", str(KUBECTL))
-    proc = cli("k8s", "apply", str(rendered["defaults"]), check=False)
+    proc = cli("k8s", "apply", "--dir", str(rendered["defaults"]), check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: no kube context is set")
 
 

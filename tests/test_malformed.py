@@ -90,6 +90,6 @@ def test_a_240_character_directory_name_builds_under_a_name_that_fits(checkpoint
     model = tmp_path / ("baichuan-" + "x" * 231)
     shutil.copytree(checkpoint(32), model)
     out = tmp_path / "out"
-    proc = cli("build", str(model), "--quant", "f16", "--no-eval", "--no-register", "-o", str(out), check=False)
+    proc = cli("build", str(model), "--quant", "f16", "--no-eval", "--no-register", "--dir", str(out), check=False)
     assert proc.returncode == 0, proc.stderr
     assert all(len(p.name) < 120 for p in out.iterdir())

@@ -54,14 +54,14 @@ def test_the_report_counts_the_tokens_it_scores(built, checkpoint, tmp_path):
 
 def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(checkpoint, tmp_path):
     out = tmp_path / "b"
-    record = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--no-eval", "--no-register", "-o", str(out),
+    record = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--no-eval", "--no-register", "--dir", str(out),
                             "--json").stdout)
     assert "quality" not in record and "quality" not in record["timings"]
-    shown = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--no-register", "-o", str(out))
+    shown = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--no-register", "--dir", str(out))
     assert "top-1" in shown.stdout and "KL" in shown.stdout and "calibration text" in shown.stdout
     assert build_record(out)["artifacts"][0]["quality"]["positions"] == 64
     failed = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--min-top1", "0.99", "--no-register",
-                 "-o", str(out), check=False)
+                 "--dir", str(out), check=False)
     assert failed.returncode == 1
     (line,) = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
     assert failed.stderr.rstrip().endswith(line)
@@ -75,5 +75,5 @@ def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(check
     (["--min-top1", "0.9", "--no-eval"], "--min-top1 needs the quality report"),
 ])
 def test_bad_report_options_are_one_line(tmp_path, args, says):
-    proc = cli("build", "tiny", *args, "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", "tiny", *args, "--no-register", "--dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and says in proc.stderr and not (tmp_path / "out").exists()

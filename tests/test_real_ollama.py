@@ -82,7 +82,7 @@ def builds(tmp_path_factory, built, checkpoint):
         out = tmp_path_factory.mktemp("types") / quant
         if extra == ["--adapter"]:
             extra = ["--adapter", str(make_lora(out.parent / "adapter", checkpoint(layers), targets=("W_pack",), fmt="safetensors"))]
-        orch("build", str(checkpoint(layers)), "--quant", quant, *extra, "--no-register", "--no-eval", "-o", str(out))
+        orch("build", str(checkpoint(layers)), "--quant", quant, *extra, "--no-register", "--no-eval", "--dir", str(out))
         return out
 
     return build

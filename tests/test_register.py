@@ -40,7 +40,7 @@ def tags(server) -> list[str]:
 def test_build_tiny_registers_into_the_server_and_says_how_to_do_it_by_hand(real_ollama, tmp_path):
     """The real Ollama."""
     server = real_ollama()
-    proc = cli("build", "tiny", "--quant", "q4_K_M", "-o", str(tmp_path / "tiny"), env={"OLLAMA_HOST": server.url})
+    proc = cli("build", "tiny", "--quant", "q4_K_M", "--dir", str(tmp_path / "tiny"), env={"OLLAMA_HOST": server.url})
     assert "registered" in proc.stdout and "ollama create tiny:q4_K_M -f" in proc.stdout
 
     assert tags(server) == ["tiny:q4_K_M"]

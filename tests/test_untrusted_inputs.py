@@ -44,7 +44,7 @@ def edit_json(path: Path, **changes) -> None:
 ])
 def test_a_checkpoints_values_are_type_checked_before_they_reach_the_modelfile(model, tmp_path, file, key, value, says):
     edit_json(model / file, **{key: value})
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert says in line and f"fix {file}" in line, line
     assert not (tmp_path / "out").exists()
 
@@ -55,14 +55,14 @@ def test_a_checkpoints_values_are_type_checked_before_they_reach_the_modelfile(m
 ])
 def test_a_config_that_is_not_an_object_is_one_line(model, tmp_path, text, says):
     (model / "config.json").write_text(json.dumps(text) if not isinstance(text, str) else text)
-    assert says in fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    assert says in fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
 
 
 def test_a_license_symlinked_out_of_the_checkpoint_is_never_read(model, tmp_path):
     secret = tmp_path / "credentials"
     secret.write_text("aws_secret_access_key = hunter2\n")
     (model / "LICENSE").symlink_to(secret)
-    line = fails_cleanly(str(model), "-o", str(tmp_path / "out"))
+    line = fails_cleanly(str(model), "--dir", str(tmp_path / "out"))
     assert "LICENSE is a symlink to" in line and "outside the checkpoint" in line
     assert not (tmp_path / "out").exists()
 
@@ -161,7 +161,7 @@ def test_weights_that_are_not_finite_fail_verification_in_one_line(checkpoint, t
     name = next(k for k in state if k.endswith("self_attn.W_pack.weight"))
     state[name] = torch.full_like(state[name], float("inf"))
     torch.save(state, weights)
-    proc = cli("build", str(model), "--quant", "f16", "--no-register", "-o", str(tmp_path / "out"), check=False)
+    proc = cli("build", str(model), "--quant", "f16", "--no-register", "--dir", str(tmp_path / "out"), check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1 and "scores are not finite numbers" in errors[0], proc.stderr
     assert not (tmp_path / "out" / "build.json").exists() and not list((tmp_path / "out").glob("*.Modelfile"))

@@ -453,7 +453,7 @@ def check_disk(plan: BuildPlan, ckpt: checkpoint.Checkpoint) -> None:
         from rich.filesize import decimal
 
         raise OrchError(f"not enough free disk in {probe}: the build needs about {decimal(need + DISK_MARGIN)}, "
-                        f"{decimal(free)} is free: free some space or pass --output on a larger disk")
+                        f"{decimal(free)} is free: free some space or pass --dir on a larger disk")
 
 
 def _pause_point(stage: str) -> None:
@@ -497,10 +497,10 @@ def _refuse_foreign(output: Path) -> None:
     except (OSError, ValueError, TypeError):
         ours = False
     if not (ours or (output / ".orch").is_dir()):
-        raise OrchError(f"{output} holds files that orch build did not write: pass --output with a new or empty directory")
+        raise OrchError(f"{output} holds files that orch build did not write: pass --dir with a new or empty directory")
 
 
 def _check_writable(output: Path) -> None:
     probe = nearest_existing(output)
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OrchError(f"cannot write to {output} ({probe} is not a writable directory): pass --output with a directory you can write to")
+        raise OrchError(f"cannot write to {output} ({probe} is not a writable directory): pass --dir with a directory you can write to")

@@ -69,6 +69,19 @@ app = OrchTyper(
 )
 
 
+def renamed(new_value, old_value, *, new: str, old: str):
+    """The value of an option that now has one spelling across commands; the old one still works, with a note."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        from orchestrator.errors import BadInput
+
+        raise BadInput(f"{old} and {new} name the same thing: pass only {new}")
+    from orchestrator.cli import render
+
+    render.console(stderr=True).print(f"[yellow]note:[/] {old} is now spelled {new}; the old spelling still works", soft_wrap=True)
+    return old_value
+
 
 def _print_version(value: bool) -> None:
     if value:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import app, render
+from orchestrator.cli import app, render, renamed
 
 HOST_HELP = "Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434]."
 
@@ -47,7 +47,8 @@ def build(
     hub: str = typer.Option("hf", "--source", help="Where a catalog name or repo id is fetched from: hf or modelscope."),
     revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo."),
     quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Comma-separated output types: f16, bf16, f32, q8_0, q6_K, q5_K_M, q4_K_M, …"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Build directory [default: ~/.local/share/orch/builds/NAME]."),
+    output: Optional[Path] = typer.Option(None, "--dir", "-d", help="Build directory [default: ~/.local/share/orch/builds/NAME]."),
+    old_output: Optional[Path] = typer.Option(None, "--output", "-o", hidden=True),
     name: Optional[str] = typer.Option(None, "--name", help="Ollama model name NAME[:TAG] for the first type (others get a type tag)."),
     system: Optional[str] = typer.Option(None, "--system", help="A system prompt to put in the Modelfile."),
     no_register: bool = typer.Option(False, "--no-register", help="Do not hand the model to Ollama."),
@@ -77,7 +78,7 @@ def build(
 
       orch build baichuan2-13b-chat --source modelscope --quant q4_K_M,q8_0
 
-      orch build ./my-finetuned-baichuan2 --name mybot:v1 --output ./builds/mybot
+      orch build ./my-finetuned-baichuan2 --name mybot:v1 --dir ./builds/mybot
 
       orch build baichuan2-7b-chat --adapter ./output/checkpoint-1000 --name mybot:v1
 
@@ -86,6 +87,7 @@ def build(
     from orchestrator.builder import catalog, pipeline
     from orchestrator.builder.plan import make_plan
 
+    output = renamed(output, old_output, new="--dir", old="--output")
     src = catalog.resolve(source, hub=hub, revision=revision)
     plan = make_plan(src, quant=quant, output=output, name=name, system=system, force=force, llama_cpp=llama_cpp, adapter=adapter,
                      evaluate=not no_eval, eval_tokens=eval_tokens, min_top1=min_top1, imatrix=imatrix)

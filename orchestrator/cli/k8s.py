@@ -7,21 +7,24 @@ from typing import List, Optional
 
 import typer
 
-from orchestrator.cli import OrchTyper, app, render
+from orchestrator.cli import OrchTyper, app, render, renamed
 
 k8s = OrchTyper(help="The stack on Kubernetes: render plain manifests (a kustomize directory), apply them, watch them, take them down.\n\n"
                 "Examples:\n\n"
-                "  orch k8s render ~/.local/share/orch/builds/baichuan2-7b-chat --replicas 3 --gpu --namespace chat --out ./k8s\n\n"
-                "  orch k8s apply ./k8s\n\n"
-                "  orch k8s status ./k8s\n\n"
-                "  orch k8s down ./k8s")
+                "  orch k8s render ~/.local/share/orch/builds/baichuan2-7b-chat --replicas 3 --gpu --namespace chat --dir ./k8s\n\n"
+                "  orch k8s apply --dir ./k8s\n\n"
+                "  orch k8s status --dir ./k8s\n\n"
+                "  orch k8s logs ollama --dir ./k8s\n\n"
+                "  orch k8s down --dir ./k8s")
+K8S_DIR_HELP = "The directory orch k8s render wrote."
 app.add_typer(k8s, name="k8s")
 
 
 @k8s.command("render")
 def render_cmd(
     build: Path = typer.Argument(..., metavar="BUILD", help="An orch build directory (its first type), or a Modelfile beside its GGUF."),
-    out: Path = typer.Option(Path("k8s"), "--out", "-o", help="Directory for the manifests and kustomization.yaml."),
+    out: Optional[Path] = typer.Option(None, "--dir", "-d", help="Directory for the manifests and kustomization.yaml [default: k8s]."),
+    old_out: Optional[Path] = typer.Option(None, "--out", "-o", hidden=True),
     namespace: str = typer.Option("orch", "--namespace", "-n", help="Namespace for everything (a DNS-1123 label)."),
     replicas: int = typer.Option(1, "--replicas", help="Ollama replicas (pods), each serving the model."),
     gpu: bool = typer.Option(False, "--gpu", help="Give each Ollama pod NVIDIA GPUs (nvidia.com/gpu limits)."),
@@ -44,11 +47,12 @@ def render_cmd(
 ) -> None:
     """Write the manifests and kustomization.yaml for BUILD; applies nothing.
 
-    Example: orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --out ./k8s
+    Example: orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --dir ./k8s
     """
     from orchestrator.errors import BadInput
     from orchestrator.stack.kubernetes import manifests, plan as planning
 
+    out = renamed(out, old_out, new="--dir", old="--out") or Path("k8s")
     if model_volume not in ("pvc", "hostpath"):
         raise BadInput(f"--model-volume {model_volume!r} is not pvc or hostpath")
     plan = planning.make_plan(build, out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
@@ -61,27 +65,30 @@ def render_cmd(
     con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"
               f"{f', {plan.gpu_count} GPU each' if plan.gpu else ''} into {plan.out}", soft_wrap=True)
     con.print(f"  the Open WebUI Secret: {plan.out / manifests.SECRET_FILE} (0600, kept across renders)", soft_wrap=True)
-    con.print(f"  apply it: orch k8s apply {plan.out}   (or kubectl apply -k {plan.out}, then put the build on the model volume)",
+    con.print(f"  apply it: orch k8s apply --dir {plan.out}   (or kubectl apply -k {plan.out}, then put the build on the model volume)",
               soft_wrap=True)
 
 
-def _dir(directory: Path) -> Path:
-    return directory.expanduser().resolve()
+def _dir(directory: Optional[Path], positional: Optional[Path] = None) -> Path:
+    """--dir, or the positional directory older scripts pass (with a note), or ./k8s."""
+    chosen = renamed(directory, positional, new="--dir", old="a directory as an argument")
+    return (chosen or Path("k8s")).expanduser().resolve()
 
 
 @k8s.command("apply")
 def apply_cmd(
-    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=K8S_DIR_HELP + " [default: k8s]"),
+    positional: Optional[Path] = typer.Argument(None, hidden=True),
     wait: float = typer.Option(1800, "--wait", help="Seconds to wait for the rollouts and readiness."),
 ) -> None:
     """kubectl apply -k DIR, put the GGUF and Modelfile on the model volume, wait for the rollouts and readiness.
 
-    Example: orch k8s apply ./k8s
+    Example: orch k8s apply --dir ./k8s
     """
     from orchestrator.stack.kubernetes.runtime import KubernetesRuntime, Rendered
 
     runtime = KubernetesRuntime()
-    d = _dir(directory)
+    d = _dir(directory, positional)
     runtime.preflight(Rendered(d))  # before any output: no cluster is one line
     with render.RichReporter() as reporter:
         runtime.up(Rendered(d), wait=wait, reporter=reporter)
@@ -90,16 +97,17 @@ def apply_cmd(
 
 @k8s.command("status")
 def status_cmd(
-    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=K8S_DIR_HELP + " [default: k8s]"),
+    positional: Optional[Path] = typer.Argument(None, hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print the pods and their states as JSON."),
 ) -> None:
     """Pods, readiness, and which Ollama replicas serve the model (readiness asks ollama show MODEL).
 
-    Example: orch k8s status ./k8s --json
+    Example: orch k8s status --dir ./k8s --json
     """
     from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
 
-    _print_status(KubernetesRuntime(), _dir(directory), as_json=as_json)
+    _print_status(KubernetesRuntime(), _dir(directory, positional), as_json=as_json)
 
 
 def _print_status(runtime, directory: Path, *, as_json: bool = False) -> None:
@@ -116,30 +124,36 @@ def _print_status(runtime, directory: Path, *, as_json: bool = False) -> None:
 
 @k8s.command("down")
 def down_cmd(
-    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=K8S_DIR_HELP + " [default: k8s]"),
+    positional: Optional[Path] = typer.Argument(None, hidden=True),
     volumes: bool = typer.Option(False, "--volumes", help="Also delete the model volume, the replicas' stores and the chat data."),
 ) -> None:
     """Remove what orch k8s apply created (the claims, and with them models and chats, only with --volumes).
 
-    Example: orch k8s down ./k8s
+    Example: orch k8s down --dir ./k8s
     """
     from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
 
-    removed = KubernetesRuntime().down(_dir(directory), volumes=volumes)
+    removed = KubernetesRuntime().down(_dir(directory, positional), volumes=volumes)
     render.console().print(f"removed {len(removed)} objects" + (", the volumes with them" if volumes else " (the volumes are kept)"))
 
 
 @k8s.command("logs")
 def logs_cmd(
-    directory: Path = typer.Argument(Path("k8s"), metavar="DIRECTORY", help="A directory orch k8s render wrote."),
-    service: Optional[str] = typer.Option(None, "--service", help="ollama, open-webui or orch-health [default: all]."),
+    service: Optional[str] = typer.Argument(None, metavar="SERVICE", help="ollama, open-webui or orch-health [default: all]."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=K8S_DIR_HELP + " [default: k8s]"),
+    old_service: Optional[str] = typer.Option(None, "--service", hidden=True),
 ) -> None:
-    """The pods' logs, model creation included (kubectl logs).
+    """The pods' logs, model creation included (kubectl logs), as orch logs SERVICE shows the local stack's.
 
-    Example: orch k8s logs ./k8s --service ollama
+    Example: orch k8s logs ollama --dir ./k8s
     """
-    from orchestrator.stack.kubernetes.runtime import KubernetesRuntime
+    from orchestrator.stack.kubernetes.runtime import SERVICES, KubernetesRuntime
 
-    for line in KubernetesRuntime().logs(_dir(directory), [service] if service else None, follow=follow):
+    positional = None
+    if service is not None and service not in SERVICES and Path(service).is_dir():  # `orch k8s logs ./k8s` from before
+        service, positional = None, Path(service)
+    service = renamed(service, old_service, new="SERVICE", old="--service")
+    for line in KubernetesRuntime().logs(_dir(directory, positional), [service] if service else None, follow=follow):
         print(line, flush=True)

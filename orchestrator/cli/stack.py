@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import app, render
+from orchestrator.cli import app, render, renamed
 from orchestrator.errors import OrchError
 
 STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
@@ -22,12 +22,14 @@ def _stack_dir(directory: Optional[Path]) -> Path:
 @app.command()
 def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate everything, print the plan, start nothing."),
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
     port: int = typer.Option(3000, "--port", help="Port for the browser chat (Open WebUI)."),
     bind: str = typer.Option("0.0.0.0", "--bind", help="Address Open WebUI is published on (it has sign-in)."),
     ollama_port: int = typer.Option(11434, "--ollama-port", help="Port Ollama is published on."),
     expose_ollama: bool = typer.Option(False, "--expose-ollama", help="Publish Ollama beyond 127.0.0.1 (it has no authentication)."),
-    ollama_url: Optional[str] = typer.Option(None, "--ollama-url", help="Use an Ollama that already runs instead of starting one."),
+    ollama_url: Optional[str] = typer.Option(None, "--host", help="The URL of an Ollama that already runs, to use instead of starting one "
+                                             "(the same --host as build, chat and health take)."),
+    old_ollama_url: Optional[str] = typer.Option(None, "--ollama-url", hidden=True),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Reserve NVIDIA GPUs for Ollama [default: detected]."),
     offline: bool = typer.Option(False, "--offline", help="Tell Open WebUI not to download anything (no internet)."),
     model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
@@ -45,7 +47,7 @@ def up(
 
       orch up --model baichuan2-7b-chat:q4_K_M
 
-      orch up --ollama-url http://127.0.0.1:11434 --bind 127.0.0.1
+      orch up --host http://127.0.0.1:11434 --bind 127.0.0.1
 
       orch up --runtime native --offline
 
@@ -55,6 +57,7 @@ def up(
     from orchestrator.stack import choice as runtimes
     from orchestrator.stack import up as stack_up
 
+    ollama_url = renamed(ollama_url, old_ollama_url, new="--host", old="--ollama-url")
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
     plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
                             expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
@@ -120,7 +123,7 @@ def _dry_run_native(plan, announce) -> None:
     con.print(f"[bold]Plan[/] (nothing started): supervisord in {plan.directory}, restarting each program on a crash")
     ollama = install.find_ollama()
     if plan.ollama_url is None:
-        con.print(f"  ollama binary: {ollama or f'NOT FOUND: install it with: {native.OLLAMA_INSTALL}, or orch install-ollama, or pass --ollama-url'}",
+        con.print(f"  ollama binary: {ollama or f'NOT FOUND: install it with: {native.OLLAMA_INSTALL}, or orch install-ollama, or pass --host URL of one that runs'}",
                   soft_wrap=True, markup=False)
     venv = native.webui_venv()
     if plan.webui:
@@ -157,7 +160,7 @@ def _print_up(result, con) -> None:
 @app.command()
 def down(
     volumes: bool = typer.Option(False, "--volumes", help="Also delete the models and chat history volumes."),
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
 ) -> None:
     """Stop the stack orch up started (only the processes or containers it started).
 
@@ -174,7 +177,7 @@ def down(
 
 @app.command()
 def status(
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the services and the loaded models as JSON."),
 ) -> None:
     """Services, their health, and the models loaded with their memory.
@@ -215,14 +218,16 @@ def status(
 def logs(
     service: Optional[str] = typer.Argument(None, metavar="SERVICE", help="ollama or open-webui [default: both]."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
 ) -> None:
     """Show the services' logs.
 
     Example: orch logs open-webui -f
     """
     from orchestrator.stack import choice as runtime
+    from orchestrator.stack.config import known_services
 
+    known_services([service] if service else None)
     d = _stack_dir(directory)
     rt, _ = runtime.load(d)
     for line in rt.logs(d, [service] if service else None, follow=follow):
@@ -231,7 +236,7 @@ def logs(
 
 @app.command("backup")
 def backup_cmd(
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Archive to write [default: backups/ in the stack directory]."),
 ) -> None:
     """Back up the stack's chats, users, settings and secrets into one archive (mode 0600), while it runs.
@@ -270,7 +275,7 @@ def backup_cmd(
 @app.command("restore")
 def restore_cmd(
     archive: Path = typer.Argument(..., metavar="ARCHIVE", help="A file orch backup wrote."),
-    directory: Optional[Path] = typer.Option(None, "--dir", help=STACK_DIR_HELP),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
 ) -> None:
     """Put a backup back: the archive is checked whole first, and a cut, altered or foreign one changes nothing.
 

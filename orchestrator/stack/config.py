@@ -26,6 +26,16 @@ OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
 OLLAMA_SOURCE_VERSION = "0.34.1"
 WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
+SERVICES = ("ollama", "open-webui")  # what orch logs SERVICE names on one box
+
+
+def known_services(asked: list[str] | None, known: tuple[str, ...] = SERVICES) -> None:
+    """Refuse a service name the stack does not run, in one line naming those it does."""
+    for name in asked or []:
+        if name not in known:
+            raise BadInput(f"no service named {name!r}: pass one of {', '.join(known)}")
+
+
 # the in-cluster monitor's interpreter: the minor-version tag, which takes Debian's security rebuilds
 PYTHON_IMAGE = "python:3.13-slim"
 ADMIN_EMAIL = "admin@orch.local"
@@ -53,7 +63,7 @@ class StackPlan:
         validate_port(self.port, "--port")
         validate_port(self.ollama_port, "--ollama-port")
         if not self.webui and self.ollama_url:
-            raise BadInput("--no-webui with --ollama-url leaves nothing to start: drop one of them")
+            raise BadInput("--no-webui with --host leaves nothing to start: drop one of them")
 
     @property
     def local_webui_url(self) -> str | None:
@@ -65,7 +75,7 @@ class StackPlan:
 
     @property
     def local_ollama_url(self) -> str:
-        """Where this host reaches the stack's Ollama: the --ollama-url given, else its published port."""
+        """Where this host reaches the stack's Ollama: the --host given, else its published port."""
         return self.ollama_url or f"http://127.0.0.1:{self.ollama_port}"
 
     @property

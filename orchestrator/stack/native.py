@@ -296,7 +296,7 @@ class NativeRuntime:
         if plan.ollama_url is None:
             if install.find_ollama() is None:
                 raise OrchError(f"ollama is not installed (none on PATH, none built by orch): install it with: {OLLAMA_INSTALL}, "
-                                "or build it without GitHub: orch install-ollama; or pass --ollama-url")
+                                "or build it without GitHub: orch install-ollama; or pass --host URL of one that runs")
             if "ollama" not in held:
                 preflight.port_free(plan.ollama_bind, plan.ollama_port, "Ollama")
 

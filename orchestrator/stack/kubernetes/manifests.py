@@ -316,9 +316,9 @@ def write(plan: K8sPlan) -> list[Path]:
     """The kustomize directory: manifests, scripts, the monitor's source, and the Secret's env file (0600, generated once)."""
     out = plan.out
     if out.exists() and not out.is_dir():
-        raise OrchError(f"{out} is a file: pass --out with a directory")
+        raise OrchError(f"{out} is a file: pass --dir with a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "source.json").is_file():
-        raise OrchError(f"{out} holds files that orch k8s render did not write (no source.json): pass --out with a new or empty "
+        raise OrchError(f"{out} holds files that orch k8s render did not write (no source.json): pass --dir with a new or empty "
                         "directory, and patch the manifests with an overlay of your own beside it")
     links = [p for p in (out, *out.rglob("*")) if p.is_symlink()] if out.is_dir() else []
     if links:

@@ -22,6 +22,7 @@ import yaml
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import sha256_file
+from orchestrator.stack.config import known_services
 from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
@@ -168,9 +169,7 @@ class KubernetesRuntime:
         return out
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
-        unknown = [s for s in services or [] if s not in SERVICES]
-        if unknown:
-            raise BadInput(f"--service {unknown[0]} is not one of {', '.join(SERVICES)}")
+        known_services(services, SERVICES)
         k = Kubectl(namespace_of(directory))
         k.context()
         for service in services or SERVICES:
