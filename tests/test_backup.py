@@ -143,7 +143,7 @@ def test_orch_up_keeps_the_last_five_backups_taken_before_upgrades(tmp_path):
         (stack / "backups").mkdir(exist_ok=True)
         (stack / "backups" / f"orch-backup-2026120{i}-000000-before-upgrade.tar.gz").write_bytes(b"")
     manual = backup.create(stack)
-    gone = backup.prune(stack)
+    gone = backup.prune(stack / "backups")
     assert [p.name[12:20] for p in gone] == ["20261200", "20261201"]
     assert manual.is_file() and len(list((stack / "backups").glob("*before-upgrade*"))) == 5
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,7 +28,8 @@ OPTIONS = {
     "defaults": [],
     "3 replicas on GPUs": ["--replicas", "3", "--gpu", "--gpu-count", "2", "--node-selector", "nvidia.com/gpu.present=true",
                            "--toleration", "nvidia.com/gpu=present:NoSchedule", "--num-parallel", "4"],
-    "ingress, monitor": ["--ingress-host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor", "--storage-class", "fast"],
+    "ingress, monitor, backups": ["--ingress-host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor",
+                                  "--storage-class", "fast", "--backup-schedule", "30 2 * * *"],
     "one node's directory": ["--model-volume", "hostpath", "--host-path", "/srv/orch-models", "--monitor-image", "registry.local/orch:1"],
 }
 
@@ -37,7 +39,8 @@ def render(build: Path, out: Path, *args: str, check: bool = True):
 
 
 def documents(out: Path) -> list[dict]:
-    return [d for f in ("namespace.yaml", "ollama.yaml", "open-webui.yaml", "monitor.yaml") for d in yaml.safe_load_all((out / f).read_text()) if d]
+    files = [f for f in ("namespace.yaml", "ollama.yaml", "open-webui.yaml", "monitor.yaml", "backup.yaml") if (out / f).is_file()]
+    return [d for f in files for d in yaml.safe_load_all((out / f).read_text()) if d]
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
@@ -144,7 +147,7 @@ def test_pods_run_restricted(rendered):
 
 
 def test_open_webui_is_one_replica_with_sign_up_off_and_the_ollama_service(rendered):
-    docs = documents(rendered["ingress, monitor"])
+    docs = documents(rendered["ingress, monitor, backups"])
     webui = find(docs, "Deployment", "open-webui")
     env = {e["name"]: e["value"] for e in container(webui, "open-webui")["env"]}
     assert webui["spec"]["replicas"] == 1 and webui["spec"]["strategy"]["type"] == "Recreate"
@@ -158,7 +161,7 @@ def test_open_webui_is_one_replica_with_sign_up_off_and_the_ollama_service(rende
 
 
 def test_the_monitor_probes_every_replica_and_a_service_monitor_scrapes_it(rendered):
-    docs = documents(rendered["ingress, monitor"])
+    docs = documents(rendered["ingress, monitor, backups"])
     monitor = find(docs, "Deployment", "orch-health")
     c = container(monitor, "orch-health")
     hosts = [c["command"][i + 1] for i, a in enumerate(c["command"]) if a == "--host"]
@@ -366,8 +369,11 @@ def test_a_pod_waits_for_the_files_and_says_why(rendered, real_ollama, real_olla
 
 
 def pod_specs(docs: list[dict]) -> dict[str, dict]:
-    return {f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"] if "template" in d["spec"] else d["spec"]
-            for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Pod")}
+    def spec(d):
+        if d["kind"] == "CronJob":
+            return d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return d["spec"]["template"]["spec"] if "template" in d["spec"] else d["spec"]
+    return {f"{d['kind']}/{d['metadata']['name']}": spec(d) for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Pod", "CronJob")}
 
 
 @pytest.mark.parametrize("label", OPTIONS)
@@ -380,7 +386,8 @@ def test_every_container_has_requests_and_limits_and_no_pod_mounts_a_token(rende
             res = c.get("resources", {})
             assert {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(res.get("limits", {})), (where, c["name"])
     policies = {d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for d in docs if d["kind"] == "NetworkPolicy"}
-    assert policies == {"ollama", "open-webui", "orch-health", "orch-models"}, "every pod is behind a NetworkPolicy"
+    pods = {d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Pod", "CronJob")}
+    assert policies == pods | {"orch-models"}, "every pod is behind a NetworkPolicy"
 
 
 def test_ollamas_memory_is_sized_from_the_build_and_can_be_overridden(tiny_build, tmp_path):
@@ -399,11 +406,13 @@ def test_ollamas_memory_is_sized_from_the_build_and_can_be_overridden(tiny_build
 ACCEPTED = {
     "CKV_K8S_43": "images pinned by tag: their digests cannot be looked up from machines without a registry (README says how to pin)",
     "CKV_K8S_15": "IfNotPresent with a pinned tag: Always would pull gigabytes on every restart of an air-gapped node",
-    "CKV_K8S_35": "Open WebUI reads its secret key and admin account from its environment only",
-    "CKV_K8S_23": "Open WebUI's image writes into its own tree at start, as root",
-    "CKV_K8S_22": "the same: its root filesystem cannot be read-only",
+    "CKV_K8S_35": "Open WebUI reads its secret key and admin account from its environment only (and the backup job, "
+                  "which ties each backup to its stack by that key)",
+    "CKV_K8S_23": "Open WebUI's image writes into its own tree at start, as root (and the backup job reads those root-owned "
+                  "files, as root with every capability dropped)",
+    "CKV_K8S_22": "Open WebUI: its root filesystem cannot be read-only",
     "CKV_K8S_20": "the same",
-    "CKV_K8S_40": "the same: its image needs uid 0",
+    "CKV_K8S_40": "the same: its image needs uid 0 (and the backup job's root)",
     "CKV_K8S_8": "the loader pod lives for one copy and serves nothing",
     "CKV_K8S_9": "the same",
 }
@@ -433,8 +442,9 @@ def test_checkov_finds_nothing_beyond_what_the_readme_accepts(rendered, checkov,
     failed = {(f["check_id"], f["resource"]) for f in report["results"]["failed_checks"]}
     assert report["summary"]["passed"] > 100
     assert {(c, r) for c, r in failed if c not in ACCEPTED} == set()
-    webui_only = {"CKV_K8S_35", "CKV_K8S_23", "CKV_K8S_22", "CKV_K8S_20", "CKV_K8S_40"}
-    assert all("open-webui" in r for c, r in failed if c in webui_only), failed
+    root_only = {"CKV_K8S_35", "CKV_K8S_23", "CKV_K8S_40"}  # Open WebUI, and the backup job that reads its files
+    assert all("open-webui" in r or "orch-backup" in r for c, r in failed if c in root_only), failed
+    assert all("open-webui" in r for c, r in failed if c in {"CKV_K8S_22", "CKV_K8S_20"}), failed
     assert all("orch-model-loader" in r for c, r in failed if c in ("CKV_K8S_8", "CKV_K8S_9")), failed
 
 
@@ -464,3 +474,70 @@ def test_the_pinned_hashes_are_pypis_own(arch, tmp_path):
                            "--only-binary=:all:", "--python-version=3.13", "--implementation=cp", *plats, "-d", str(tmp_path),
                            "-r", str(requirements)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- the scheduled backup (--backup-schedule) ---------------------------------------------------------------------------
+
+def test_the_backup_cronjob_runs_orch_backup_on_open_webuis_volume_beside_open_webui(tiny_build, tmp_path):
+    out = tmp_path / "k8s"
+    render(tiny_build, out, "--backup-schedule", "0 3 * * *", "--backup-keep", "2", "--storage-class", "fast")
+    docs = kustomize(out)
+    for doc in docs:
+        if doc["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
+    cron = find(docs, "CronJob", "orch-backup")
+    assert cron["spec"]["schedule"] == "0 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"data": "open-webui", "backups": "orch-backups"}
+    assert find(docs, "PersistentVolumeClaim", "orch-backups")["spec"]["storageClassName"] == "fast"
+    (same_node,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert same_node["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "open-webui", "Open WebUI's claim is ReadWriteOnce"
+    job = pod["containers"][0]
+    assert job["securityContext"]["capabilities"] == {"drop": ["ALL"]} and job["securityContext"]["allowPrivilegeEscalation"] is False
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert {"name": "WEBUI_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "WEBUI_SECRET_KEY"}}} \
+        in job["env"]
+    assert "backup.yaml" in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
+    render(tiny_build, out)
+    assert not (out / "backup.yaml").exists(), "rendered again without --backup-schedule: no CronJob left behind"
+
+
+def test_the_backup_pods_command_backs_up_prunes_and_restores_from_the_rendered_source(tiny_build, tmp_path):
+    """The CronJob's container as the pod runs it: orch's modules from the rendered ConfigMap, Open WebUI's volume, the Secret."""
+    from orchestrator.stack import backup
+    from test_backup import make_stack, titles
+
+    out = tmp_path / "k8s"
+    render(tiny_build, out, "--backup-schedule", "@daily", "--backup-keep", "2")
+    docs = kustomize(out)
+    pod = find(docs, "CronJob", "orch-backup")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    job = pod["containers"][0]
+    src = tmp_path / "src"  # the ConfigMap's items laid out as the pod mounts them at /src
+    items = next(v for v in pod["volumes"] if v["name"] == "src")["configMap"]["items"]
+    for item in items:
+        (src / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (src / item["path"]).write_text((out / "monitor-source" / item["key"]).read_text())
+    volume = make_stack(tmp_path / "volume", ["第一次对话", "second chat"]) / backup.DATA  # what the open-webui claim holds
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    secrets = dict(line.split("=", 1) for line in (out / "secrets" / "open-webui.env").read_text().splitlines() if "=" in line)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {
+        "PYTHONPATH": str(src), "HOME": str(tmp_path), "WEBUI_SECRET_KEY": secrets["WEBUI_SECRET_KEY"]}
+    command = [sys.executable if w == "python" else {"/data": str(volume), "/backups": str(backups)}.get(w, w) for w in job["command"]]
+    assert command[1:4] == ["-m", "orchestrator", "backup"]
+    for _ in range(3):
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    kept = sorted(backups.glob("orch-backup-*-scheduled.tar.gz"))
+    assert len(kept) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept), "--backup-keep 2, each 0600"
+
+    with sqlite3.connect(volume / backup.DATABASE) as db:
+        db.execute("DELETE FROM chat")
+    restore = [sys.executable, "-m", "orchestrator", "restore", str(kept[-1]), "--webui-data", str(volume)]
+    proc = subprocess.run(restore, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert titles(volume.parent) == ["第一次对话", "second chat"] and not list(volume.glob(".restore-*"))
+
+    other = subprocess.run(restore, env=env | {"WEBUI_SECRET_KEY": "another stack's"}, capture_output=True, text=True, cwd=tmp_path)
+    assert other.returncode == 2 and "is a backup of another stack" in other.stderr

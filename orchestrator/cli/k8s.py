@@ -44,6 +44,10 @@ def render_cmd(
     pip_index_url: Optional[str] = typer.Option(None, "--pip-index-url", help="A PyPI mirror for the monitor's start-up install."),
     ollama_memory: Optional[str] = typer.Option(None, "--ollama-memory", help="Memory request per Ollama pod, e.g. 48Gi (the limit is twice it) [default: 1.2 x the GGUF + 1Gi]."),
     ollama_cpu: str = typer.Option("2", "--ollama-cpu", help="CPU request per Ollama pod (the limit is twice it)."),
+    backup_schedule: Optional[str] = typer.Option(None, "--backup-schedule", help="A CronJob backing up Open WebUI's volume "
+                                                  "(chats, users, keys) on this cron schedule, e.g. '0 3 * * *'."),
+    backup_keep: int = typer.Option(7, "--backup-keep", help="Scheduled backups kept on their volume, with --backup-schedule."),
+    backup_size: str = typer.Option("10Gi", "--backup-size", help="Size of the backups' volume, with --backup-schedule."),
 ) -> None:
     """Write the manifests and kustomization.yaml for BUILD; applies nothing.
 
@@ -59,7 +63,8 @@ def render_cmd(
                               node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
                               model_volume=model_volume, host_path=host_path, storage_class=storage_class, host=host,
                               tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,
-                              pip_index_url=pip_index_url, ollama_memory=ollama_memory, ollama_cpu=ollama_cpu)
+                              pip_index_url=pip_index_url, ollama_memory=ollama_memory, ollama_cpu=ollama_cpu,
+                              backup_schedule=backup_schedule, backup_keep=backup_keep, backup_size=backup_size)
     manifests.write(plan)
     con = render.console()
     con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from orchestrator.cli import app, render, renamed
-from orchestrator.errors import OrchError
+from orchestrator.errors import BadInput, OrchError
 
 STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
 
@@ -234,10 +234,18 @@ def logs(
         print(line, flush=True)
 
 
+WEBUI_DATA_HELP = ("Open WebUI's data directory mounted on its own (a Kubernetes volume) instead of a stack; "
+                   "WEBUI_SECRET_KEY in the environment ties it to its stack.")
+
+
 @app.command("backup")
 def backup_cmd(
     directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Archive to write [default: backups/ in the stack directory]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Archive to write, or a directory for a dated name "
+                                       "[default: backups/ in the stack directory]."),
+    webui_data: Optional[Path] = typer.Option(None, "--webui-data", help=WEBUI_DATA_HELP),
+    keep: Optional[int] = typer.Option(None, "--keep", min=1, help="Keep only this many scheduled backups in --out's "
+                                       "directory (the CronJob's); those taken by hand are never deleted."),
 ) -> None:
     """Back up the stack's chats, users, settings and secrets into one archive (mode 0600), while it runs.
 
@@ -250,9 +258,25 @@ def backup_cmd(
       orch backup
 
       orch backup --out /mnt/safe/orch-$(date +%F).tar.gz
+
+      orch backup --webui-data /data --out /backups --keep 7      # what orch k8s render --backup-schedule runs
     """
-    from orchestrator.ollama.client import Ollama
     from orchestrator.stack import backup
+
+    if webui_data is not None:
+        if out is None:
+            raise BadInput("--webui-data needs --out: a file, or a directory for a dated name")
+        folder = out if out.is_dir() else out.parent
+        path = backup.create(None, out.resolve(), data=webui_data.resolve(), reason="scheduled" if keep else "orch backup",
+                             label="scheduled" if keep else "manual")
+        gone = backup.prune(folder.resolve(), keep, label="scheduled") if keep else []
+        render.console().print(f"backed up {webui_data} to {path} ({path.stat().st_size / 1e6:.1f} MB"
+                               f"{f', {len(gone)} older scheduled backups deleted' if gone else ''})", markup=False, soft_wrap=True)
+        return
+    if keep is not None:
+        raise BadInput("--keep prunes the scheduled backups of --webui-data; a stack's own are pruned by orch up")
+
+    from orchestrator.ollama.client import Ollama
     from orchestrator.stack import choice as runtime
     from orchestrator.stack.native import installed_webui
 
@@ -276,6 +300,7 @@ def backup_cmd(
 def restore_cmd(
     archive: Path = typer.Argument(..., metavar="ARCHIVE", help="A file orch backup wrote."),
     directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
+    webui_data: Optional[Path] = typer.Option(None, "--webui-data", help=WEBUI_DATA_HELP + " Stop Open WebUI first."),
 ) -> None:
     """Put a backup back: the archive is checked whole first, and a cut, altered or foreign one changes nothing.
 
@@ -286,6 +311,11 @@ def restore_cmd(
     from orchestrator.stack import backup
     from orchestrator.stack.native import Supervisor
 
+    if webui_data is not None:
+        manifest = backup.restore_data(archive, webui_data.resolve())
+        render.console().print(f"restored {archive} ({manifest.created}) into {webui_data}: start Open WebUI again",
+                               markup=False, soft_wrap=True)
+        return
     d = _stack_dir(directory)
     if Supervisor(d).running():
         raise OrchError(f"the stack in {d} is running: stop it first with orch down --dir {d}, then restore")

@@ -48,27 +48,51 @@ class Manifest:
         return json.dumps({"format": FORMAT, **self.__dict__}, indent=2, ensure_ascii=False) + "\n"
 
 
-def stack_id(directory: Path) -> str | None:
-    """Which stack this is: a hash of its Open WebUI secret key (None before the first orch up)."""
-    key = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
+def key_id(key: str | None) -> str | None:
+    """Which stack a secret key belongs to, without the key: a hash of it."""
     return hashlib.sha256(f"orch-stack:{key}".encode()).hexdigest()[:16] if key else None
 
 
-def default_path(directory: Path, reason: str = "manual") -> Path:
-    return directory / "backups" / f"orch-backup-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{reason}.tar.gz"
+def stack_id(directory: Path) -> str | None:
+    """Which stack this is: a hash of its Open WebUI secret key (None before the first orch up)."""
+    return key_id(read_env(directory / ".env").get("WEBUI_SECRET_KEY"))
 
 
-def create(directory: Path, out: Path | None = None, *, models: list[dict] | None = None, open_webui: str = "",
-           reason: str = "orch backup") -> Path:
-    """Write the stack's backup to `out` (in the stack's backups/ by default); the archive appears only when complete."""
-    ident = stack_id(directory)
-    if ident is None:
-        raise OrchError(f"{directory} holds no stack to back up (no .env): run orch up first, or pass --dir")
-    out = out or default_path(directory, "manual" if reason == "orch backup" else "before-upgrade")
+def data_id() -> str | None:
+    """The stack of an Open WebUI data directory mounted on its own (a volume): its secret key comes in the environment."""
+    return key_id(os.environ.get("WEBUI_SECRET_KEY"))
+
+
+def default_path(folder: Path, label: str = "manual") -> Path:
+    """A dated name that sorts by time and is not taken (two backups in one second get .2, .3, ...)."""
+    stamp, n = time.strftime('%Y%m%d-%H%M%S', time.gmtime()), 1
+    while (path := folder / f"orch-backup-{stamp}{f'.{n}' if n > 1 else ''}-{label}.tar.gz").exists():
+        n += 1
+    return path
+
+
+def create(directory: Path | None, out: Path | None = None, *, models: list[dict] | None = None, open_webui: str = "",
+           reason: str = "orch backup", data: Path | None = None, label: str = "manual") -> Path:
+    """Write a backup to `out` (a file, or a folder for a dated name; the stack's backups/ by default); it appears only
+    when complete, its dated name ending in `label` (manual, scheduled, before-upgrade: what prune tells apart).
+    `data` is Open WebUI's data directory mounted on its own (a Kubernetes volume), in place of a stack's."""
+    if data is not None:
+        ident = data_id()
+        if ident is None:
+            raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is tied to its stack by that key "
+                           "(the CronJob takes it from the open-webui Secret)")
+        if not (data / DATABASE).is_file():
+            raise BadInput(f"{data} holds no {DATABASE}: pass --webui-data with Open WebUI's DATA_DIR")
+    else:
+        ident = stack_id(directory)
+        if ident is None:
+            raise OrchError(f"{directory} holds no stack to back up (no .env): run orch up first, or pass --dir")
+    if out is None or out.is_dir():
+        out = default_path(out or directory / "backups", label)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
         staged = Path(tmp)
-        files = _stage(directory, staged)
+        files = _stage(directory, staged, data)
         manifest = Manifest(ident, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
                             {name: sha256_file(staged / name) for name in files}, models or [], reason)
         with atomic_path(out) as part:
@@ -83,14 +107,15 @@ def create(directory: Path, out: Path | None = None, *, models: list[dict] | Non
     return out
 
 
-def _stage(directory: Path, staged: Path) -> list[str]:
-    """The files to archive, copied into `staged`: the database through SQLite's backup API, the rest as they are."""
+def _stage(directory: Path | None, staged: Path, data: Path | None = None) -> list[str]:
+    """The files to archive, copied into `staged`: the database through SQLite's backup API, the rest as they are.
+    Open WebUI's data is archived under open-webui-data/ wherever it was read from, so any stack can take it back."""
     names = []
-    for name in SETTINGS:
+    for name in SETTINGS if directory is not None else ():
         if (directory / name).is_file():
             shutil.copy2(directory / name, staged / name)
             names.append(name)
-    data = directory / DATA
+    data = data if data is not None else directory / DATA
     if (data / DATABASE).is_file():
         (staged / DATA).mkdir()
         source = sqlite3.connect(f"file:{data / DATABASE}?mode=ro", uri=True, timeout=30)
@@ -103,7 +128,7 @@ def _stage(directory: Path, staged: Path) -> list[str]:
             target.close()
         names.append(f"{DATA}/{DATABASE}")
     for path in sorted(data.rglob("*")) if data.is_dir() else []:
-        rel = path.relative_to(directory).as_posix()
+        rel = f"{DATA}/{path.relative_to(data).as_posix()}"
         if path.is_symlink() or not path.is_file() or path.name.startswith(DATABASE):  # webui.db, -wal, -shm: the copy above
             continue
         (staged / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +137,7 @@ def _stage(directory: Path, staged: Path) -> list[str]:
     return names
 
 
-def read(archive: Path, into: Path, directory: Path | None = None) -> Manifest:
+def read(archive: Path, into: Path, current: str | None = None) -> Manifest:
     """Unpack `archive` into `into` and check it whole: every file listed with its sha256, nothing else, from this stack.
 
     A cut, altered or foreign archive is a BadInput naming what is wrong.
@@ -139,7 +164,6 @@ def read(archive: Path, into: Path, directory: Path | None = None) -> Manifest:
     for name, digest in manifest.files.items():
         if sha256_file(into / name) != digest:
             raise BadInput(f"{archive}: {name} does not match its sha256 in the manifest: it was altered; use another backup")
-    current = stack_id(directory) if directory is not None else None
     if current is not None and manifest.stack != current:
         raise BadInput(f"{archive} is a backup of another stack (id {manifest.stack}, this one is {current}): "
                        "restore it into its own stack directory, or into a new one with --dir")
@@ -151,8 +175,40 @@ def restore(archive: Path, directory: Path) -> Manifest:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".restore-") as tmp:
         unpacked = Path(tmp) / "backup"
-        manifest = read(archive, unpacked, directory)
+        manifest = read(archive, unpacked, stack_id(directory))
         put_back(unpacked, directory, Path(tmp) / "previous")
+    return manifest
+
+
+def restore_data(archive: Path, data: Path) -> Manifest:
+    """Put a checked backup's Open WebUI data into a data directory mounted on its own (Open WebUI stopped).
+
+    The directory itself stays (a volume's mount point cannot be renamed): its
+    contents are swapped for the backup's, the old ones kept aside until all are in.
+    """
+    if not data.is_dir():
+        raise BadInput(f"{data} is not a directory: pass --webui-data with Open WebUI's DATA_DIR")
+    with tempfile.TemporaryDirectory(dir=data, prefix=".restore-") as tmp:
+        unpacked = Path(tmp) / "backup"
+        manifest = read(archive, unpacked, data_id())
+        if not (unpacked / DATA).is_dir():
+            raise BadInput(f"{archive} holds no Open WebUI data: use another backup")
+        previous = Path(tmp) / "previous"
+        previous.mkdir()
+        old = [p.name for p in data.iterdir() if p.name != Path(tmp).name]
+        try:
+            for name in old:
+                os.replace(data / name, previous / name)
+            for path in (unpacked / DATA).iterdir():
+                os.replace(path, data / path.name)
+        except OSError as e:
+            for path in data.iterdir():
+                if path.name != Path(tmp).name and path.name not in old:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for name in old:
+                if (previous / name).exists():
+                    os.replace(previous / name, data / name)
+            raise OrchError(f"could not restore into {data}: {e}; the data is as it was") from None
     return manifest
 
 
@@ -175,9 +231,10 @@ def put_back(unpacked: Path, directory: Path, previous: Path) -> None:
         raise OrchError(f"could not restore into {directory}: {e}; the stack's data is as it was") from None
 
 
-def prune(directory: Path, keep: int = KEEP) -> list[Path]:
-    """Delete all but the newest `keep` backups orch up took before upgrades; the ones deleted."""
-    taken = sorted((directory / "backups").glob("orch-backup-*-before-upgrade.tar.gz"))
+def prune(folder: Path, keep: int = KEEP, label: str = "before-upgrade") -> list[Path]:
+    """Delete all but the newest `keep` backups orch took with `label` (before upgrades, on a schedule) in `folder`;
+    those a person took by hand are never deleted. Returns the ones deleted."""
+    taken = sorted(folder.glob(f"orch-backup-*-{label}.tar.gz"))
     gone = taken[:-keep] if keep > 0 else taken
     for path in gone:
         path.unlink()

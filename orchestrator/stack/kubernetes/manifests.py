@@ -38,7 +38,7 @@ SECRET_FILE = "secrets/open-webui.env"
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
 REQUIREMENTS = "monitor-requirements.txt"  # MONITOR_DEPENDENCIES resolved and hashed by scripts/monitor-requirements
-SOURCE_PACKAGES = ("", "cli", "ollama")  # what `orch health` imports: orchestrator/*.py, cli/ and ollama/
+SOURCE_PACKAGES = ("", "cli", "ollama", "stack")  # what `orch health` and `orch backup` import (stack/: not its subpackages)
 
 
 def labels(name: str, component: str) -> dict:
@@ -200,32 +200,42 @@ def webui_docs(plan: K8sPlan) -> list[dict]:
     return docs
 
 
+def orch_pod_parts(plan: K8sPlan, args: list[str]) -> tuple[dict, list[dict], list[dict]]:
+    """How a pod runs `orch ARGS`: (its container's image, command and env; the pod's volumes; its init containers).
+
+    With --monitor-image, that image's orch; else orch's own modules from a
+    ConfigMap in the pinned Python image, and its few dependencies installed
+    from PyPI (or $PIP_INDEX_URL) once per start, every wheel pinned by sha256.
+    """
+    volumes, mounts = [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}]
+    if plan.monitor_image:
+        return ({"image": plan.monitor_image, "command": ["orch", *args], "env": [{"name": "HOME", "value": "/tmp"}],
+                 "volumeMounts": mounts}, volumes, [])
+    env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONPATH", "value": "/src:/deps"}]
+    items = [{"key": key, "path": path} for key, path in source_files()]
+    volumes += [{"name": "src", "configMap": {"name": "orch-source", "items": items}}, {"name": "deps", "emptyDir": {}}]
+    mounts += [{"name": "src", "mountPath": "/src", "readOnly": True}, {"name": "deps", "mountPath": "/deps", "readOnly": True}]
+    pip_env = [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"}]
+    if plan.pip_index_url:
+        pip_env.append({"name": "PIP_INDEX_URL", "valueFrom": {"secretKeyRef": {"name": "orch-pip", "key": "PIP_INDEX_URL"}}})
+    # every wheel pinned by sha256 (k8s/monitor-requirements.txt): a mirror cannot hand the pod other code
+    volumes.append({"name": "requirements", "configMap": {"name": "orch-monitor-requirements"}})
+    init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
+             "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--require-hashes", "--no-deps", "--only-binary=:all:",
+                         "--target", "/deps", "-r", f"/requirements/{REQUIREMENTS}"],
+             "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"},
+                              {"name": "requirements", "mountPath": "/requirements", "readOnly": True}],
+             "securityContext": non_root(), "resources": resources("100m", "256Mi", "1", "512Mi")}]
+    return {"image": PYTHON_IMAGE, "command": ["python", "-m", "orchestrator", *args], "env": env, "volumeMounts": mounts}, volumes, init
+
+
 def monitor_docs(plan: K8sPlan) -> list[dict]:
     args = ["health", "--watch", "--model", plan.model.name, "--interval", "30", "--failures", "3",
             "--metrics-port", str(METRICS_PORT), "--metrics-bind", "0.0.0.0", "--json"]
     for host in replica_hosts(plan):
         args += ["--host", host]
-    volumes, mounts, init = [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}], []
-    if plan.monitor_image:
-        image, command, env = plan.monitor_image, ["orch", *args], [{"name": "HOME", "value": "/tmp"}]
-    else:
-        # orch's own modules come from a ConfigMap, its few dependencies from PyPI (or $PIP_INDEX_URL) once per start
-        image, command = PYTHON_IMAGE, ["python", "-m", "orchestrator", *args]
-        env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONPATH", "value": "/src:/deps"}]
-        items = [{"key": key, "path": path} for key, path in source_files()]
-        volumes += [{"name": "src", "configMap": {"name": "orch-source", "items": items}}, {"name": "deps", "emptyDir": {}}]
-        mounts += [{"name": "src", "mountPath": "/src", "readOnly": True}, {"name": "deps", "mountPath": "/deps", "readOnly": True}]
-        pip_env = [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"}]
-        if plan.pip_index_url:
-            pip_env.append({"name": "PIP_INDEX_URL", "valueFrom": {"secretKeyRef": {"name": "orch-pip", "key": "PIP_INDEX_URL"}}})
-        # every wheel pinned by sha256 (k8s/monitor-requirements.txt): a mirror cannot hand the monitor other code
-        volumes.append({"name": "requirements", "configMap": {"name": "orch-monitor-requirements"}})
-        init = [{"name": "install", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent", "env": pip_env,
-                 "command": ["python", "-m", "pip", "install", "--no-cache-dir", "--require-hashes", "--no-deps", "--only-binary=:all:",
-                             "--target", "/deps", "-r", f"/requirements/{REQUIREMENTS}"],
-                 "volumeMounts": [{"name": "deps", "mountPath": "/deps"}, {"name": "tmp", "mountPath": "/tmp"},
-                                  {"name": "requirements", "mountPath": "/requirements", "readOnly": True}],
-                 "securityContext": non_root(), "resources": resources("100m", "256Mi", "1", "512Mi")}]
+    runs, volumes, init = orch_pod_parts(plan, args)
+    image, command, env, mounts = runs["image"], runs["command"], runs["env"], runs["volumeMounts"]
     container = {"name": "orch-health", "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
                  "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
                  "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 15},
@@ -246,6 +256,41 @@ def monitor_docs(plan: K8sPlan) -> list[dict]:
                      "spec": {"selector": {"matchLabels": selector("orch-health")}, "namespaceSelector": {"matchNames": [plan.namespace]},
                               "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
     return docs
+
+
+def backup_docs(plan: K8sPlan) -> list[dict]:
+    """A CronJob running `orch backup --webui-data` on Open WebUI's volume, into a volume of its own (--backup-schedule).
+
+    Open WebUI's claim is ReadWriteOnce, so the job runs on the node where Open
+    WebUI runs (pod affinity). It runs as root, as Open WebUI does, because the
+    files it reads are root's; every capability is dropped, so root here reads
+    only what root owns.
+    """
+    folder = "/backups"
+    runs, volumes, init = orch_pod_parts(plan, ["backup", "--webui-data", "/data", "--out", folder, "--keep", str(plan.backup_keep)])
+    secret_key = {"name": "WEBUI_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": "open-webui", "key": "WEBUI_SECRET_KEY"}}}
+    container = {"name": "backup", "imagePullPolicy": "IfNotPresent", **runs, "env": runs["env"] + [secret_key],
+                 "volumeMounts": runs["volumeMounts"] + [{"name": "data", "mountPath": "/data"},
+                                                         {"name": "backups", "mountPath": folder}],
+                 "securityContext": RESTRICTED | {"readOnlyRootFilesystem": True},
+                 "resources": resources("100m", "256Mi", "1", "1Gi")}
+    volumes = volumes + [{"name": "data", "persistentVolumeClaim": {"claimName": "open-webui"}},
+                         {"name": "backups", "persistentVolumeClaim": {"claimName": "orch-backups"}}]
+    same_node = {"labelSelector": {"matchLabels": selector("open-webui")}, "topologyKey": "kubernetes.io/hostname"}
+    pod = {"restartPolicy": "OnFailure", "securityContext": pod_security(non_root_pod=False), "automountServiceAccountToken": False,
+           "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [same_node]}},
+           "containers": [container], "volumes": volumes, **({"initContainers": init} if init else {})}
+    cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta("orch-backup", "backup"),
+               "spec": {"schedule": plan.backup_schedule, "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 3,
+                        "failedJobsHistoryLimit": 3,
+                        "jobTemplate": {"spec": {"backoffLimit": 2, "template": {
+                            "metadata": {"labels": labels("orch-backup", "backup")}, "spec": pod}}}}}
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-backups", "backup"),
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": plan.backup_size}},
+                      **({"storageClassName": plan.storage_class} if plan.storage_class else {})}}
+    nothing_in = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("orch-backup", "backup"),
+                  "spec": {"podSelector": {"matchLabels": selector("orch-backup")}, "policyTypes": ["Ingress"], "ingress": []}}
+    return [claim, cronjob, nothing_in]
 
 
 def loader_policy(plan: K8sPlan) -> dict:
@@ -299,7 +344,7 @@ def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": plan.namespace, "labels": {
         "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch"}}}
     files = {"namespace.yaml": [namespace], "ollama.yaml": ollama_docs(plan), "open-webui.yaml": webui_docs(plan),
-             "monitor.yaml": monitor_docs(plan)}
+             "monitor.yaml": monitor_docs(plan)} | ({"backup.yaml": backup_docs(plan)} if plan.backup_schedule else {})
     return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_policy(plan), loader_pod(plan)]}
 
 
@@ -332,6 +377,8 @@ def write(plan: K8sPlan) -> list[Path]:
     if plan.pip_index_url and not plan.monitor_image:
         write_text(out / PIP_SECRET_FILE, f"PIP_INDEX_URL={plan.pip_index_url}\n", mode=0o600)
         written.append(out / PIP_SECRET_FILE)
+    if not plan.backup_schedule:
+        (out / "backup.yaml").unlink(missing_ok=True)  # rendered before with --backup-schedule
     for name, docs in render(plan).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         write_text(out / name, dump(docs))

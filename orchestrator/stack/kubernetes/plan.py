@@ -13,6 +13,7 @@ from orchestrator.files import sha256_file
 
 QUANTITY = r"([0-9]+(?:\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|k|M|G|T)?"  # a Kubernetes resource quantity, as orch accepts it
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+CRON = re.compile(r"@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*/,?-]+( [0-9A-Za-z*/,?-]+){4}")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -54,6 +55,9 @@ class K8sPlan:
     pip_index_url: str | None = None
     ollama_memory: str | None = None  # overrides the memory request sized from the model
     ollama_cpu: str = "2"
+    backup_schedule: str | None = None  # a CronJob backing Open WebUI's volume up on this cron schedule
+    backup_keep: int = 7
+    backup_size: str = "10Gi"
 
     @property
     def ollama_resources(self) -> dict:
@@ -159,6 +163,13 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
     for option, key in (("--ollama-memory", "ollama_memory"), ("--ollama-cpu", "ollama_cpu")):
         if kw.get(key) is not None and not re.fullmatch(QUANTITY, kw[key]):
             raise BadInput(f"{option} {kw[key]!r} is not a Kubernetes quantity such as 16Gi or 4 (or 500m for CPU)")
+    if kw.get("backup_schedule") is not None and not CRON.fullmatch(kw["backup_schedule"].strip()):
+        raise BadInput(f"--backup-schedule {kw['backup_schedule']!r} is not a cron schedule: five fields such as '0 3 * * *' "
+                       "(03:00 every day), or @daily, @weekly, @hourly")
+    if kw.get("backup_keep", 1) < 1:
+        raise BadInput("--backup-keep takes 1 or more")
+    if kw.get("backup_size") is not None and not re.fullmatch(QUANTITY, kw["backup_size"]):
+        raise BadInput(f"--backup-size {kw['backup_size']!r} is not a Kubernetes quantity such as 20Gi")
     if kw.get("num_parallel") is not None and kw["num_parallel"] < 1:
         raise BadInput("--num-parallel takes 1 or more")
     model = load_model(target, name)
