@@ -198,3 +198,14 @@ def real_served(real_ollama, tiny_build):
         cli("register", str(tiny_build), "--host", server.url, "--name", TINY_NAME, "--no-check")
         return server
     return start
+
+
+@pytest.fixture
+def webui_env(monkeypatch):
+    """The real Open WebUI from PyPI for the native runtime, its virtualenv cached between runs, CPU torch first."""
+    from orchestrator.stack import native
+
+    venv = Path(os.environ.get("ORCH_TEST_WEBUI_VENV") or Path.home() / ".cache" / "orch" / "test-open-webui-venv")
+    monkeypatch.setenv(native.VENV_ENV, str(venv))
+    monkeypatch.setenv(native.PREINSTALL_ENV, "torch==2.13.0")  # the CPU wheel: no multi-gigabyte CUDA build
+    return venv

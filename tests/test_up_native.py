@@ -70,14 +70,6 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def webui_env(monkeypatch):
-    venv = Path(os.environ.get("ORCH_TEST_WEBUI_VENV") or Path.home() / ".cache" / "orch" / "test-open-webui-venv")
-    monkeypatch.setenv(native.VENV_ENV, str(venv))
-    monkeypatch.setenv(native.PREINSTALL_ENV, "torch==2.13.0")  # the CPU wheel: no multi-gigabyte CUDA build
-    return venv
-
-
 def quiet_background_generation(webui: str, email: str, password: str) -> None:
     """Turn off Open WebUI's title, tag and follow-up generations, as an admin would on a slow box.
 

@@ -64,6 +64,8 @@ def health(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to probe [default: the first the server lists]."),
     webui: Optional[str] = typer.Option(None, "--webui", help="Open WebUI URL to check too, e.g. http://127.0.0.1:3000."),
     openai: bool = typer.Option(False, "--openai", help="Also probe the OpenAI-compatible /v1/chat/completions."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ORCH_API_KEY", help="With --webui: also chat through "
+                                          "Open WebUI's keyed API with this key (orch up --api), as a script would."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds each request may take."),
     slow: float = typer.Option(10.0, "--slow", min=0.0, help="A first token slower than this many seconds is degraded."),
     cve_feed: str = typer.Option("builtin", "--cve-feed", envvar="ORCH_CVE_FEED", metavar="builtin|osv",
@@ -113,7 +115,9 @@ def health(
 
     if cve_feed not in FEEDS:
         raise typer.BadParameter(f"{cve_feed!r} is not {' or '.join(FEEDS)}", param_hint="--cve-feed")
-    specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed)
+    if api_key and not webui:
+        raise typer.BadParameter("--api-key is checked through Open WebUI: pass --webui URL too", param_hint="--api-key")
+    specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed, api_key=api_key)
              for h in (host or [None])]
     if not watch:
         reports = [probe.probe(spec) for spec in specs]

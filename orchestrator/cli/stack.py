@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import app, render, renamed
+from orchestrator.cli import OrchTyper, app, render, renamed
 from orchestrator.errors import BadInput, OrchError
 
 STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
@@ -37,6 +37,8 @@ def up(
     runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
     no_webui: bool = typer.Option(False, "--no-webui", help="Ollama alone, for a headless API box (no browser chat)."),
     no_backup: bool = typer.Option(False, "--no-backup", help="No backup before Open WebUI changes (and so no data to roll back to)."),
+    api: bool = typer.Option(False, "--api", help="Keyed API access through Open WebUI (Ollama stays on loopback): keys on, "
+                             "a first key made and shown once; orch api-key makes more."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (URLs, the admin account, registrations, health) as JSON."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
@@ -52,6 +54,8 @@ def up(
       orch up --runtime native --offline
 
       orch up --runtime native --no-webui          # a headless API box
+
+      orch up --api                                # an API key for scripts and other machines
     """
     from orchestrator.stack import compose, config, preflight
     from orchestrator.stack import choice as runtimes
@@ -61,7 +65,7 @@ def up(
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
     plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
                             expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
-                            webui=not no_webui, backup=not no_backup)
+                            webui=not no_webui, backup=not no_backup, api=api)
     con, err = render.console(), render.console(stderr=True)
     chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
 
@@ -155,6 +159,94 @@ def _print_up(result, con) -> None:
               f"client = OpenAI(base_url=\"{urls['openai']}\", api_key=\"ollama\")\n"
               f"print(client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"你好\"}}]).choices[0].message.content)",
               markup=False, highlight=False, soft_wrap=True)
+    if result.api:
+        _print_api(con, result.api["url"], model, result.api["key"], result.api["keys_file"])
+
+
+def _print_api(con, url: str, model: str, key: str | None, keys_file: str) -> None:
+    """Where the keyed API answers, from another machine too (replace 127.0.0.1 with this box's name), and the key once."""
+    con.print(f"\n[bold green]Keyed API (through Open WebUI):[/] {url}", soft_wrap=True)
+    if key:
+        con.print(f"[bold]API key (shown once, kept in {keys_file}):[/] {render.escape(key)}", soft_wrap=True)
+    con.print(f"curl {url}/chat/completions -H \"Authorization: Bearer $ORCH_API_KEY\" -H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+api_key_app = OrchTyper(help="API keys for scripts and other machines, through Open WebUI (Ollama stays on loopback).\n\n"
+                       "Examples:\n\n  orch api-key create ci-bot\n\n  orch api-key list\n\n  orch api-key revoke ci-bot")
+app.add_typer(api_key_app, name="api-key")
+
+
+def _webui_of(d: Path) -> str:
+    from orchestrator.stack import choice as runtime
+
+    _, record = runtime.load(d)
+    if not record.webui_url:
+        raise OrchError(f"no stack with Open WebUI in {d}: run orch up first (keys are Open WebUI's), or pass --dir")
+    return record.webui_url
+
+
+@api_key_app.command("create")
+def api_key_create(
+    name: str = typer.Argument(..., metavar="NAME", help="The key's name (its service user's): lower-case letters, digits, '-'."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the key and its URL as JSON."),
+) -> None:
+    """Make a key NAME: a service user in Open WebUI that may chat with every model and reach nothing else.
+
+    The key is printed once and kept in the stack directory's api-keys.env (0600).
+
+    Example: orch api-key create ci-bot
+    """
+    from orchestrator.stack import api_keys
+
+    d = _stack_dir(directory)
+    url = _webui_of(d)
+    key = api_keys.create(d, url, name)
+    if as_json:
+        render.print_json({"name": name, "key": key, "url": f"{url}/api", "keys_file": str(d / api_keys.KEYS_FILE)})
+        return
+    _print_api(render.console(), f"{url}/api", "MODEL", key, str(d / api_keys.KEYS_FILE))
+
+
+@api_key_app.command("list")
+def api_key_list(
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the keys' names and users as JSON."),
+) -> None:
+    """The keys orch made (their service users in Open WebUI); the keys themselves are not shown again.
+
+    Example: orch api-key list --json
+    """
+    from orchestrator.stack import api_keys
+
+    d = _stack_dir(directory)
+    keys = api_keys.listing(d, _webui_of(d))
+    if as_json:
+        render.print_json(keys)
+        return
+    con = render.console()
+    for k in keys:
+        con.print(f"{k['name']}  ({k['email']}{', kept in api-keys.env' if k['stored'] else ''})", markup=False)
+    if not keys:
+        con.print("no keys: orch api-key create NAME, or orch up --api")
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(
+    name: str = typer.Argument(..., metavar="NAME", help="A key's name, as orch api-key list shows it."),
+    directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
+) -> None:
+    """Revoke key NAME at once: its service user is deleted in Open WebUI, and the key with it.
+
+    Example: orch api-key revoke ci-bot
+    """
+    from orchestrator.stack import api_keys
+
+    d = _stack_dir(directory)
+    api_keys.revoke(d, _webui_of(d), name)
+    render.console().print(f"revoked {name}: its key is refused from now on", markup=False)
 
 
 @app.command()

@@ -182,12 +182,18 @@ def get(url: str, timeout: float = 5.0) -> httpx.Response:
     return httpx.get(url, timeout=timeout)
 
 
-def post_json(url: str, body: dict, timeout: float = 10.0) -> httpx.Response:
-    """A POST of JSON to a service that is not Ollama (an alert webhook, OSV), its answer bounded like every other."""
+def post_json(url: str, body: dict, timeout: float = 10.0, headers: dict | None = None) -> httpx.Response:
+    """A POST of JSON to a service that is not Ollama (an alert webhook, OSV, Open WebUI's keyed API), its answer bounded
+    like every other."""
     with httpx.Client(timeout=timeout, transport=_BoundedTransport(timeout)) as session:
-        r = session.post(url, json=body)
+        r = session.post(url, json=body, headers=headers)
         r.read()
         return r
+
+
+def service(url: str, timeout: float = 30.0) -> httpx.Client:
+    """A session to a service that is not Ollama (Open WebUI's admin API), its answers bounded like every other."""
+    return httpx.Client(base_url=url, timeout=timeout, transport=_BoundedTransport(timeout))
 
 
 class Ollama:

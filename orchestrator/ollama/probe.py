@@ -66,6 +66,7 @@ class Probe:
     timeout: float = 30.0
     slow: float = 10.0
     cve_feed: str = "builtin"  # or "osv" (cve_feed.py)
+    api_key: str | None = None  # probe the keyed path too: an OpenAI chat completion through Open WebUI (orch up --api)
 
 
 class ProbeError(Exception):
@@ -98,6 +99,8 @@ def probe(p: Probe) -> Report:
             _judge_unpatched(checks, exposure)
     if p.webui:
         _run("webui", lambda: _webui(p.webui, p.timeout), checks)
+        if p.api_key:
+            _run("api", lambda: _keyed(p.webui, p.api_key, model, p.timeout), checks)
     return Report(http.url, model, checks, started, time.monotonic() - t0)
 
 
@@ -281,6 +284,26 @@ def _webui(url: str, timeout: float):
     if not ok:
         raise ProbeError(f"Open WebUI /health says {r.text[:100]}")
     return OK, "healthy", {}
+
+
+def _keyed(url: str, key: str, model: str | None, timeout: float):
+    """What a script with the key gets: an OpenAI chat completion from the model, through Open WebUI."""
+    if not model:
+        raise ProbeError("no model to ask through the keyed API: pass --model")
+    path = "/api/chat/completions"
+    r = client.post_json(url.rstrip("/") + path, {"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
+                                                  "temperature": 0, "stream": False},
+                         timeout=timeout, headers={"Authorization": f"Bearer {key}"})
+    if r.status_code in (401, 403):
+        raise ProbeError(f"Open WebUI refused the API key (HTTP {r.status_code}): it was revoked or mistyped, or keys are off "
+                         "(orch up --api; orch api-key list)")
+    try:
+        content = _json(r, path)["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ProbeError(f"{path} answered without choices[0].message.content") from None
+    if not str(content).strip():
+        raise ProbeError(f"{path} returned an empty reply")
+    return OK, f"the key reaches {model} ({len(content)} characters)", {}
 
 
 def _json(r, path: str) -> dict:

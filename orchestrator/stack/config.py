@@ -57,6 +57,7 @@ class StackPlan:
     default_model: str | None = None
     webui: bool = True  # False: Ollama alone, a headless API box
     backup: bool = True  # a backup before Open WebUI changes (its release or install), rolled back to when it fails
+    api: bool = False  # Open WebUI's API keys on, and a key for a service user (stack/api_keys.py)
     images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
 
     def __post_init__(self):
@@ -64,6 +65,8 @@ class StackPlan:
         validate_port(self.ollama_port, "--ollama-port")
         if not self.webui and self.ollama_url:
             raise BadInput("--no-webui with --host leaves nothing to start: drop one of them")
+        if self.api and not self.webui:
+            raise BadInput("--api issues keys through Open WebUI: drop --no-webui (Ollama itself has no keys)")
 
     @property
     def local_webui_url(self) -> str | None:

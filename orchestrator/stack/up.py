@@ -23,11 +23,12 @@ class UpResult:
     admin: dict
     first_start_only: list[str] = field(default_factory=list)
     registered: list[register.Registration] = field(default_factory=list)
+    api: dict | None = None  # with --api: the keyed URL, and a key the first time (shown once)
 
     def as_dict(self) -> dict:
         return {"runtime": self.runtime, "env": str(self.env), "urls": self.urls, "admin": self.admin,
                 "first_start_only": self.first_start_only, "registered": [r.as_dict() for r in self.registered],
-                "health": self.health.as_dict()}
+                "health": self.health.as_dict(), "api": self.api}
 
 
 def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
@@ -60,7 +61,13 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
     registered = [_register(mf, name, ollama, reporter) for mf, name in built_models() if name not in have]
     report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = read_env(started.env) if plan.webui else {}
-    return UpResult(runtime.name, started.env, report,
+    api = None
+    if plan.api and not report.failed:
+        from orchestrator.stack import api_keys
+
+        key = api_keys.ensure(plan.directory, plan.local_webui_url)  # after registration: the new models are granted too
+        api = {"url": f"{plan.local_webui_url}/api", "key": key, "keys_file": str(plan.directory / api_keys.KEYS_FILE)}
+    return UpResult(runtime.name, started.env, report, api=api,
                     urls={"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
                     admin={"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if started.created_secrets else None},
                     first_start_only=[k for k in started.changed if k in FIRST_START_ONLY], registered=registered)
