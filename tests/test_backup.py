@@ -177,13 +177,13 @@ class WebUI:
 
 def broken_webui(where: Path) -> Path:
     """An Open WebUI install whose start exits at once: the new release that does not come up."""
-    from orchestrator.stack.native import WEBUI_PACKAGE
+    from orchestrator.stack.native import webui_package
 
     (where / "bin").mkdir(parents=True)
     exe = where / "bin" / "open-webui"
     exe.write_text("#!/bin/sh\necho 'Traceback: alembic migration failed (this install is broken on purpose)' >&2\nexit 3\n")
     exe.chmod(0o755)
-    (where / ".orch-installed").write_text(WEBUI_PACKAGE + "\n")
+    (where / ".orch-installed").write_text(webui_package() + "\n")
     return where
 
 
@@ -230,5 +230,69 @@ def test_backup_restore_and_a_failed_upgrade_rolled_back_with_the_real_stack(rea
         assert str(venv / "bin" / "open-webui") in (stack / "supervisord.conf").read_text(), "the old Open WebUI runs again"
         assert WebUI(url, stack).chats() == ["a chat deleted after the backup", "北京的天气"]
         assert json.loads((stack / native.WEBUI_RECORD).read_text())["exe"] == str(venv / "bin" / "open-webui")
+    finally:
+        orch("down", "--dir", str(stack), check=False)
+
+
+OLDER = "0.12.3"  # the release before the pinned one: the upgrade a user of orch gets when orch moves its pin
+
+
+@pytest.mark.timeout(2400)
+def test_an_upgrade_between_two_real_releases_keeps_the_chats_even_when_orch_is_killed_during_it(
+        real_ollama_on_path, tiny_build, isolated_home, webui_env, tmp_path, monkeypatch):
+    """Open WebUI 0.12.3, then orch up with the pinned 0.12.4: a backup first, the chats survive the migration, and a
+    kill -9 of orch in the middle of the upgrade is followed by an orch up that converges."""
+    import signal
+    import subprocess
+    import time
+
+    from orchestrator.stack import native
+    from support import ORCH
+
+    older_venv = webui_env.with_name(f"{webui_env.name}-{OLDER}")  # cached beside the pinned one
+    monkeypatch.setenv(native.VERSION_ENV, OLDER)
+    monkeypatch.setenv(native.VENV_ENV, str(older_venv))
+    shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")
+    stack, port = tmp_path / "stack", free_port()
+    up = ["up", "--runtime", "native", "--offline", "--bind", "127.0.0.1", "--port", str(port), "--ollama-port", str(free_port()),
+          "--dir", str(stack), "--wait", "300"]
+    url = f"http://127.0.0.1:{port}"
+
+    def version() -> str:
+        return httpx.get(f"{url}/api/version", timeout=30).json()["version"]
+
+    try:
+        orch(*up, timeout=2000)
+        assert version() == OLDER and json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={OLDER}"
+        webui = WebUI(url, stack)
+        for title in ("升级前的对话", "a chat from before the upgrade"):
+            webui.new_chat(title)
+        before = webui.chats()
+
+        monkeypatch.delenv(native.VERSION_ENV)
+        monkeypatch.setenv(native.VENV_ENV, str(webui_env))
+        upgrading = subprocess.Popen([str(ORCH), *up], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not list((stack / "backups").glob("*-before-upgrade.tar.gz")):  # the backup is complete once it has its name
+                assert upgrading.poll() is None, upgrading.communicate()
+                assert time.monotonic() < deadline, "no backup before the upgrade"
+                time.sleep(0.1)
+            upgrading.send_signal(signal.SIGKILL)  # orch dies mid-upgrade: supervisord and the services go on
+        finally:
+            upgrading.communicate()
+        assert upgrading.returncode == -signal.SIGKILL
+        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={OLDER}", "killed before it finished"
+
+        again = orch(*up, timeout=1400)  # converges: the new release runs, and nothing was lost
+        assert "Open WebUI changes (open-webui==0.12.3 -> open-webui==" in again.stderr
+        assert version() == WEBUI_VERSION
+        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={WEBUI_VERSION}"
+        assert WebUI(url, stack).chats() == before
+        taken = sorted((stack / "backups").glob("*-before-upgrade.tar.gz"))
+        with tarfile.open(taken[0]) as tar:
+            manifest = json.loads(tar.extractfile("manifest.json").read())
+        assert manifest["open_webui"] == f"open-webui=={OLDER}", "the first backup holds the data as the old release left it"
+        assert not list(stack.glob(".backup-*")) and not list((stack / "backups").glob(".backup-*")), "nothing half-written"
     finally:
         orch("down", "--dir", str(stack), check=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typing import Iterator
 import psutil
 
 from orchestrator import paths
-from orchestrator.errors import OrchError
+from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
 from orchestrator.ollama import client, install
@@ -34,21 +35,33 @@ from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, cha
 from orchestrator.stack.runtime import ServiceState, Started
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
-WEBUI_PACKAGE = f"open-webui=={WEBUI_VERSION}"
-VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv]
+VERSION_ENV = "ORCH_WEBUI_VERSION"  # another Open WebUI release than the pinned one (held back, or tried ahead)
+VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv-VERSION]
 PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
 
 
 WEBUI_RECORD = "open-webui.json"  # which Open WebUI the stack runs: its package and executable
 
 
+def webui_version() -> str:
+    """The pinned release, unless $ORCH_WEBUI_VERSION names another (orch's tests run the pinned one)."""
+    version = os.environ.get(VERSION_ENV) or WEBUI_VERSION
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+){1,3}", version):
+        raise BadInput(f"{VERSION_ENV}={version!r} is not an Open WebUI release such as {WEBUI_VERSION}")
+    return version
+
+
+def webui_package() -> str:
+    return f"open-webui=={webui_version()}"
+
+
 def webui_venv() -> Path:
     """One virtualenv per Open WebUI release, so that the one before an upgrade is still there to roll back to."""
-    return Path(os.environ.get(VENV_ENV) or paths.data_home() / f"open-webui-venv-{WEBUI_VERSION}")
+    return Path(os.environ.get(VENV_ENV) or paths.data_home() / f"open-webui-venv-{webui_version()}")
 
 
 def webui_record(exe: Path) -> dict:
-    return {"package": WEBUI_PACKAGE, "exe": str(exe)}
+    return {"package": webui_package(), "exe": str(exe)}
 
 
 def installed_webui(directory: Path) -> dict | None:
@@ -65,18 +78,19 @@ def ensure_webui(reporter: Reporter) -> Path:
     venv = webui_venv()
     exe = venv / "bin" / "open-webui"
     marker = venv / ".orch-installed"
-    if exe.is_file() and marker.is_file() and marker.read_text().strip() == WEBUI_PACKAGE:
+    package = webui_package()
+    if exe.is_file() and marker.is_file() and marker.read_text().strip() == package:
         return exe
-    reporter.note(f"installing {WEBUI_PACKAGE} into {venv} (once; several minutes)")
+    reporter.note(f"installing {package} into {venv} (once; several minutes)")
     if not (venv / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     log = venv / "install.log"
     with open(log, "ab") as out:
-        for requirement in [r for r in os.environ.get(PREINSTALL_ENV, "").split() if r] + [WEBUI_PACKAGE]:
+        for requirement in [r for r in os.environ.get(PREINSTALL_ENV, "").split() if r] + [package]:
             if subprocess.run([*pip, requirement], stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise OrchError(f"pip could not install {requirement} into {venv}: see {log} (a PyPI mirror can be set with PIP_INDEX_URL)")
-    marker.write_text(WEBUI_PACKAGE + "\n")
+    marker.write_text(package + "\n")
     return exe
 
 
@@ -319,8 +333,8 @@ class NativeRuntime:
         upgrade = exe is not None and running_now is not None and running_now != webui_record(exe)
         if upgrade and plan.backup and (plan.directory / backup.DATA).is_dir():
             taken = backup.create(plan.directory, backup.default_path(plan.directory / "backups", "before-upgrade"),
-                                  open_webui=running_now["package"], reason=f"before {running_now['package']} -> {WEBUI_PACKAGE}")
-            reporter.note(f"Open WebUI changes ({running_now['package']} -> {WEBUI_PACKAGE}): backed up first to {taken}")
+                                  open_webui=running_now["package"], reason=f"before {running_now['package']} -> {webui_package()}")
+            reporter.note(f"Open WebUI changes ({running_now['package']} -> {webui_package()}): backed up first to {taken}")
             backup.prune(plan.directory / "backups")
         supervisor = Supervisor(plan.directory)
         self._apply(plan, wanted, supervisor, reporter)
@@ -333,7 +347,7 @@ class NativeRuntime:
             if not upgrade:
                 raise
             self._roll_back(plan, running_now, taken, supervisor, wait, reporter)
-            raise OrchError(f"Open WebUI {WEBUI_PACKAGE} did not become healthy ({e}); rolled back to {running_now['package']}"
+            raise OrchError(f"Open WebUI {webui_package()} did not become healthy ({e}); rolled back to {running_now['package']}"
                             + (f" and the data as it was before ({taken})" if taken else " (no backup was taken: --no-backup)")
                             + ": orch logs open-webui") from None
         if exe is not None:
