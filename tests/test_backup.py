@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
+import sys
 import tarfile
 from pathlib import Path
 
@@ -146,6 +148,60 @@ def test_orch_up_keeps_the_last_five_backups_taken_before_upgrades(tmp_path):
     gone = backup.prune(stack / "backups")
     assert [p.name[12:20] for p in gone] == ["20261200", "20261201"]
     assert manual.is_file() and len(list((stack / "backups").glob("*before-upgrade*"))) == 5
+
+
+# --- the Docker runtime: its data in a volume, read through the engine (a double of it: no engine runs here) ---------
+
+@pytest.fixture
+def docker_stack(tmp_path, monkeypatch):
+    """A Docker stack as orch up leaves it, its Open WebUI volume holding chats still in the write-ahead log."""
+    stack = make_stack(tmp_path / "stack", ["第一次对话", "second chat"])
+    StackRecord("docker", "http://127.0.0.1:9", "http://127.0.0.1:3000").save(stack)
+    (stack / "compose.yaml").write_text("services: {}\n")
+    volume = tmp_path / "volumes" / "orch_open-webui"
+    volume.parent.mkdir()
+    shutil.move(stack / backup.DATA, volume)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).with_name('docker_double.py')} \"$@\"\n")
+    (bin_dir / "docker").chmod(0o755)
+    state = tmp_path / "engine-state"
+    state.write_text("running\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_DOUBLE_VOLUME", str(volume))
+    monkeypatch.setenv("DOCKER_DOUBLE_STATE", str(state))
+    return stack, volume, state
+
+
+def test_a_docker_stack_is_backed_up_through_the_container_and_restored_into_its_volume(docker_stack):
+    stack, volume, state = docker_stack
+    writer = sqlite3.connect(volume / backup.DATABASE)  # Open WebUI writing: a chat in the WAL, not yet in webui.db
+    writer.execute("INSERT INTO chat VALUES ('9', 'still in the WAL')")
+    writer.commit()
+    try:
+        made = orch("backup", "--dir", str(stack))
+    finally:
+        writer.close()
+    archive = Path(made.stdout.split(" to ", 1)[1].split(" (", 1)[0])
+    calls = [json.loads(line) for line in Path(f"{state}.log").read_text().splitlines()]
+    assert any(c[-3:-1] == ["python3", "-c"] and "backup" in c[-1] for c in calls), "the database is copied by SQLite inside the container"
+    assert not list((volume.parent / "container-tmp").glob("*")) and not list(stack.glob(".backup-copy-*")), "no copy left behind"
+
+    with sqlite3.connect(volume / backup.DATABASE) as db:
+        db.execute("DELETE FROM chat")
+    (volume / "uploads" / "notes.txt").unlink()
+    refused = orch("restore", str(archive), "--dir", str(stack), check=False)
+    assert refused.returncode == 1 and "is running: stop it first with orch down" in refused.stderr
+    orch("down", "--dir", str(stack))
+    orch("restore", str(archive), "--dir", str(stack))
+    db = sqlite3.connect(volume / backup.DATABASE)
+    try:
+        assert [t for (t,) in db.execute("SELECT title FROM chat ORDER BY id")] == ["第一次对话", "second chat", "still in the WAL"]
+    finally:
+        db.close()
+    assert (volume / "uploads" / "notes.txt").read_text() == "用户上传的文件\n"
+    assert not (stack / backup.DATA).exists(), "the data went back into the volume, not beside the stack"
+    assert (stack / ".env").is_file() and stat.S_IMODE(archive.stat().st_mode) == 0o600
 
 
 # --- the native stack for real ----------------------------------------------------------------------------------------

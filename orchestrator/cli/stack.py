@@ -374,16 +374,24 @@ def backup_cmd(
 
     d = _stack_dir(directory)
     rt, record = runtime.load(d)
-    if rt.name != "native":
-        raise OrchError(f"orch backup reads Open WebUI's data from the stack directory, which the {rt.name} runtime keeps in a "
-                        "volume: back the volume up with your container tools (README: Backups and upgrades)")
+    if rt.name not in ("native", "docker"):
+        raise OrchError(f"orch backup does not know the {rt.name} runtime: see README, Backups and upgrades")
     with Ollama(record.ollama_url, timeout=10) as server:
         try:
             models = [{"name": m.model, "digest": m.digest} for m in server.api.list().models]
         except Exception:  # noqa: BLE001  Ollama down: the backup is still worth having, without the list
             models = []
-    running = installed_webui(d) or {}
-    path = backup.create(d, out.resolve() if out else None, models=models, open_webui=running.get("package", ""))
+    target = out.resolve() if out else None
+    if rt.name == "docker":  # the data is in a volume: copied out of the running container first
+        import tempfile
+
+        from orchestrator.stack.config import WEBUI_IMAGE
+
+        with tempfile.TemporaryDirectory(dir=d, prefix=".backup-copy-") as tmp:
+            rt.copy_webui_data(d, Path(tmp) / "data")
+            path = backup.create(d, target, models=models, open_webui=WEBUI_IMAGE, data=Path(tmp) / "data")
+    else:
+        path = backup.create(d, target, models=models, open_webui=(installed_webui(d) or {}).get("package", ""))
     render.console().print(f"backed up {d} to {path} ({path.stat().st_size / 1e6:.1f} MB, {len(models)} models listed)",
                            markup=False, soft_wrap=True)
 
@@ -408,9 +416,15 @@ def restore_cmd(
         render.console().print(f"restored {archive} ({manifest.created}) into {webui_data}: start Open WebUI again",
                                markup=False, soft_wrap=True)
         return
+    from orchestrator.stack import choice as runtime
+
     d = _stack_dir(directory)
-    if Supervisor(d).running():
-        raise OrchError(f"the stack in {d} is running: stop it first with orch down --dir {d}, then restore")
-    manifest = backup.restore(archive, d)
+    rt = runtime.load(d)[0] if (d / "stack.json").is_file() else None
+    if rt is not None and rt.name == "docker":
+        manifest = backup.restore(archive, d, put_data=lambda data: rt.restore_webui_data(d, data))
+    else:
+        if Supervisor(d).running():
+            raise OrchError(f"the stack in {d} is running: stop it first with orch down --dir {d}, then restore")
+        manifest = backup.restore(archive, d)
     render.console().print(f"restored {archive} ({manifest.created}, {len(manifest.files)} files) into {d}: start it with orch up",
                            markup=False, soft_wrap=True)

@@ -75,18 +75,19 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
            reason: str = "orch backup", data: Path | None = None, label: str = "manual") -> Path:
     """Write a backup to `out` (a file, or a folder for a dated name; the stack's backups/ by default); it appears only
     when complete, its dated name ending in `label` (manual, scheduled, before-upgrade: what prune tells apart).
-    `data` is Open WebUI's data directory mounted on its own (a Kubernetes volume), in place of a stack's."""
-    if data is not None:
+    `data` is Open WebUI's data directory when it is not the stack's own (a copy out of a Docker volume, a Kubernetes
+    volume); with no `directory`, WEBUI_SECRET_KEY in the environment says which stack it is."""
+    if data is not None and directory is None:
         ident = data_id()
         if ident is None:
             raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is tied to its stack by that key "
                            "(the CronJob takes it from the open-webui Secret)")
-        if not (data / DATABASE).is_file():
-            raise BadInput(f"{data} holds no {DATABASE}: pass --webui-data with Open WebUI's DATA_DIR")
     else:
         ident = stack_id(directory)
         if ident is None:
             raise OrchError(f"{directory} holds no stack to back up (no .env): run orch up first, or pass --dir")
+    if data is not None and not (data / DATABASE).is_file():
+        raise BadInput(f"{data} holds no {DATABASE}: pass --webui-data with Open WebUI's DATA_DIR")
     if out is None or out.is_dir():
         out = default_path(out or directory / "backups", label)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,12 +171,17 @@ def read(archive: Path, into: Path, current: str | None = None) -> Manifest:
     return manifest
 
 
-def restore(archive: Path, directory: Path) -> Manifest:
-    """Put a checked backup in place of the stack's data and settings; the stack must be stopped."""
+def restore(archive: Path, directory: Path, put_data=None) -> Manifest:
+    """Put a checked backup in place of the stack's data and settings; the stack must be stopped. `put_data`, when
+    given, puts Open WebUI's data where the runtime keeps it (a Docker volume) from the unpacked directory."""
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".restore-") as tmp:
         unpacked = Path(tmp) / "backup"
         manifest = read(archive, unpacked, stack_id(directory))
+        if put_data is not None:
+            if (unpacked / DATA).is_dir():
+                put_data(unpacked / DATA)
+            shutil.rmtree(unpacked / DATA, ignore_errors=True)
         put_back(unpacked, directory, Path(tmp) / "previous")
     return manifest
 

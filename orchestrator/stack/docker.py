@@ -16,6 +16,11 @@ from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started
 
 PROJECT = "orch"
+WEBUI_DATA = "/app/backend/data"  # Open WebUI's DATA_DIR in its container: the open-webui volume
+SNAPSHOT = "/tmp/orch-backup-webui.db"  # the database's consistent copy, made inside the container
+# run by the container's own Python: SQLite's online backup API, so a backup taken while Open WebUI writes is consistent
+SNAPSHOT_SCRIPT = ("import sqlite3; s = sqlite3.connect('file:" + WEBUI_DATA + "/webui.db?mode=ro', uri=True, timeout=30); "
+                   "d = sqlite3.connect('" + SNAPSHOT + "'); s.backup(d); d.close(); s.close()")
 
 
 class Compose:
@@ -101,6 +106,31 @@ class DockerRuntime:
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         yield from stream(self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or [])))
+
+    def copy_webui_data(self, directory: Path, into: Path) -> None:
+        """Open WebUI's data out of its running container into `into`: the database through SQLite's backup API inside
+        the container, everything else with docker compose cp."""
+        c = self._compose(directory)
+        if "open-webui" not in {r.get("Service") for r in c.running()}:
+            raise OrchError("Open WebUI is not running, and its data is in a Docker volume: start it with orch up, then back up")
+        c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
+        try:
+            into.mkdir(parents=True, exist_ok=True)
+            c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
+            for live in into.glob("webui.db*"):  # the live files, possibly mid-write: the snapshot replaces them
+                live.unlink()
+            c.run("cp", f"open-webui:{SNAPSHOT}", str(into / "webui.db"))
+        finally:
+            c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
+
+    def restore_webui_data(self, directory: Path, data: Path) -> None:
+        """Put `data` (a checked backup's) into the open-webui volume, with the stack stopped: a one-off container of the
+        same image mounts the volume and the backup, and swaps the volume's contents."""
+        c = self._compose(directory)
+        if c.running():
+            raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
+        c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{data}:/orch-restore:ro", "open-webui", "-c",
+              f"find {WEBUI_DATA} -mindepth 1 -delete && cp -a /orch-restore/. {WEBUI_DATA}/")
 
 
 def _ports_free(plan: StackPlan, held: set) -> None:
