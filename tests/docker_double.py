@@ -46,11 +46,11 @@ def compose(args: list[str]) -> int:
         if not running():
             print("service \"open-webui\" is not running", file=sys.stderr)
             return 1
-        command = [a for a in rest if a != "-T"][1:]  # the service name, then the command
+        command = [mapped(a) for a in rest if a != "-T"][1:]  # the service name, then the command
         CONTAINER_TMP.mkdir(exist_ok=True)
-        if command[0] == "python3":
+        if command[0] == "python3":  # the container's Python: this one (after mapping: its own path may be under /tmp)
             command[0] = sys.executable
-        return subprocess.run([mapped(a) for a in command]).returncode
+        return subprocess.run(command).returncode
     elif verb == "cp":
         source, dest = rest
         source = mapped(source.split(":", 1)[1])
