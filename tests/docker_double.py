@@ -5,7 +5,10 @@ It answers `docker info`, `compose version`, `compose ps`, and, for the service
 open-webui, `compose exec`, `compose cp` and `compose run` as the engine would,
 with the container's paths mapped onto directories: its data volume
 (/app/backend/data) is $DOCKER_DOUBLE_VOLUME, its /tmp a directory beside it.
-Whether the stack runs is the word in $DOCKER_DOUBLE_STATE (running or stopped).
+$DOCKER_DOUBLE_STATE (JSON) says which services run and on which Open WebUI image;
+`compose up -d` starts what compose.yaml names. An image named by
+$DOCKER_DOUBLE_BROKEN_IMAGE is a release whose start fails its health check
+after its migration damaged the database (it drops the chat table).
 Every call is appended to $DOCKER_DOUBLE_STATE.log, so a test can read what orch ran.
 """
 
@@ -15,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -30,18 +34,45 @@ def mapped(text: str, extra: dict[str, str] | None = None) -> str:
     return re.sub("|".join(re.escape(k) for k in sorted(table, key=len, reverse=True)), lambda m: table[m.group(0)], text)
 
 
-def running() -> bool:
-    return STATE.read_text().strip() == "running"
+def state() -> dict:
+    return json.loads(STATE.read_text())
+
+
+def save(new: dict) -> None:
+    STATE.write_text(json.dumps(new))
+
+
+def running(service: str = "open-webui") -> bool:
+    return service in state()["running"]
+
+
+def health(service: str) -> str:
+    broken = os.environ.get("DOCKER_DOUBLE_BROKEN_IMAGE")
+    return "unhealthy" if service == "open-webui" and broken and state()["image"] == broken else "healthy"
 
 
 def compose(args: list[str]) -> int:
+    compose_file = None
     while args and args[0] in ("--project-name", "--project-directory", "-f"):
+        compose_file = args[1] if args[0] == "-f" else compose_file
         args = args[2:]
     verb, rest = args[0], args[1:]
     if verb == "version":
         print("2.30.0")
     elif verb == "ps":
-        print(json.dumps([{"Service": s, "State": "running", "Health": "healthy"} for s in ("ollama", "open-webui")]) if running() else "")
+        print(json.dumps([{"Service": s, "State": "running", "Health": health(s)} for s in state()["running"]]))
+    elif verb == "up":
+        import yaml
+
+        services = yaml.safe_load(Path(compose_file).read_text())["services"]
+        save({"running": sorted(services), "image": services.get("open-webui", {}).get("image")})
+        if health("open-webui") == "unhealthy":  # the bad release's migration, run at its start
+            db = sqlite3.connect(VOLUME / "webui.db")
+            db.execute("DROP TABLE IF EXISTS chat")
+            db.commit()
+            db.close()
+    elif verb == "stop":
+        save(state() | {"running": [s for s in state()["running"] if s not in rest]})
     elif verb == "exec":
         if not running():
             print("service \"open-webui\" is not running", file=sys.stderr)
@@ -78,7 +109,7 @@ def compose(args: list[str]) -> int:
                 break
         return subprocess.run([mapped(a, volumes) for a in command]).returncode
     elif verb == "down":
-        STATE.write_text("stopped\n")
+        save(state() | {"running": []})
     else:
         print(f"docker double: compose {verb} is not simulated", file=sys.stderr)
         return 2

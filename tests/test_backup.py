@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.errors import OrchError
 from orchestrator.files import sha256_file
 from orchestrator.stack import backup
 from orchestrator.stack.config import WEBUI_VERSION, read_env, write_env
@@ -166,7 +168,7 @@ def docker_stack(tmp_path, monkeypatch):
     (bin_dir / "docker").write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).with_name('docker_double.py')} \"$@\"\n")
     (bin_dir / "docker").chmod(0o755)
     state = tmp_path / "engine-state"
-    state.write_text("running\n")
+    state.write_text(json.dumps({"running": ["ollama", "open-webui"], "image": "ghcr.io/open-webui/open-webui:v0.12.3"}))
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("DOCKER_DOUBLE_VOLUME", str(volume))
     monkeypatch.setenv("DOCKER_DOUBLE_STATE", str(state))
@@ -202,6 +204,46 @@ def test_a_docker_stack_is_backed_up_through_the_container_and_restored_into_its
     assert (volume / "uploads" / "notes.txt").read_text() == "用户上传的文件\n"
     assert not (stack / backup.DATA).exists(), "the data went back into the volume, not beside the stack"
     assert (stack / ".env").is_file() and stat.S_IMODE(archive.stat().st_mode) == 0o600
+
+
+def chat_titles(database: Path) -> list[str]:
+    db = sqlite3.connect(database)
+    try:
+        return [t for (t,) in db.execute("SELECT title FROM chat ORDER BY id")]
+    except sqlite3.OperationalError as e:  # the table a bad migration dropped
+        return [f"unreadable: {e}"]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("starts", [True, False], ids=["the new image starts", "the new image fails its health check"])
+def test_a_docker_image_change_is_backed_up_first_and_a_failed_one_rolled_back(docker_stack, monkeypatch, starts):
+    """The pinned image replacing an older one: the volume is backed up from the running container first; a new image
+    that fails (after its migration damaged the database) gives way to the old one, on the data as it was."""
+    from orchestrator.events import SILENT
+    from orchestrator.stack.config import WEBUI_IMAGE, StackPlan
+    from orchestrator.stack.docker import WEBUI_RECORD, DockerRuntime
+
+    stack, volume, state = docker_stack
+    old = json.loads(state.read_text())["image"]
+    (stack / WEBUI_RECORD).write_text(json.dumps({"image": old}))
+    if not starts:
+        monkeypatch.setenv("DOCKER_DOUBLE_BROKEN_IMAGE", WEBUI_IMAGE)
+    plan = StackPlan(stack, bind="127.0.0.1", port=free_port(), ollama_port=free_port())
+    if starts:
+        DockerRuntime().up(plan, wait=30, reporter=SILENT)
+    else:
+        with pytest.raises(OrchError, match=rf"Open WebUI {re.escape(WEBUI_IMAGE)} did not become healthy .*; "
+                                            rf"rolled back to {re.escape(old)} and the data as it was before"):
+            DockerRuntime().up(plan, wait=30, reporter=SILENT)
+    (taken,) = sorted((stack / "backups").glob("*-before-upgrade.tar.gz"))
+    with tarfile.open(taken) as tar:
+        assert json.loads(tar.extractfile("manifest.json").read())["open_webui"] == old
+    runs = json.loads(state.read_text())
+    assert runs["image"] == (WEBUI_IMAGE if starts else old) and "open-webui" in runs["running"]
+    assert json.loads((stack / WEBUI_RECORD).read_text())["image"] == runs["image"], "the record names what runs healthy"
+    assert f"image: {runs['image']}" in (stack / "compose.yaml").read_text()
+    assert chat_titles(volume / backup.DATABASE) == ["第一次对话", "second chat"]
 
 
 # --- the native stack for real ----------------------------------------------------------------------------------------

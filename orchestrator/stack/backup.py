@@ -237,6 +237,13 @@ def put_back(unpacked: Path, directory: Path, previous: Path) -> None:
         raise OrchError(f"could not restore into {directory}: {e}; the stack's data is as it was") from None
 
 
+def rolled_back(new: str, old: str, taken: Path | None, cause: Exception) -> OrchError:
+    """The one line after an upgrade that failed and was rolled back, the same for every runtime."""
+    return OrchError(f"Open WebUI {new} did not become healthy ({cause}); rolled back to {old}"
+                     + (f" and the data as it was before ({taken})" if taken else " (no backup was taken: --no-backup, or there was no data yet)")
+                     + ": orch logs open-webui")
+
+
 def prune(folder: Path, keep: int = KEEP, label: str = "before-upgrade") -> list[Path]:
     """Delete all but the newest `keep` backups orch took with `label` (before upgrades, on a schedule) in `folder`;
     those a person took by hand are never deleted. Returns the ones deleted."""

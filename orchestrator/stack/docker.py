@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
-from orchestrator.stack import compose, preflight
+from orchestrator.files import write_text
+from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import StackPlan
 from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started
 
 PROJECT = "orch"
+WEBUI_RECORD = "open-webui.json"  # the Open WebUI image the stack last ran healthy: what an upgrade is measured from
 WEBUI_DATA = "/app/backend/data"  # Open WebUI's DATA_DIR in its container: the open-webui volume
 SNAPSHOT = "/tmp/orch-backup-webui.db"  # the database's consistent copy, made inside the container
 # run by the container's own Python: SQLite's online backup API, so a backup taken while Open WebUI writes is consistent
@@ -63,6 +67,20 @@ class Compose:
                 time.sleep(2)
 
 
+def running_webui_image(directory: Path) -> str | None:
+    """The Open WebUI image the stack last ran healthy (open-webui.json), else the one its compose.yaml names."""
+    import yaml
+
+    try:
+        return json.loads((directory / WEBUI_RECORD).read_text())["image"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return yaml.safe_load((directory / "compose.yaml").read_text())["services"]["open-webui"]["image"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
 class DockerRuntime:
     name = "docker"
 
@@ -89,11 +107,46 @@ class DockerRuntime:
         preflight.disk(Path(info["root"]) if info["root"] else plan.directory)
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
+        """Render and start the stack. When Open WebUI's image changes, its data is backed up first (from the running
+        container), and if the new image does not become healthy, the old one runs again on the data as it was."""
         runner = Compose(preflight.docker_binary(), plan.directory)
+        old_image, new_image = running_webui_image(plan.directory), plan.images["open-webui"] if plan.webui else None
+        upgrade = old_image is not None and new_image is not None and old_image != new_image
+        taken = None
+        if upgrade and plan.backup and "open-webui" in {r.get("Service") for r in runner.running()}:
+            taken = self._backup_before(plan.directory, old_image, new_image)
+            reporter.note(f"Open WebUI changes ({old_image} -> {new_image}): backed up first to {taken}")
+            backup.prune(plan.directory / "backups")
         env, created, changed, doc = compose.write_stack(plan)
         runner.run("up", "-d", "--remove-orphans")
-        runner.wait_healthy(list(doc["services"]), wait, reporter)
+        try:
+            runner.wait_healthy(list(doc["services"]), wait, reporter)
+        except OrchError as e:
+            if not upgrade:
+                raise
+            self._roll_back(plan, old_image, taken, runner, wait, reporter)
+            raise backup.rolled_back(new_image, old_image, taken, e) from None
+        if new_image is not None:
+            write_text(plan.directory / WEBUI_RECORD, json.dumps({"image": new_image}, indent=2) + "\n")
         return Started(env, created, changed)
+
+    def _backup_before(self, directory: Path, old_image: str, new_image: str) -> Path:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-copy-") as tmp:
+            self.copy_webui_data(directory, Path(tmp) / "data")
+            return backup.create(directory, backup.default_path(directory / "backups", "before-upgrade"), open_webui=old_image,
+                                 reason=f"before {old_image} -> {new_image}", data=Path(tmp) / "data")
+
+    def _roll_back(self, plan: StackPlan, old_image: str, taken: Path | None, runner: Compose, wait: float,
+                   reporter: Reporter) -> None:
+        """The image that ran before, on the data from the backup taken before the change."""
+        reporter.note(f"rolling back to {old_image}", level="warning")
+        previous = replace(plan, images=plan.images | {"open-webui": old_image})
+        compose.write_stack(previous)
+        runner.run("stop", "open-webui", check=False)
+        if taken is not None:
+            backup.restore(taken, plan.directory, put_data=lambda data: self.restore_webui_data(plan.directory, data))
+        runner.run("up", "-d", "--remove-orphans")
+        runner.wait_healthy(["open-webui"], wait, reporter)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         self._compose(directory).run("down", *(["--volumes"] if volumes else []))
@@ -124,10 +177,10 @@ class DockerRuntime:
             c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
 
     def restore_webui_data(self, directory: Path, data: Path) -> None:
-        """Put `data` (a checked backup's) into the open-webui volume, with the stack stopped: a one-off container of the
-        same image mounts the volume and the backup, and swaps the volume's contents."""
+        """Put `data` (a checked backup's) into the open-webui volume, with Open WebUI stopped: a one-off container of
+        the same image mounts the volume and the backup, and swaps the volume's contents."""
         c = self._compose(directory)
-        if c.running():
+        if "open-webui" in {r.get("Service") for r in c.running()}:
             raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
         c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{data}:/orch-restore:ro", "open-webui", "-c",
               f"find {WEBUI_DATA} -mindepth 1 -delete && cp -a /orch-restore/. {WEBUI_DATA}/")

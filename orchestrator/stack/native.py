@@ -347,9 +347,7 @@ class NativeRuntime:
             if not upgrade:
                 raise
             self._roll_back(plan, running_now, taken, supervisor, wait, reporter)
-            raise OrchError(f"Open WebUI {webui_package()} did not become healthy ({e}); rolled back to {running_now['package']}"
-                            + (f" and the data as it was before ({taken})" if taken else " (no backup was taken: --no-backup)")
-                            + ": orch logs open-webui") from None
+            raise backup.rolled_back(webui_package(), running_now["package"], taken, e) from None
         if exe is not None:
             write_text(plan.directory / WEBUI_RECORD, json.dumps(webui_record(exe), indent=2) + "\n")
         return Started(env_path, created, changed)
