@@ -5,28 +5,32 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 
 
-def run_watched(cmd: list[str], *, watch: Path | None, expected_bytes: int | None, what: str, log: Path,
+def run_watched(cmd: list[str], *, watch: Path | Callable[[], int] | None, expected_bytes: int | None, what: str, log: Path,
                 reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None, unit: str = "bytes") -> None:
     """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress (none: a spinner).
 
-    A child whose output does not grow can count in other units by appending
-    a byte per unit (a token scored, say) to a file of its own as `watch`.
+    `watch` is a file whose size is the work done, or a function that measures
+    it (a download whose file moves). A child whose output does not grow can
+    count in other units by appending a byte per unit (a token scored, say) to
+    a file of its own as `watch`.
 
     A child process keeps Ctrl-C and kill prompt (a C call in this process
     would hold them until it returns) and keeps llama.cpp's memory out of ours.
     """
+    done = watch if callable(watch) else (lambda: watch.stat().st_size if watch is not None and watch.exists() else 0)
     log.parent.mkdir(parents=True, exist_ok=True)
     with reporter.task(what, total=expected_bytes, unit=unit) as task, open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
         try:
             while proc.poll() is None:
-                if watch is not None and expected_bytes and watch.exists():
-                    task.update(completed=min(watch.stat().st_size, int(expected_bytes * 0.99)))
+                if watch is not None and expected_bytes:
+                    task.update(completed=min(done(), int(expected_bytes * 0.99)))
                 time.sleep(0.2)
         except BaseException:
             proc.kill()

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import paths
+from orchestrator.builder.llamacpp.process import last_error_line, run_watched
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import sha256_file
@@ -101,24 +100,17 @@ def _obtain_sdist(tmp: Path, reporter: Reporter) -> Path:
            "--disable-pip-version-check", "-q", "-d", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
     scratch = tmp / "pip-tmp"  # pip downloads into a temporary directory first: its growth there is the bar
     scratch.mkdir()
-    with reporter.task("download llama.cpp (sdist)", total=SDIST_BYTES) as task, \
-            tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors, env=os.environ | {"TMPDIR": str(scratch)})
-        try:
-            while proc.poll() is None:
-                task.update(completed=min(_sdist_bytes(tmp), int(SDIST_BYTES * 0.99)))
-                time.sleep(0.2)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
+    log = tmp / "pip.log"
+    try:
+        run_watched(cmd, watch=lambda: _sdist_bytes(tmp), expected_bytes=SDIST_BYTES, what="download llama.cpp (sdist)", log=log,
+                    reporter=reporter, env=os.environ | {"TMPDIR": str(scratch)})
+        failure = None
+    except OrchError:
+        failure = last_error_line(log)
     found = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
-    if proc.returncode != 0 or not found:
-        last = (stderr.strip().splitlines() or ["no output"])[-1]
+    if failure or not found:
         raise OrchError(
-            f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({last}): "
+            f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({failure or 'pip wrote no sdist'}): "
             f"set PIP_INDEX_URL to a reachable PyPI mirror, or {ENV_SDIST} to a downloaded sdist, or --llama-cpp to a llama.cpp tree"
         )
     return found[0]
