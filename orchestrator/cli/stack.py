@@ -374,8 +374,6 @@ def backup_cmd(
 
     d = _stack_dir(directory)
     rt, record = runtime.load(d)
-    if rt.name not in ("native", "docker"):
-        raise OrchError(f"orch backup does not know the {rt.name} runtime: see README, Backups and upgrades")
     with Ollama(record.ollama_url, timeout=10) as server:
         try:
             models = [{"name": m.model, "digest": m.digest} for m in server.api.list().models]
@@ -383,13 +381,10 @@ def backup_cmd(
             models = []
     target = out.resolve() if out else None
     if rt.name == "docker":  # the data is in a volume: copied out of the running container first
-        import tempfile
+        from orchestrator.stack.docker import running_webui_image
 
-        from orchestrator.stack.config import WEBUI_IMAGE
-
-        with tempfile.TemporaryDirectory(dir=d, prefix=".backup-copy-") as tmp:
-            rt.copy_webui_data(d, Path(tmp) / "data")
-            path = backup.create(d, target, models=models, open_webui=WEBUI_IMAGE, data=Path(tmp) / "data")
+        with rt.webui_data(d) as data:
+            path = backup.create(d, target, models=models, open_webui=running_webui_image(d) or "", data=data)
     else:
         path = backup.create(d, target, models=models, open_webui=(installed_webui(d) or {}).get("package", ""))
     render.console().print(f"backed up {d} to {path} ({path.stat().st_size / 1e6:.1f} MB, {len(models)} models listed)",
@@ -417,9 +412,10 @@ def restore_cmd(
                                markup=False, soft_wrap=True)
         return
     from orchestrator.stack import choice as runtime
+    from orchestrator.stack.runtime import RECORD
 
     d = _stack_dir(directory)
-    rt = runtime.load(d)[0] if (d / "stack.json").is_file() else None
+    rt = runtime.load(d)[0] if (d / RECORD).is_file() else None
     if rt is not None and rt.name == "docker":
         manifest = backup.restore(archive, d, put_data=lambda data: rt.restore_webui_data(d, data))
     else:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import BadInput, OrchError
+from orchestrator.events import Reporter
 from orchestrator.files import atomic_path, sha256_file
 from orchestrator.stack.config import read_env
 
@@ -235,6 +236,15 @@ def put_back(unpacked: Path, directory: Path, previous: Path) -> None:
                 shutil.rmtree(directory / name)
             os.replace(previous / name, directory / name)
         raise OrchError(f"could not restore into {directory}: {e}; the stack's data is as it was") from None
+
+
+def before_upgrade(directory: Path, old: str, new: str, reporter: Reporter, data: Path | None = None) -> Path:
+    """The backup orch up takes before Open WebUI changes, said in one note; the last KEEP of them are kept."""
+    taken = create(directory, default_path(directory / "backups", "before-upgrade"), open_webui=old, reason=f"before {old} -> {new}",
+                   data=data)
+    reporter.note(f"Open WebUI changes ({old} -> {new}): backed up first to {taken}")
+    prune(directory / "backups")
+    return taken
 
 
 def rolled_back(new: str, old: str, taken: Path | None, cause: Exception) -> OrchError:

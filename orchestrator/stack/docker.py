@@ -6,6 +6,7 @@ import json
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -114,9 +115,8 @@ class DockerRuntime:
         upgrade = old_image is not None and new_image is not None and old_image != new_image
         taken = None
         if upgrade and plan.backup and "open-webui" in {r.get("Service") for r in runner.running()}:
-            taken = self._backup_before(plan.directory, old_image, new_image)
-            reporter.note(f"Open WebUI changes ({old_image} -> {new_image}): backed up first to {taken}")
-            backup.prune(plan.directory / "backups")
+            with self.webui_data(plan.directory) as data:
+                taken = backup.before_upgrade(plan.directory, old_image, new_image, reporter, data=data)
         env, created, changed, doc = compose.write_stack(plan)
         runner.run("up", "-d", "--remove-orphans")
         try:
@@ -129,12 +129,6 @@ class DockerRuntime:
         if new_image is not None:
             write_text(plan.directory / WEBUI_RECORD, json.dumps({"image": new_image}, indent=2) + "\n")
         return Started(env, created, changed)
-
-    def _backup_before(self, directory: Path, old_image: str, new_image: str) -> Path:
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-copy-") as tmp:
-            self.copy_webui_data(directory, Path(tmp) / "data")
-            return backup.create(directory, backup.default_path(directory / "backups", "before-upgrade"), open_webui=old_image,
-                                 reason=f"before {old_image} -> {new_image}", data=Path(tmp) / "data")
 
     def _roll_back(self, plan: StackPlan, old_image: str, taken: Path | None, runner: Compose, wait: float,
                    reporter: Reporter) -> None:
@@ -160,21 +154,25 @@ class DockerRuntime:
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         yield from stream(self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or [])))
 
-    def copy_webui_data(self, directory: Path, into: Path) -> None:
-        """Open WebUI's data out of its running container into `into`: the database through SQLite's backup API inside
-        the container, everything else with docker compose cp."""
+    @contextmanager
+    def webui_data(self, directory: Path) -> Iterator[Path]:
+        """Open WebUI's data copied out of its running container, in a private temporary directory of the stack: the
+        database through SQLite's backup API inside the container, everything else with docker compose cp."""
         c = self._compose(directory)
         if "open-webui" not in {r.get("Service") for r in c.running()}:
             raise OrchError("Open WebUI is not running, and its data is in a Docker volume: start it with orch up, then back up")
-        c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
-        try:
-            into.mkdir(parents=True, exist_ok=True)
-            c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
-            for live in into.glob("webui.db*"):  # the live files, possibly mid-write: the snapshot replaces them
-                live.unlink()
-            c.run("cp", f"open-webui:{SNAPSHOT}", str(into / "webui.db"))
-        finally:
-            c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-copy-") as tmp:
+            into = Path(tmp) / "data"
+            c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
+            try:
+                into.mkdir()
+                c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
+                for live in into.glob("webui.db*"):  # the live files, possibly mid-write: the snapshot replaces them
+                    live.unlink()
+                c.run("cp", f"open-webui:{SNAPSHOT}", str(into / "webui.db"))
+            finally:
+                c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
+            yield into
 
     def restore_webui_data(self, directory: Path, data: Path) -> None:
         """Put `data` (a checked backup's) into the open-webui volume, with Open WebUI stopped: a one-off container of

@@ -332,10 +332,7 @@ class NativeRuntime:
         running_now, taken = installed_webui(plan.directory), None
         upgrade = exe is not None and running_now is not None and running_now != webui_record(exe)
         if upgrade and plan.backup and (plan.directory / backup.DATA).is_dir():
-            taken = backup.create(plan.directory, backup.default_path(plan.directory / "backups", "before-upgrade"),
-                                  open_webui=running_now["package"], reason=f"before {running_now['package']} -> {webui_package()}")
-            reporter.note(f"Open WebUI changes ({running_now['package']} -> {webui_package()}): backed up first to {taken}")
-            backup.prune(plan.directory / "backups")
+            taken = backup.before_upgrade(plan.directory, running_now["package"], webui_package(), reporter)
         supervisor = Supervisor(plan.directory)
         self._apply(plan, wanted, supervisor, reporter)
         if settings:
