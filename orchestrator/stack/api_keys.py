@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.errors import BadInput, OrchError
@@ -36,9 +36,6 @@ class ServiceUser:
     email: str
     id: str
     created_at: int | None = None
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "email": self.email, "id": self.id, "created_at": self.created_at}
 
 
 class WebUIAdmin:
@@ -152,36 +149,41 @@ def _store(directory: Path, keys: dict[str, str]) -> None:
     write_text(directory / KEYS_FILE, text + "".join(f"{k}={v}\n" for k, v in sorted(keys.items())), mode=0o600)
 
 
-def create(directory: Path, url: str, name: str = DEFAULT_NAME) -> str:
-    """Keys on, the group and its grants in place, a new key NAME (stored 0600 in the stack); the key."""
-    check_name(name)
-    with admin(directory, url) as webui:
-        webui.enable_keys()
-        group = webui.group()
-        webui.grant_models(group)
-        if any(u.name == name for u in webui.service_users(group)):
-            raise BadInput(f"a key named {name} exists: revoke it first (orch api-key revoke {name}) or choose another name")
-        key = webui.create_key(name, group)
+def _prepared(webui: WebUIAdmin) -> str:
+    """Keys on (restricted), the group made, every model granted to it: its id."""
+    webui.enable_keys()
+    group = webui.group()
+    webui.grant_models(group)
+    return group
+
+
+def _new_key(webui: WebUIAdmin, group: str, directory: Path, name: str) -> str:
+    if any(u.name == name for u in webui.service_users(group)):
+        raise BadInput(f"a key named {name} exists: revoke it first (orch api-key revoke {name}) or choose another name")
+    key = webui.create_key(name, group)
     _store(directory, stored(directory) | {name: key})
     return key
+
+
+def create(directory: Path, url: str, name: str = DEFAULT_NAME) -> str:
+    """A new key NAME (stored 0600 in the stack), with keys, the group and its grants in place; the key."""
+    check_name(name)
+    with admin(directory, url) as webui:
+        return _new_key(webui, _prepared(webui), directory, name)
 
 
 def ensure(directory: Path, url: str) -> str | None:
     """What `orch up --api` does on every run: keys on, every model granted; a first key when none exists (returned once)."""
     with admin(directory, url) as webui:
-        webui.enable_keys()
-        group = webui.group()
-        webui.grant_models(group)
-        if webui.service_users(group):
-            return None
-    return create(directory, url, DEFAULT_NAME)
+        group = _prepared(webui)
+        return None if webui.service_users(group) else _new_key(webui, group, directory, DEFAULT_NAME)
 
 
 def listing(directory: Path, url: str) -> list[dict]:
     keys = stored(directory)
     with admin(directory, url) as webui:
         users = webui.service_users(webui.group())
-    return [u.as_dict() | {"stored": u.name in keys} for u in users]
+    return [asdict(u) | {"stored": u.name in keys} for u in users]
 
 
 def revoke(directory: Path, url: str, name: str) -> None:
