@@ -185,19 +185,12 @@ def real_ollama(tmp_path):
         s.stop()
 
 
-TINY_NAME = "tiny:q4_K_M"
-
-
 @pytest.fixture
 def real_served(real_ollama, tiny_build):
     """start(**kw): a real Ollama (real_ollama's options) with the tiny build registered as tiny:q4_K_M through orch register."""
-    def start(**kw):
-        server = real_ollama(**kw)
-        from support import cli
+    from support import serving_tiny
 
-        cli("register", str(tiny_build), "--host", server.url, "--name", TINY_NAME, "--no-check")
-        return server
-    return start
+    return serving_tiny(real_ollama, tiny_build)
 
 
 @pytest.fixture

@@ -36,6 +36,19 @@ class Recording(Reporter):
         return Bar()
 
 
+TINY_NAME = "tiny:q4_K_M"
+
+
+def serving_tiny(start_server, tiny_build: Path):
+    """start(**kw): a server from `start_server` (the real Ollama or its double) with the tiny build registered as
+    tiny:q4_K_M through orch register."""
+    def start(**kw):
+        server = start_server(**kw)
+        cli("register", str(tiny_build), "--host", server.url, "--name", TINY_NAME, "--no-check")
+        return server
+    return start
+
+
 def orch(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed `orch` console script, as a user would (where the process itself is the point: signals, startup)."""
     proc = subprocess.run([str(ORCH), *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)

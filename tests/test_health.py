@@ -17,19 +17,15 @@ import pytest
 
 from orchestrator.ollama.probe import _local_addresses
 from orchestrator.stack.config import OLLAMA_SOURCE_VERSION
-from support import ORCH, cli, read_json_lines
+from support import ORCH, TINY_NAME, cli, read_json_lines, serving_tiny
 
-MODEL = "tiny:q4_K_M"
+MODEL = TINY_NAME
 
 
 @pytest.fixture
 def served(ollama_double, tiny_build):
     """A double with the tiny model registered through `orch register`."""
-    def start(**kw):
-        double = ollama_double(**kw)
-        cli("register", str(tiny_build), "--host", double.url, "--name", MODEL, "--no-check")
-        return double
-    return start
+    return serving_tiny(ollama_double, tiny_build)
 
 
 def health(url: str, *args: str):

@@ -72,7 +72,7 @@ def parse(args: list[str], *, whole: bool = True):
 def test_the_readme_shows_every_command():
     shown = {c[0] for c in COMMANDS}
     group = typer.main.get_command(app)
-    assert set(group.list_commands(None)) - {"install-ollama"} <= shown | {"install-ollama"}, "every command has an example"
+    assert set(group.list_commands(None)) <= shown, "every command has an example in a shell block"
     assert len(COMMANDS) > 30
 
 
