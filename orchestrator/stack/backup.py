@@ -4,20 +4,27 @@ list of Ollama's models, in one archive that is checked whole before anything is
 The database is copied with SQLite's online backup API, so a backup taken while
 Open WebUI writes is consistent (a file copy of webui.db and its WAL may not be).
 The archive is a gzip'd tar, mode 0600 (it holds the secret key and the admin
-password), with manifest.json naming every file's sha256 and the stack it came
-from (a hash of the stack's secret key, not the key). Restore refuses a cut,
-altered or foreign archive in one line and touches nothing; it swaps the data in
-only once the whole archive has been read and checked.
+password, so whoever holds it holds the stack), with manifest.json naming every
+file's sha256 and the stack it came from (a hash of the stack's secret key, not
+the key), and manifest.sig, an HMAC of the manifest under a key derived from
+the stack's secret key. Restore judges every member and the signature before it
+writes a byte (stack/archive.py), refuses a cut, altered or foreign archive in
+one line, and swaps the data in through a journal (stack/journal.py). What a
+restore never takes from an archive: which Open WebUI runs, or any program to
+run; and revoked API keys stay revoked (stack/api_keys.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
 import shutil
 import sqlite3
+import stat
+import sys
 import tarfile
 import tempfile
 import time
@@ -25,14 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import BadInput, OrchError
-from orchestrator.events import Reporter
+from orchestrator.events import Reporter, pause_point
 from orchestrator.files import atomic_path, sha256_file
-from orchestrator.stack.config import read_env
+from orchestrator.stack import archive as archive_mod
+from orchestrator.stack.config import parse_env, read_env
 
-FORMAT = "orch-backup/1"
+FORMAT = "orch-backup/2"  # /2: the manifest is signed (manifest.sig)
+FORMATS = ("orch-backup/1", FORMAT)
+SIGNATURE = "manifest.sig"
+MAX_UNPACKED = 100 << 30  # the most an archive may unpack to, whatever the disk holds
 DATA = "open-webui-data"  # Open WebUI's DATA_DIR inside the stack directory
 DATABASE = "webui.db"
-SETTINGS = (".env", "settings.json", "open-webui.json")  # the stack's own files a restore puts back
+SETTINGS = (".env", "settings.json")  # the stack's own files a backup holds and a restore puts back
+RESTORED = SETTINGS  # never open-webui.json (older backups hold it): what runs is orch's own record, not an archive's
 KEEP = 5  # backups orch up keeps in the stack's backups/
 
 
@@ -54,16 +66,6 @@ def key_id(key: str | None) -> str | None:
     return hashlib.sha256(f"orch-stack:{key}".encode()).hexdigest()[:16] if key else None
 
 
-def stack_id(directory: Path) -> str | None:
-    """Which stack this is: a hash of its Open WebUI secret key (None before the first orch up)."""
-    return key_id(read_env(directory / ".env").get("WEBUI_SECRET_KEY"))
-
-
-def data_id() -> str | None:
-    """The stack of an Open WebUI data directory mounted on its own (a volume): its secret key comes in the environment."""
-    return key_id(os.environ.get("WEBUI_SECRET_KEY"))
-
-
 def default_path(folder: Path, label: str = "manual") -> Path:
     """A dated name that sorts by time and is not taken (two backups in one second get .2, .3, ...)."""
     stamp, n = time.strftime('%Y%m%d-%H%M%S', time.gmtime()), 1
@@ -77,15 +79,16 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
     """Write a backup to `out` (a file, or a folder for a dated name; the stack's backups/ by default); it appears only
     when complete, its dated name ending in `label` (manual, scheduled, before-upgrade: what prune tells apart).
     `data` is Open WebUI's data directory when it is not the stack's own (a copy out of a Docker volume, a Kubernetes
-    volume); with no `directory`, WEBUI_SECRET_KEY in the environment says which stack it is."""
+    volume); with no `directory`, WEBUI_SECRET_KEY in the environment says which stack it is. The manifest is signed
+    with a key derived from the stack's secret key, which a restore checks before it writes anything."""
     if data is not None and directory is None:
-        ident = data_id()
-        if ident is None:
+        key = os.environ.get("WEBUI_SECRET_KEY")
+        if not key:
             raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is tied to its stack by that key "
                            "(the CronJob takes it from the open-webui Secret)")
     else:
-        ident = stack_id(directory)
-        if ident is None:
+        key = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
+        if not key:
             raise OrchError(f"{directory} holds no stack to back up (no .env): run orch up first, or pass --dir")
     if data is not None and not (data / DATABASE).is_file():
         raise BadInput(f"{data} holds no {DATABASE}: pass --webui-data with Open WebUI's DATA_DIR")
@@ -95,15 +98,16 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
         staged = Path(tmp)
         files = _stage(directory, staged, data)
-        manifest = Manifest(ident, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
+        manifest = Manifest(key_id(key), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
                             {name: sha256_file(staged / name) for name in files}, models or [], reason)
+        raw_manifest = manifest.as_json().encode()
         with atomic_path(out) as part:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                data = manifest.as_json().encode()
-                info = tarfile.TarInfo("manifest.json")
-                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
+                for name, content in (("manifest.json", raw_manifest), (SIGNATURE, sign(raw_manifest, key).encode() + b"\n")):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode, info.mtime = len(content), 0o600, int(time.time())
+                    tar.addfile(info, io.BytesIO(content))
                 for name in files:
                     tar.add(staged / name, arcname=name, recursive=False)
     return out
@@ -128,6 +132,7 @@ def _stage(directory: Path | None, staged: Path, data: Path | None = None) -> li
         finally:
             source.close()
             target.close()
+        os.chmod(staged / DATA / DATABASE, stat.S_IMODE(os.stat(data / DATABASE).st_mode))  # its mode, not the umask's
         names.append(f"{DATA}/{DATABASE}")
     for path in sorted(data.rglob("*")) if data.is_dir() else []:
         rel = f"{DATA}/{path.relative_to(data).as_posix()}"
@@ -139,51 +144,82 @@ def _stage(directory: Path | None, staged: Path, data: Path | None = None) -> li
     return names
 
 
-def read(archive: Path, into: Path, current: str | None = None) -> Manifest:
-    """Unpack `archive` into `into` and check it whole: every file listed with its sha256, nothing else, from this stack.
+def read(archive: Path, into: Path, current: str | None = None, key: str | None = None, *, limit: int | None = None) -> Manifest:
+    """Check `archive` whole and unpack it into `into` (a new, private directory): every member a plain file or
+    directory, the manifest signed with `key` (the stack's WEBUI_SECRET_KEY) and from this stack (`current`), every
+    file listed with its size and sha256 and nothing else. The manifest is judged before any file is written.
 
-    A cut, altered or foreign archive is a BadInput naming what is wrong.
+    With no `key` (a stack directory with no secrets yet: a new machine), the archive's own .env signs it: that
+    catches damage, not a forger, and a forger's archive is then only a stack of its own. A cut, altered or foreign
+    archive is a BadInput naming what is wrong.
     """
-    if not archive.is_file():
-        raise BadInput(f"{archive} does not exist: pass a file orch backup wrote")
+    with archive_mod.open_checked(archive, into, limit=MAX_UNPACKED if limit is None else limit) as listing:
+        manifest = _manifest(listing, archive)
+        if current is not None and manifest.stack != current:
+            raise BadInput(f"{archive} is a backup of another stack (id {manifest.stack}, this one is {current}): "
+                           "restore it into its own stack directory, or into a new one with --dir")
+        signature = listing.read_small(SIGNATURE)
+        if signature is None and current is not None:
+            raise BadInput(f"{archive} was written before orch signed its backups, so this stack cannot tell it from an "
+                           "altered one: restore it into a new stack directory with --dir")
+        if signature is not None:  # with no signature, into a stack that has nothing yet: checked by sha256 alone
+            key = key if key is not None else _archived_key(listing, archive)
+            if not hmac.compare_digest(signature.decode(errors="replace").strip(), sign(listing.read_small("manifest.json"), key)):
+                raise BadInput(f"{archive}: its manifest is not signed by this stack's key: it was altered, or made for "
+                               "another stack; use another backup")
+        listed = set(manifest.files)
+        present = set(listing.files) - {"manifest.json", SIGNATURE}
+        if present != listed:
+            extra = sorted(present ^ listed)[:3]
+            raise BadInput(f"{archive} does not hold what its manifest lists ({', '.join(extra)}): it was altered; use another backup")
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, digest in manifest.files.items():
+            if listing.extract(name, into) != digest:
+                raise BadInput(f"{archive}: {name} does not match its sha256 in the manifest: it was altered; use another backup")
+    return manifest
+
+
+def _manifest(listing, archive: Path) -> Manifest:
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            tar.extractall(into, filter="data")  # no absolute paths, no .., no links out, no devices
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise BadInput(f"{archive} is not a complete orch backup ({str(e)[:100] or type(e).__name__}): "
-                       "it may have been cut short; use another backup") from None
-    try:
-        raw = json.loads((into / "manifest.json").read_text())
-        if raw.pop("format") != FORMAT:
+        raw = json.loads(listing.read_small("manifest.json") or b"")
+        if raw.pop("format") not in FORMATS:
             raise ValueError
         manifest = Manifest(**raw)
-    except (OSError, ValueError, TypeError, KeyError):
+        if not isinstance(manifest.files, dict) or not all(isinstance(v, str) for v in manifest.files.values()):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise BadInput(f"{archive} has no readable orch backup manifest: it is not a backup orch wrote") from None
-    present = {p.relative_to(into).as_posix() for p in into.rglob("*") if p.is_file()} - {"manifest.json"}
-    if present != set(manifest.files):
-        extra = sorted(present ^ set(manifest.files))[:3]
-        raise BadInput(f"{archive} does not hold what its manifest lists ({', '.join(extra)}): it was altered; use another backup")
-    for name, digest in manifest.files.items():
-        if sha256_file(into / name) != digest:
-            raise BadInput(f"{archive}: {name} does not match its sha256 in the manifest: it was altered; use another backup")
-    if current is not None and manifest.stack != current:
-        raise BadInput(f"{archive} is a backup of another stack (id {manifest.stack}, this one is {current}): "
-                       "restore it into its own stack directory, or into a new one with --dir")
     return manifest
+
+
+def _archived_key(listing, archive: Path) -> str | None:
+    """The secret key in the archive's own .env: what signs a backup restored where no stack has secrets yet."""
+    return parse_env((listing.read_small(".env") or b"").decode("utf-8", errors="replace")).get("WEBUI_SECRET_KEY")
+
+
+def sign(manifest: bytes | None, key: str | None) -> str:
+    """The manifest's HMAC-SHA256 under a key derived from the stack's secret key (never the stack id's hash)."""
+    if manifest is None or not key:
+        return "-"
+    return hmac.new(hashlib.sha256(f"orch-backup-mac:{key}".encode()).digest(), manifest, hashlib.sha256).hexdigest()
 
 
 def restore(archive: Path, directory: Path, put_data=None) -> Manifest:
     """Put a checked backup in place of the stack's data and settings; the stack must be stopped. `put_data`, when
-    given, puts Open WebUI's data where the runtime keeps it (a Docker volume) from the unpacked directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".restore-") as tmp:
-        unpacked = Path(tmp) / "backup"
-        manifest = read(archive, unpacked, stack_id(directory))
-        if put_data is not None:
-            if (unpacked / DATA).is_dir():
-                put_data(unpacked / DATA)
-            shutil.rmtree(unpacked / DATA, ignore_errors=True)
-        put_back(unpacked, directory, Path(tmp) / "previous")
+    given, puts Open WebUI's data where the runtime keeps it (a Docker volume) from the unpacked directory, inside
+    the journaled swap: a failure there puts the settings back too."""
+    from orchestrator.stack import journal
+
+    stage = journal.staging(directory)
+    try:
+        env = read_env(directory / ".env")
+        manifest = read(archive, stage / "incoming", key_id(env.get("WEBUI_SECRET_KEY")), env.get("WEBUI_SECRET_KEY"))
+        pause_point("restore unpacked")
+        names = RESTORED + (() if put_data is not None else (DATA,))
+        then = (lambda: put_data(stage / "incoming" / DATA)) if put_data is not None and (stage / "incoming" / DATA).is_dir() else None
+        journal.swap(directory, stage, names, then)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return manifest
 
 
@@ -191,51 +227,30 @@ def restore_data(archive: Path, data: Path) -> Manifest:
     """Put a checked backup's Open WebUI data into a data directory mounted on its own (Open WebUI stopped).
 
     The directory itself stays (a volume's mount point cannot be renamed): its
-    contents are swapped for the backup's, the old ones kept aside until all are in.
+    contents are swapped for the backup's through the same journal as a stack's.
     """
+    from orchestrator.stack import journal
+
     if not data.is_dir():
         raise BadInput(f"{data} is not a directory: pass --webui-data with Open WebUI's DATA_DIR")
-    with tempfile.TemporaryDirectory(dir=data, prefix=".restore-") as tmp:
-        unpacked = Path(tmp) / "backup"
-        manifest = read(archive, unpacked, data_id())
+    key = os.environ.get("WEBUI_SECRET_KEY")
+    if not key:
+        raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is checked with that key "
+                       "(the restore Job takes it from the open-webui Secret)")
+    if (said := journal.recover(data)) is not None:
+        print(f"orch: {said}", file=sys.stderr)
+    stage = journal.staging(data)
+    try:
+        unpacked = stage / "unpacked"
+        manifest = read(archive, unpacked, key_id(key), key)
         if not (unpacked / DATA).is_dir():
             raise BadInput(f"{archive} holds no Open WebUI data: use another backup")
-        previous = Path(tmp) / "previous"
-        previous.mkdir()
-        old = [p.name for p in data.iterdir() if p.name != Path(tmp).name]
-        try:
-            for name in old:
-                os.replace(data / name, previous / name)
-            for path in (unpacked / DATA).iterdir():
-                os.replace(path, data / path.name)
-        except OSError as e:
-            for path in data.iterdir():
-                if path.name != Path(tmp).name and path.name not in old:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-            for name in old:
-                if (previous / name).exists():
-                    os.replace(previous / name, data / name)
-            raise OrchError(f"could not restore into {data}: {e}; the data is as it was") from None
+        os.replace(unpacked / DATA, stage / "incoming")
+        names = {p.name for p in (*data.iterdir(), *(stage / "incoming").iterdir())}
+        journal.swap(data, stage, tuple(sorted(n for n in names if not n.startswith(journal.STAGING_PREFIX) and n != journal.JOURNAL)))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return manifest
-
-
-def put_back(unpacked: Path, directory: Path, previous: Path) -> None:
-    """Swap the unpacked data and settings in by renames (the old ones wait in `previous` until all are in place)."""
-    previous.mkdir()
-    moved = []
-    try:
-        for name in (DATA, *SETTINGS):
-            if (directory / name).exists():
-                os.replace(directory / name, previous / name)
-                moved.append(name)
-            if (unpacked / name).exists():
-                os.replace(unpacked / name, directory / name)
-    except OSError as e:
-        for name in moved:  # put back what was there
-            if (directory / name).is_dir():
-                shutil.rmtree(directory / name)
-            os.replace(previous / name, directory / name)
-        raise OrchError(f"could not restore into {directory}: {e}; the stack's data is as it was") from None
 
 
 def before_upgrade(directory: Path, old: str, new: str, reporter: Reporter, data: Path | None = None) -> Path:
@@ -247,10 +262,10 @@ def before_upgrade(directory: Path, old: str, new: str, reporter: Reporter, data
     return taken
 
 
-def rolled_back(new: str, old: str, taken: Path | None, cause: Exception) -> OrchError:
+def rolled_back(new: str, old: str, taken: Path | None, cause: Exception, why_not: str = "") -> OrchError:
     """The one line after an upgrade that failed and was rolled back, the same for every runtime."""
     return OrchError(f"Open WebUI {new} did not become healthy ({cause}); rolled back to {old}"
-                     + (f" and the data as it was before ({taken})" if taken else " (no backup was taken: --no-backup, or there was no data yet)")
+                     + (f" and the data as it was before ({taken})" if taken else f" (no backup was taken: {why_not or 'there was no data yet'})")
                      + ": orch logs open-webui")
 
 

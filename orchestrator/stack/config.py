@@ -113,10 +113,12 @@ def env_values(existing: dict[str, str]) -> dict[str, str]:
 
 
 def read_env(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
+    return parse_env(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def parse_env(text: str) -> dict[str, str]:
     values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip().strip("'\"")
