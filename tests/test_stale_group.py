@@ -3,11 +3,18 @@ left in its process group is ended first, and nothing outside that group is touc
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
 
 from support import wait_until
 
@@ -30,7 +37,7 @@ def test_a_killed_servers_engine_is_ended_and_another_groups_is_not(tmp_path):
     bystander = subprocess.Popen([str(engine), "300"], start_new_session=True)  # another stack's engine
     record = tmp_path / "run" / "ollama.pgid"
     record.parent.mkdir()
-    record.write_text(f"{server.pid}\n")
+    record.write_text(json.dumps(recorded(server.pid)))  # as the killed server's start wrote it
     try:
         server.kill()  # kill -9 of ollama serve: its llama-server lives on
         server.wait()
@@ -41,7 +48,7 @@ def test_a_killed_servers_engine_is_ended_and_another_groups_is_not(tmp_path):
         wait_until(lambda: gone(child), timeout=10, what="the old llama-server ended")
         assert f"killing {child}, left running by the previous" in restarted.stderr
         assert bystander.poll() is None, "a llama-server of another process group is left alone"
-        assert record.read_text().strip() == restarted.stdout.strip(), "the new run's group is recorded (exec kept the pid)"
+        assert json.loads(record.read_text())["pgid"] == int(restarted.stdout), "the new run's group is recorded (exec kept the pid)"
     finally:
         for pid in (child, bystander.pid):
             try:
@@ -49,6 +56,59 @@ def test_a_killed_servers_engine_is_ended_and_another_groups_is_not(tmp_path):
             except ProcessLookupError:
                 pass
         bystander.wait()
+
+
+def recorded(leader: int, **changes) -> dict:
+    """The record a start through stale_group leaves for a group led by `leader`."""
+    p = psutil.Process(leader)
+    return {"pgid": leader, "start": p.create_time(), "uid": p.uids().real, "boot": psutil.boot_time()} | changes
+
+
+@pytest.fixture
+def stand_in():
+    """A program with the engine's process name, in a directory any user may run it from (pytest's are root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="orch-stale-group-"))
+    folder.chmod(0o755)
+    engine = folder / "llama-server"
+    shutil.copy(shutil.which("sleep"), engine)
+    yield engine
+    shutil.rmtree(folder)
+
+
+def restart(record: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.stack.stale_group", str(record), "llama-server", "--", "true"],
+                          capture_output=True, text=True, start_new_session=True, check=True)
+
+
+def forged_records(victim: subprocess.Popen) -> dict[str, dict]:
+    return {
+        "naming a stranger's group": recorded(victim.pid, uid=os.getuid()),
+        "from before the last boot": recorded(victim.pid, uid=os.getuid(), boot=psutil.boot_time() - 3600,
+                                              start=psutil.boot_time() - 3000),
+        "whose leader started after the process": recorded(victim.pid, uid=os.getuid(), start=psutil.Process(victim.pid).create_time() + 5),
+        "in an older orch's format": victim.pid,
+    }
+
+
+@pytest.mark.parametrize("kind", ["naming a stranger's group", "from before the last boot", "whose leader started after the process",
+                                  "in an older orch's format"])
+def test_a_forged_record_never_kills_a_process_orch_did_not_start(tmp_path, stand_in, kind):
+    """A llama-server that another user runs (or one that was there before the group's leader): the record names its
+    group, and it survives."""
+    if kind == "naming a stranger's group" and os.getuid() != 0:
+        pytest.skip("a process of another user needs root to make (CI runs as root)")
+    engine = stand_in
+    nobody = pwd.getpwnam("nobody")
+    user = nobody.pw_uid if kind == "naming a stranger's group" else os.getuid()
+    victim = subprocess.Popen([str(engine), "300"], start_new_session=True, user=user)
+    record = tmp_path / "ollama.pgid"
+    record.write_text(json.dumps(forged_records(victim)[kind]))
+    try:
+        done = restart(record)
+        assert "killing" not in done.stderr and victim.poll() is None, done.stderr
+    finally:
+        victim.kill()
+        victim.wait()
 
 
 def test_usage_is_one_line_and_exit_2():
