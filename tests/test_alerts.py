@@ -143,3 +143,36 @@ def test_a_receiver_that_hangs_never_holds_up_probing(served, receiver):
         monitor.send_signal(signal.SIGINT)
         monitor.communicate(timeout=30)
     assert monitor.returncode == 0
+
+
+def probed(*statuses: tuple[str, str]):
+    from orchestrator.ollama.probe import Check, Report
+
+    return Report("http://gpu-box:11434", MODEL, [Check(name, status, f"{name} {status}") for name, status in statuses], time.time(), 0.1)
+
+
+# one outage as a probe may meet it while the server goes down: a generate cut off mid-way while the server still answers,
+# then the server gone, then back (a timing the real server gives only sometimes, under load: so a sequence of reports)
+ONE_OUTAGE = [
+    probed(("server", "ok"), ("generate", "ok")),
+    probed(("server", "ok"), ("generate", "fail")),
+    probed(("server", "fail"), ("generate", "skipped")),
+    probed(("server", "fail"), ("generate", "skipped")),
+    probed(("server", "ok"), ("generate", "ok")),
+]
+
+
+def test_one_outage_is_one_page_even_when_a_second_check_fails_during_it():
+    from orchestrator.ollama import watch
+    from orchestrator.ollama.probe import Probe
+
+    sent, events, reports = [], [], iter(ONE_OUTAGE)
+
+    class Pager:
+        def send(self, kind, message, *rest):
+            sent.append(kind)
+
+    watch.run([Probe("http://gpu-box:11434", model=MODEL)], interval=0, failures=1, on_report=lambda r, w: None,
+              on_event=events.append, alerter=Pager(), probes=len(ONE_OUTAGE), probe_with=lambda spec: next(reports))
+    assert [e.kind for e in events] == ["failed", "worse", "recovered"], [e.message for e in events]
+    assert sent == ["failed", "recovered"], "the server going down during a failure is the same page"

@@ -16,13 +16,14 @@ from orchestrator.ollama.client import shown_host
 from orchestrator.ollama.probe import DEGRADED, FAIL, OK, SKIPPED, Check, Probe, Report, probe
 
 STATUS_VALUE = {OK: 0, DEGRADED: 1, FAIL: 2, SKIPPED: 0}
+PAGED = ("outage", "failed", "recovered")  # not "worse": a second check failing in one outage is the same page
 
 
 @dataclass(frozen=True)
 class Event:
     """A change of state worth telling someone: failed (an outage when the server itself is down), recovered, or a probe error."""
 
-    kind: str  # outage | failed | recovered | error
+    kind: str  # outage | failed | worse (another check fails in the same outage) | recovered | error
     message: str
     time: float  # wall clock, epoch seconds
     host: str = ""
@@ -64,7 +65,7 @@ class Watch:
         self.failing = now_failing
         if failing and self.failed_since is not None and newly:  # already failing, and another check fails too
             message = "failed: another check: " + "; ".join(f"{f['check']}: {f['reason']}" for f in newly)
-            events.append(Event("failed", message, report.started, report.host, failing))
+            events.append(Event("worse", message, report.started, report.host, failing))
         elif failing and self.failed_since is None:
             self.failed_since = report.started
             server = report.check("server")
@@ -126,7 +127,7 @@ def run(specs: list[Probe], *, interval: float, failures: int, on_report: Callab
                                           shown_host(spec.host))]
         for event in events:
             on_event(event)
-            if alerter is not None and event.kind != "error":
+            if alerter is not None and event.kind in PAGED:  # one page when it starts failing, one when it recovers
                 alerter.send("recovered" if event.kind == "recovered" else "failed", event.message, event.time, event.host,
                              report.model if report else spec.model, list(event.failing))
         if report is not None:
