@@ -80,6 +80,7 @@ def test_a_key_reaches_the_model_through_open_webui_and_nothing_else(real_ollama
         assert [(k["name"], k["stored"]) for k in listed] == [("ci-bot", True), (api_keys.DEFAULT_NAME, True)]
         again = orch("api-key", "create", "ci-bot", "--dir", str(stack), check=False)
         assert again.returncode == 2 and "a key named ci-bot exists" in again.stderr
+        archive = orch("backup", "--dir", str(stack)).stdout.split(" to ", 1)[1].split(" (", 1)[0]  # ci-bot's key is in it
         orch("api-key", "revoke", "ci-bot", "--dir", str(stack))
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{webui}/api", api_key=made["key"]).models.list()
@@ -88,8 +89,15 @@ def test_a_key_reaches_the_model_through_open_webui_and_nothing_else(real_ollama
                                   "--api-key", made["key"], "--json", check=False).stdout)
         assert next(c for c in revoked["checks"] if c["name"] == "api")["status"] == "fail"
 
-        # orch up --api again: nothing new is shown, the key still works
+        # the backup from before the revocation restored, and orch up --api again: the revoked key stays revoked,
+        # nothing new is shown, the first key still works
+        orch("down", "--dir", str(stack))
+        orch("restore", archive, "--dir", str(stack))
         rerun = orch(*up, timeout=600)
+        assert "key ci-bot was revoked after the backup this stack was restored from: revoked again" in rerun.stdout, rerun.stdout
+        assert status("/api/chat/completions", made["key"], "POST") == 401, "a key revoked after the backup came back"
+        listed = json.loads(orch("api-key", "list", "--dir", str(stack), "--json").stdout)
+        assert [k["name"] for k in listed] == [api_keys.DEFAULT_NAME]
         assert "API key (shown once" not in rerun.stdout and status("/api/chat/completions", key, "POST") == 200
 
         # and Ollama itself answered only on loopback all along

@@ -9,12 +9,19 @@ serves (Open WebUI shows a non-admin user only the models with an access grant
 for them). A key is revoked by deleting its user.
 
 Open WebUI holds one key per user, so a key's name is its user's.
+
+A revocation is also written down outside Open WebUI's database (revoked-keys.json,
+never in a backup): a restore brings back the database as it was, users and keys
+and all, and orch up revokes again every key revoked since.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ GROUP = "orch-api"
 DOMAIN = "orch.local"  # service users' e-mail addresses: NAME@orch.local
 KEY_ROUTES = ("/api/chat/completions", "/api/v1/chat/completions", "/api/models")  # all a key may reach
 KEYS_FILE = "api-keys.env"  # in the stack directory, 0600: the keys orch created, by name
+REVOKED_FILE = "revoked-keys.json"  # in the stack directory, 0600, in no backup: the service users whose keys were revoked
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 DEFAULT_NAME = "orch-api"
 
@@ -119,9 +127,14 @@ class WebUIAdmin:
         """A new service user NAME in the group, and its key (shown by Open WebUI once: the caller keeps it)."""
         email, password = f"{name}@{DOMAIN}", secrets.token_urlsafe(24) + "aA1!"  # never used again: the key is the credential
         user = self.call("POST", "/api/v1/auths/add", {"name": name, "email": email, "password": password, "role": "user"})
-        self.call("POST", f"/api/v1/groups/id/{group}/users/add", {"user_ids": [user["id"]]})
-        with WebUIAdmin(self.url, email, password) as as_user:
-            return as_user.call("POST", "/api/v1/auths/api_key")["api_key"]
+        try:
+            self.call("POST", f"/api/v1/groups/id/{group}/users/add", {"user_ids": [user["id"]]})
+            with WebUIAdmin(self.url, email, password) as as_user:
+                return as_user.call("POST", "/api/v1/auths/api_key")["api_key"]
+        except BaseException:  # a user with no key would hold the name: gone again, so that a retry can take it
+            with contextlib.suppress(OrchError):
+                self.delete_user(user["id"])
+            raise
 
     def delete_user(self, user_id: str) -> None:
         self.call("DELETE", f"/api/v1/users/{user_id}")
@@ -180,19 +193,45 @@ def ensure(directory: Path, url: str) -> str | None:
 
 
 def listing(directory: Path, url: str) -> list[dict]:
+    """The keys' service users; one revoked before and back from a restore is revoked again, not listed."""
+    revoke_again(directory, url)
     keys = stored(directory)
     with admin(directory, url) as webui:
         users = webui.service_users(webui.group())
     return [asdict(u) | {"stored": u.name in keys} for u in users]
 
 
+def revoked(directory: Path) -> list[dict]:
+    """The revocations on record: [{"name", "id", "at"}]."""
+    try:
+        entries = json.loads((directory / REVOKED_FILE).read_text())
+        return [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def revoke_again(directory: Path, url: str) -> list[str]:
+    """Delete every service user whose key was revoked and is back (a restore of a backup older than the revocation):
+    the names revoked again."""
+    ids = {e["id"] for e in revoked(directory)}
+    if not ids:
+        return []
+    with admin(directory, url) as webui:
+        back = [u for u in webui.service_users(webui.group()) if u.id in ids]
+        for user in back:
+            webui.delete_user(user.id)
+    return [u.name for u in back]
+
+
 def revoke(directory: Path, url: str, name: str) -> None:
-    """Delete the key's service user (and so the key), and forget the stored key."""
+    """Delete the key's service user (and so the key), write the revocation down first, and forget the stored key."""
     check_name(name)
     with admin(directory, url) as webui:
         user = next((u for u in webui.service_users(webui.group()) if u.name == name), None)
         if user is None:
             raise BadInput(f"no key named {name}: orch api-key list shows them")
+        entries = revoked(directory) + [{"name": name, "id": user.id, "at": int(time.time())}]
+        write_text(directory / REVOKED_FILE, json.dumps(entries, indent=2) + "\n", mode=0o600)
         webui.delete_user(user.id)
     keys = stored(directory)
     if keys.pop(name, None) is not None:
