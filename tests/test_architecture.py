@@ -87,7 +87,8 @@ def test_each_runtime_implements_the_one_protocol(runtime):
 
     assert isinstance(runtime.name, str) and runtime.name
     plan_type = typing.get_type_hints(runtime.up)["plan"]
-    for method in ("preflight", "up", "down", "status", "logs"):
+    assert isinstance(runtime.data_in_stack, bool)
+    for method in ("preflight", "up", "down", "status", "logs", "running", "webui_data", "put_webui_data"):
         want_sig, got_sig = inspect.signature(getattr(protocol.Runtime, method)), inspect.signature(getattr(runtime, method))
         want_types = {k: plan_type if v is protocol.Plan else v
                       for k, v in typing.get_type_hints(getattr(protocol.Runtime, method), vars(protocol)).items()}
@@ -107,3 +108,14 @@ def test_every_module_the_tree_names_exists():
     stale = {f"{p.relative_to(root)}: {ref}" for p in texts for ref in re.findall(r"\borchestrator/[\w/]+\.py\b", p.read_text(errors="replace"))
              if not (root / ref).is_file()}
     assert stale == set()
+
+
+def test_nothing_outside_the_runtimes_asks_which_runtime_it_is():
+    """Backup, restore, rollback and upgrade go through the Runtime protocol: no branch on a runtime's name (but in
+    `orch up --dry-run`, which prints each runtime's own plan and starts nothing)."""
+    import re
+
+    asking = re.compile(r"""\.name\s*[!=]=\s*["'](docker|native|kubernetes)["']""")
+    places = [p for p in PACKAGE.rglob("*.py") if p.parent.name in ("cli", "stack")]
+    found = {f"{p.relative_to(PACKAGE)}: {line.strip()}" for p in places for line in p.read_text().splitlines() if asking.search(line)}
+    assert found == {'cli/stack.py: if chosen.name == "native":'}, "only the dry run's choice of what to print"

@@ -26,7 +26,7 @@ from orchestrator.errors import OrchError
 from orchestrator.files import sha256_file
 from orchestrator.stack import backup
 from orchestrator.stack.config import WEBUI_VERSION, read_env, write_env
-from orchestrator.stack.runtime import StackRecord
+from orchestrator.stack.runtime import RELEASE_RECORD, StackRecord
 from support import cli, free_port, orch
 
 
@@ -100,7 +100,7 @@ def tampered_manifest(name: str, data: bytes) -> bytes:
 
 BAD_ARCHIVES = {
     "cut short": (lambda a, out: out.write_bytes(a.read_bytes()[: a.stat().st_size // 2]) and out, "is not a complete orch backup"),
-    "a manifest that was altered": (lambda a, out: rewrite(a, out, tampered_manifest), "does not match its sha256"),
+    "a manifest that was altered": (lambda a, out: rewrite(a, out, tampered_manifest), "is not signed by this stack's key"),
     "a file that was altered": (lambda a, out: rewrite(a, out, lambda n, d: d + b"x" if n.endswith("notes.txt") else d),
                                 "does not match its sha256"),
     "a file added": (lambda a, out: rewrite(a, out, lambda n, d: d) and _append(out), "does not hold what its manifest lists"),
@@ -216,17 +216,22 @@ def chat_titles(database: Path) -> list[str]:
         db.close()
 
 
+@pytest.mark.parametrize("was_running", [True, False], ids=["Open WebUI running", "Open WebUI stopped"])
 @pytest.mark.parametrize("starts", [True, False], ids=["the new image starts", "the new image fails its health check"])
-def test_a_docker_image_change_is_backed_up_first_and_a_failed_one_rolled_back(docker_stack, monkeypatch, starts):
-    """The pinned image replacing an older one: the volume is backed up from the running container first; a new image
-    that fails (after its migration damaged the database) gives way to the old one, on the data as it was."""
+def test_a_docker_image_change_is_backed_up_first_and_a_failed_one_rolled_back(docker_stack, monkeypatch, starts, was_running):
+    """The pinned image replacing an older one: the volume is backed up first (from the running container, or by a
+    one-off container of the old image when it is stopped); a new image that fails (after its migration damaged the
+    database) gives way to the old one, on the data as it was."""
     from orchestrator.events import SILENT
     from orchestrator.stack.config import WEBUI_IMAGE, StackPlan
-    from orchestrator.stack.docker import WEBUI_RECORD, DockerRuntime
+    from orchestrator.stack.docker import DockerRuntime
+    from orchestrator.stack.runtime import RELEASE_RECORD
 
     stack, volume, state = docker_stack
     old = json.loads(state.read_text())["image"]
-    (stack / WEBUI_RECORD).write_text(json.dumps({"image": old}))
+    (stack / RELEASE_RECORD).write_text(json.dumps({"image": old}))  # as orch before this release wrote it
+    if not was_running:
+        state.write_text(json.dumps({"running": ["ollama"], "image": old}))
     if not starts:
         monkeypatch.setenv("DOCKER_DOUBLE_BROKEN_IMAGE", WEBUI_IMAGE)
     plan = StackPlan(stack, bind="127.0.0.1", port=free_port(), ollama_port=free_port())
@@ -239,9 +244,11 @@ def test_a_docker_image_change_is_backed_up_first_and_a_failed_one_rolled_back(d
     (taken,) = sorted((stack / "backups").glob("*-before-upgrade.tar.gz"))
     with tarfile.open(taken) as tar:
         assert json.loads(tar.extractfile("manifest.json").read())["open_webui"] == old
+    calls = [json.loads(line) for line in Path(f"{state}.log").read_text().splitlines()]
+    assert any("run" in c and backup.DATABASE in c[-1] for c in calls) != was_running, "a stopped one is read by a one-off container"
     runs = json.loads(state.read_text())
     assert runs["image"] == (WEBUI_IMAGE if starts else old) and "open-webui" in runs["running"]
-    assert json.loads((stack / WEBUI_RECORD).read_text())["image"] == runs["image"], "the record names what runs healthy"
+    assert json.loads((stack / RELEASE_RECORD).read_text())["release"] == runs["image"], "the record names what runs healthy"
     assert f"image: {runs['image']}" in (stack / "compose.yaml").read_text()
     assert chat_titles(volume / backup.DATABASE) == ["第一次对话", "second chat"]
 
@@ -302,7 +309,7 @@ def test_backup_restore_and_a_failed_upgrade_rolled_back_with_the_real_stack(rea
     url = f"http://127.0.0.1:{port}"
     try:
         orch(*up, timeout=1400)
-        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={WEBUI_VERSION}"
+        assert json.loads((stack / RELEASE_RECORD).read_text())["release"] == f"open-webui=={WEBUI_VERSION}"
         webui = WebUI(url, stack)
         webui.new_chat("北京的天气")
         lost = webui.new_chat("a chat deleted after the backup")
@@ -327,7 +334,7 @@ def test_backup_restore_and_a_failed_upgrade_rolled_back_with_the_real_stack(rea
         assert len(taken) == 1, "a backup was taken before the change"
         assert str(venv / "bin" / "open-webui") in (stack / "supervisord.conf").read_text(), "the old Open WebUI runs again"
         assert WebUI(url, stack).chats() == ["a chat deleted after the backup", "北京的天气"]
-        assert json.loads((stack / native.WEBUI_RECORD).read_text())["exe"] == str(venv / "bin" / "open-webui")
+        assert json.loads((stack / RELEASE_RECORD).read_text())["venv"] == str(venv)
     finally:
         orch("down", "--dir", str(stack), check=False)
 
@@ -361,7 +368,7 @@ def test_an_upgrade_between_two_real_releases_keeps_the_chats_even_when_orch_is_
 
     try:
         orch(*up, timeout=2000)
-        assert version() == OLDER and json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={OLDER}"
+        assert version() == OLDER and json.loads((stack / RELEASE_RECORD).read_text())["release"] == f"open-webui=={OLDER}"
         webui = WebUI(url, stack)
         for title in ("升级前的对话", "a chat from before the upgrade"):
             webui.new_chat(title)
@@ -380,12 +387,12 @@ def test_an_upgrade_between_two_real_releases_keeps_the_chats_even_when_orch_is_
         finally:
             upgrading.communicate()
         assert upgrading.returncode == -signal.SIGKILL
-        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={OLDER}", "killed before it finished"
+        assert json.loads((stack / RELEASE_RECORD).read_text())["release"] == f"open-webui=={OLDER}", "killed before it finished"
 
         again = orch(*up, timeout=1400)  # converges: the new release runs, and nothing was lost
         assert "Open WebUI changes (open-webui==0.12.3 -> open-webui==" in again.stderr
         assert version() == WEBUI_VERSION
-        assert json.loads((stack / native.WEBUI_RECORD).read_text())["package"] == f"open-webui=={WEBUI_VERSION}"
+        assert json.loads((stack / RELEASE_RECORD).read_text())["release"] == f"open-webui=={WEBUI_VERSION}"
         assert WebUI(url, stack).chats() == before
         taken = sorted((stack / "backups").glob("*-before-upgrade.tar.gz"))
         with tarfile.open(taken[0]) as tar:

@@ -106,7 +106,7 @@ def test_register_uploads_only_a_gguf_whatever_from_names(real_ollama, tiny_buil
 def test_orch_up_registers_by_itself_only_a_gguf_beside_its_modelfile(real_ollama, tiny_build, tmp_path):
     """A build directory whose Modelfile names a GGUF elsewhere is reported, not registered; the user can still do it by hand
     (the real Ollama)."""
-    from orchestrator.stack.up import _register
+    from orchestrator.stack.lifecycle import _register
 
     server = real_ollama()
     (gguf,), (own,) = tiny_build.glob("*.gguf"), tiny_build.glob("*.Modelfile")

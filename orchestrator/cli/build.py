@@ -9,7 +9,16 @@ import typer
 
 from orchestrator.cli import app, render, renamed
 
-HOST_HELP = "Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434]."
+HOST_HELP = "Ollama server URL [default: $OLLAMA_HOST, else the stack orch up started, else http://127.0.0.1:11434]."
+
+
+def stack_host(host: str | None) -> str | None:
+    """--host, else $OLLAMA_HOST, else where the default stack's Ollama answers (orch up --ollama-port), else the default."""
+    if host is not None:
+        return host
+    from orchestrator.stack.lifecycle import default_ollama_url
+
+    return default_ollama_url()
 
 
 @app.command()
@@ -97,7 +106,7 @@ def build(
             if not no_register:
                 from orchestrator.ollama.register import register_build
 
-                record["registration"] = [r.as_dict() for r in register_build(plan.output, host, reporter=reporter)]
+                record["registration"] = [r.as_dict() for r in register_build(plan.output, stack_host(host), reporter=reporter)]
                 pipeline.write_record(plan.output, record)
     except KeyboardInterrupt:
         render.console(stderr=True).print("interrupted: run the same command again to resume")

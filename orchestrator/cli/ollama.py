@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from orchestrator.cli import app, render
-from orchestrator.cli.build import HOST_HELP
+from orchestrator.cli.build import HOST_HELP, stack_host
 
 
 @app.command("register")
@@ -32,7 +32,7 @@ def register_cmd(
 
     todo = register.jobs(target, name)
     with render.RichReporter(quiet=as_json) as reporter:
-        results = [register.register(mf, model, host, reporter=reporter, confirm=not no_check) for mf, model in todo]
+        results = [register.register(mf, model, stack_host(host), reporter=reporter, confirm=not no_check) for mf, model in todo]
     if as_json:
         render.print_json([r.as_dict() for r in results])
     else:
@@ -55,7 +55,7 @@ def chat_cmd(
     """
     from orchestrator.ollama.chat import chat
 
-    chat(model, host, system=system)
+    chat(model, stack_host(host), system=system)
 
 
 @app.command()
@@ -118,7 +118,7 @@ def health(
     if api_key and not webui:
         raise typer.BadParameter("--api-key is checked through Open WebUI: pass --webui URL too", param_hint="--api-key")
     specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed, api_key=api_key)
-             for h in (host or [None])]
+             for h in (host or [stack_host(None)])]
     if not watch:
         reports = [probe.probe(spec) for spec in specs]
         if as_json:
@@ -202,7 +202,7 @@ def bench_cmd(
     names.validate(model)
     plan = bench.BenchPlan(model, bench.parse_users(users), turns, max_tokens, timeout, level_timeout, ttft_target)
     with render.RichReporter(quiet=as_json) as reporter:
-        result = bench.bench(plan, host, reporter=reporter)
+        result = bench.bench(plan, stack_host(host), reporter=reporter)
     if as_json:
         render.print_json(result)
         return

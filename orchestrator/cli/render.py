@@ -79,15 +79,19 @@ class RichReporter(Reporter):
 
         self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), _amount_column(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=console(stderr=True), transient=False, disable=quiet)
+        self.started = False  # the bars start with the first task: a command with notes alone draws no empty display
 
     def __enter__(self) -> "RichReporter":
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def task(self, description: str, total: float | None = None, unit: str = "bytes") -> Task:
+        if not self.started:
+            self.progress.__enter__()
+            self.started = True
         return _RichTask(self.progress, self.progress.add_task(description, total=total, unit=unit), total)
 
     def note(self, text: str, level: Level = "info") -> None:

@@ -23,25 +23,35 @@ def _stack_dir(directory: Optional[Path]) -> Path:
 def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate everything, print the plan, start nothing."),
     directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
-    port: int = typer.Option(3000, "--port", help="Port for the browser chat (Open WebUI)."),
-    bind: str = typer.Option("0.0.0.0", "--bind", help="Address Open WebUI is published on (it has sign-in)."),
-    ollama_port: int = typer.Option(11434, "--ollama-port", help="Port Ollama is published on."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port for the browser chat (Open WebUI) [default: as the stack last "
+                                       "ran, else 3000]."),
+    bind: Optional[str] = typer.Option(None, "--bind", help="Address Open WebUI is published on (it has sign-in) [default: as the "
+                                       "stack last ran, else 0.0.0.0]."),
+    ollama_port: Optional[int] = typer.Option(None, "--ollama-port", help="Port Ollama is published on [default: as the stack "
+                                              "last ran, else 11434]."),
     expose_ollama: bool = typer.Option(False, "--expose-ollama", help="Publish Ollama beyond 127.0.0.1 (it has no authentication)."),
     ollama_url: Optional[str] = typer.Option(None, "--host", help="The URL of an Ollama that already runs, to use instead of starting one "
-                                             "(the same --host as build, chat and health take)."),
+                                             "(the same --host as build, chat and health take) [default: as the stack last ran]."),
     old_ollama_url: Optional[str] = typer.Option(None, "--ollama-url", hidden=True),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Reserve NVIDIA GPUs for Ollama [default: detected]."),
     offline: bool = typer.Option(False, "--offline", help="Tell Open WebUI not to download anything (no internet)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default model in the chat, e.g. baichuan2-7b-chat:q4_K_M [default: "
+                                        "as the stack last ran]."),
     wait: float = typer.Option(600, "--wait", help="Seconds to wait for the services to become healthy."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: docker where its daemon answers]."),
-    no_webui: bool = typer.Option(False, "--no-webui", help="Ollama alone, for a headless API box (no browser chat)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="docker or native [default: the one the stack last ran on, else "
+                                          "docker where its daemon answers]."),
+    webui: Optional[bool] = typer.Option(None, "--webui/--no-webui", help="--no-webui: Ollama alone, for a headless API box (no "
+                                         "browser chat) [default: as the stack last ran, else with Open WebUI]."),
     no_backup: bool = typer.Option(False, "--no-backup", help="No backup before Open WebUI changes (and so no data to roll back to)."),
     api: bool = typer.Option(False, "--api", help="Keyed API access through Open WebUI (Ollama stays on loopback): keys on, "
                              "a first key made and shown once; orch api-key makes more."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (URLs, the admin account, registrations, health) as JSON."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
+
+    The stack remembers how it was started: a bare orch up later (and orch status,
+    health, chat and bench) uses the same ports, bind address, runtime and model;
+    a flag given again changes the stack, and says so.
 
     Examples:
 
@@ -57,19 +67,28 @@ def up(
 
       orch up --api                                # an API key for scripts and other machines
     """
-    from orchestrator.stack import compose, config, preflight
+    from orchestrator.stack import compose, lifecycle, preflight
     from orchestrator.stack import choice as runtimes
-    from orchestrator.stack import up as stack_up
+    from orchestrator.stack.runtime import StackRecord
 
     ollama_url = renamed(ollama_url, old_ollama_url, new="--host", old="--ollama-url")
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
-    plan = config.StackPlan(directory=_stack_dir(directory), port=port, bind=bind, ollama_port=ollama_port,
-                            expose_ollama=expose_ollama, ollama_url=ollama_url, gpu=chosen_gpu, offline=offline, default_model=model,
-                            webui=not no_webui, backup=not no_backup, api=api)
+    d = _stack_dir(directory)
+    plan, changes = lifecycle.planned(d, {"port": port, "bind": bind, "ollama_port": ollama_port, "host": ollama_url, "model": model},
+                                      webui=webui, expose_ollama=expose_ollama, gpu=chosen_gpu, offline=offline, backup=not no_backup,
+                                      api=api)
     con, err = render.console(), render.console(stderr=True)
-    chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
+    before = StackRecord.load(d)
+    if runtime is None and before is not None:
+        chosen, why = runtimes.by_name(before.runtime), f"the stack in {d} runs on it"
+    else:
+        chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
+    if before is not None and chosen.name != before.runtime:
+        changes.append(f"runtime {before.runtime} -> {chosen.name}")
 
     def announce() -> None:
+        for change in changes:
+            err.print(f"changes the stack: {change}", soft_wrap=True, markup=False)
         for warning in plan.warnings(chosen.name):
             err.print(f"[yellow]warning:[/] {render.escape(warning)}", soft_wrap=True)
         err.print(f"GPU: {gpu_reason}", soft_wrap=True)
@@ -88,8 +107,14 @@ def up(
             raise
         raise e.__class__(f"runtime {chosen.name} ({why}): {e}") from None  # orch chose it: say which and why
     announce()
-    with render.RichReporter(quiet=as_json) as reporter:
-        result = stack_up.up(plan, chosen, wait=wait, reporter=reporter)
+    try:
+        with render.RichReporter(quiet=as_json) as reporter:
+            result = lifecycle.up(plan, chosen, wait=wait, reporter=reporter)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: what orch up started keeps running ({chosen.name} runtime, stack {plan.directory}); "
+                  f"orch status{_dir_flag(plan.directory)} shows it, orch down{_dir_flag(plan.directory)} stops it, "
+                  f"and orch up{_dir_flag(plan.directory)} carries on", soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
     if as_json:
         render.print_json(result.as_dict())
     else:
@@ -97,6 +122,12 @@ def up(
     if result.health.failed:
         err.print("[red]the stack is up but a health check failed[/] (see the table): orch logs, then orch health", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _dir_flag(directory: Path) -> str:
+    from orchestrator import paths
+
+    return "" if directory == paths.default_stack_dir().expanduser().resolve() else f" --dir {directory}"
 
 
 def _dry_run(plan, doc: dict, announce) -> None:
@@ -161,6 +192,9 @@ def _print_up(result, con) -> None:
               markup=False, highlight=False, soft_wrap=True)
     if result.api:
         _print_api(con, result.api["url"], model, result.api["key"], result.api["keys_file"])
+    for name in result.revoked:
+        con.print(f"[yellow]note:[/] key {name} was revoked after the backup this stack was restored from: revoked again",
+                  soft_wrap=True)
 
 
 def _print_api(con, url: str, model: str, key: str | None, keys_file: str) -> None:
@@ -254,13 +288,16 @@ def down(
     volumes: bool = typer.Option(False, "--volumes", help="Also delete the models and chat history volumes."),
     directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
 ) -> None:
-    """Stop the stack orch up started (only the processes or containers it started).
+    """Stop the stack orch up started (only the processes or containers it started), even one that never came up.
 
     Example: orch down
     """
     from orchestrator.stack import choice as runtime
+    from orchestrator.stack import lifecycle
 
     d = _stack_dir(directory)
+    with render.RichReporter() as reporter:
+        lifecycle.opened(d, reporter)
     rt, _ = runtime.load(d)
     stopped = rt.down(d, volumes=volumes)
     render.console().print(f"stopped {', '.join(stopped) or 'nothing (no process of the stack was running)'}"
@@ -272,38 +309,38 @@ def status(
     directory: Optional[Path] = typer.Option(None, "--dir", "-d", help=STACK_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the services and the loaded models as JSON."),
 ) -> None:
-    """Services, their health, and the models loaded with their memory.
+    """Services, their health, where they answer, and the models loaded with their memory.
+
+    Exits 0 when every service runs and Ollama answers, 1 when not (a stopped stack too).
 
     Example: orch status --json
     """
-    from orchestrator.ollama.client import Ollama
-    from orchestrator.stack import choice as runtime
+    from orchestrator.stack import lifecycle
 
     d = _stack_dir(directory)
-    rt, record = runtime.load(d)
-    states = rt.status(d)
-    try:
-        with Ollama(record.ollama_url) as server:
-            loaded, unreachable = server.loaded(), None
-    except OrchError as e:
-        loaded, unreachable = [], str(e)
+    with render.RichReporter(quiet=as_json) as reporter:
+        st = lifecycle.status(d, reporter)
     if as_json:
-        render.print_json({"runtime": rt.name, "ollama": record.ollama_url, "webui": record.webui_url,
-                           "services": [{"name": s.name, "state": s.state, "running": s.running, "detail": s.detail} for s in states],
-                           "loaded": [{"name": m.get("name"), "size": m.get("size", 0), "size_vram": m.get("size_vram", 0)} for m in loaded],
-                           "ollama_error": unreachable})
-        return
+        render.print_json(st.as_dict())
+        raise typer.Exit(0 if st.healthy else 1)
     con = render.console()
-    for s in states:
+    con.print(f"runtime {st.runtime}, stack {d}", markup=False)
+    if st.record.webui_url:
+        con.print(f"chat: {st.record.webui_url}", markup=False)
+    con.print(f"ollama: {st.record.ollama_url}", markup=False)
+    for s in st.services:
         colour = "green" if s.running else "yellow"
         con.print(f"{s.name}: [{colour}]{s.state}[/]{', ' + render.escape(s.detail) if s.detail else ''}")
-    if unreachable:
-        con.print(unreachable)
-        return
-    for m in loaded:
-        con.print(f"loaded {m['name']}: {m.get('size', 0) / 1e9:.1f} GB, {m.get('size_vram', 0) / 1e9:.1f} GB in GPU memory")
-    if not loaded:
-        con.print(f"no model loaded right now ({record.ollama_url})")
+    if st.ollama_error:
+        con.print(st.ollama_error, markup=False)
+    else:
+        for m in st.loaded:
+            con.print(f"loaded {m['name']}: {m.get('size', 0) / 1e9:.1f} GB, {m.get('size_vram', 0) / 1e9:.1f} GB in GPU memory")
+        if not st.loaded:
+            con.print(f"no model loaded right now ({st.record.ollama_url})")
+    con.print("[green]healthy[/]" if st.healthy else f"[red]not healthy[/]: orch logs{_dir_flag(d)}, or start it with "
+              f"orch up{_dir_flag(d)}")
+    raise typer.Exit(0 if st.healthy else 1)
 
 
 @app.command()
@@ -368,26 +405,12 @@ def backup_cmd(
     if keep is not None:
         raise BadInput("--keep prunes the scheduled backups of --webui-data; a stack's own are pruned by orch up")
 
-    from orchestrator.ollama.client import Ollama
-    from orchestrator.stack import choice as runtime
-    from orchestrator.stack.native import installed_webui
+    from orchestrator.stack import lifecycle
 
     d = _stack_dir(directory)
-    rt, record = runtime.load(d)
-    with Ollama(record.ollama_url, timeout=10) as server:
-        try:
-            models = [{"name": m.model, "digest": m.digest} for m in server.api.list().models]
-        except Exception:  # noqa: BLE001  Ollama down: the backup is still worth having, without the list
-            models = []
-    target = out.resolve() if out else None
-    if rt.name == "docker":  # the data is in a volume: copied out of the running container first
-        from orchestrator.stack.docker import running_webui_image
-
-        with rt.webui_data(d) as data:
-            path = backup.create(d, target, models=models, open_webui=running_webui_image(d) or "", data=data)
-    else:
-        path = backup.create(d, target, models=models, open_webui=(installed_webui(d) or {}).get("package", ""))
-    render.console().print(f"backed up {d} to {path} ({path.stat().st_size / 1e6:.1f} MB, {len(models)} models listed)",
+    with render.RichReporter() as reporter:
+        path, models = lifecycle.take_backup(d, out.resolve() if out else None, reporter)
+    render.console().print(f"backed up {d} to {path} ({path.stat().st_size / 1e6:.1f} MB, {models} models listed)",
                            markup=False, soft_wrap=True)
 
 
@@ -403,24 +426,15 @@ def restore_cmd(
 
     Example: orch down && orch restore ~/.local/share/orch/stack/backups/orch-backup-20261201-101500-manual.tar.gz && orch up
     """
-    from orchestrator.stack import backup
-    from orchestrator.stack.native import Supervisor
+    from orchestrator.stack import backup, lifecycle
 
     if webui_data is not None:
         manifest = backup.restore_data(archive, webui_data.resolve())
         render.console().print(f"restored {archive} ({manifest.created}) into {webui_data}: start Open WebUI again",
                                markup=False, soft_wrap=True)
         return
-    from orchestrator.stack import choice as runtime
-    from orchestrator.stack.runtime import RECORD
-
     d = _stack_dir(directory)
-    rt = runtime.load(d)[0] if (d / RECORD).is_file() else None
-    if rt is not None and rt.name == "docker":
-        manifest = backup.restore(archive, d, put_data=lambda data: rt.restore_webui_data(d, data))
-    else:
-        if Supervisor(d).running():
-            raise OrchError(f"the stack in {d} is running: stop it first with orch down --dir {d}, then restore")
-        manifest = backup.restore(archive, d)
-    render.console().print(f"restored {archive} ({manifest.created}, {len(manifest.files)} files) into {d}: start it with orch up",
-                           markup=False, soft_wrap=True)
+    with render.RichReporter() as reporter:
+        manifest = lifecycle.restore(d, archive.resolve(), reporter)
+    render.console().print(f"restored {archive} ({manifest.created}, {len(manifest.files)} files) into {d}: start it with "
+                           f"orch up{_dir_flag(d)}", markup=False, soft_wrap=True)

@@ -304,6 +304,14 @@ class Ollama:
         except (Refused, httpx.HTTPError, ValueError):
             return []
 
+    def listed(self) -> list[dict]:
+        """Each model's name and digest (empty when the server cannot be asked)."""
+        try:
+            with _official_errors():
+                return [{"name": m.model, "digest": m.digest} for m in self.api.list().models if m.model]
+        except (Refused, httpx.HTTPError, ValueError):
+            return []
+
     def loaded(self) -> list[dict]:
         """/api/ps: the models in memory with their size and GPU share. Raises OrchError when the server does not answer."""
         try:

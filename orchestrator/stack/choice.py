@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from orchestrator.errors import BadInput, OrchError
-from orchestrator.stack.runtime import RECORD, Runtime, StackRecord
+from orchestrator.stack.runtime import Runtime, StackRecord
 
 
 def choose(requested: str | None) -> tuple[Runtime, str]:
@@ -42,8 +41,7 @@ def by_name(name: str) -> Runtime:
 
 def load(directory: Path) -> tuple[Runtime, StackRecord]:
     """The runtime that started the stack in `directory`, and where its services answer."""
-    try:
-        record = StackRecord(**json.loads((directory / RECORD).read_text()))
-    except (OSError, ValueError, TypeError):
-        raise OrchError(f"no stack in {directory}: run orch up first (or pass --dir)") from None
+    record = StackRecord.load(directory)
+    if record is None:
+        raise OrchError(f"no stack in {directory}: run orch up first (or pass --dir)")
     return by_name(record.runtime), record

@@ -13,19 +13,35 @@ from typing import Iterator
 
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
-from orchestrator.files import write_text
 from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import StackPlan
 from orchestrator.stack.process import stream
-from orchestrator.stack.runtime import ServiceState, Started
+from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 
 PROJECT = "orch"
-WEBUI_RECORD = "open-webui.json"  # the Open WebUI image the stack last ran healthy: what an upgrade is measured from
 WEBUI_DATA = "/app/backend/data"  # Open WebUI's DATA_DIR in its container: the open-webui volume
 SNAPSHOT = "/tmp/orch-backup-webui.db"  # the database's consistent copy, made inside the container
 # run by the container's own Python: SQLite's online backup API, so a backup taken while Open WebUI writes is consistent
 SNAPSHOT_SCRIPT = ("import sqlite3; s = sqlite3.connect('file:" + WEBUI_DATA + "/webui.db?mode=ro', uri=True, timeout=30); "
                    "d = sqlite3.connect('" + SNAPSHOT + "'); s.backup(d); d.close(); s.close()")
+OUT = "/orch-out"  # where a one-off container writes the data it copies out of a stopped stack's volume
+# Open WebUI stopped: its files copied whole, the database again through SQLite (it folds in a WAL left by a crash)
+COPY_OUT_SCRIPT = (f"set -e; [ -f {WEBUI_DATA}/webui.db ] || exit 0; cp -a {WEBUI_DATA}/. {OUT}/; rm -f {OUT}/webui.db*; "
+                   f"python3 -c \"import sqlite3; s = sqlite3.connect('{WEBUI_DATA}/webui.db', timeout=30); "
+                   f"d = sqlite3.connect('{OUT}/webui.db'); s.backup(d); d.close(); s.close()\"")
+# The volume's contents swapped for a backup's (at /orch-restore), the old ones kept aside until the new are all in;
+# a swap killed halfway is put back first. .orch-aside says the old ones are all aside (what is in place is new).
+PUT_SCRIPT = """set -e; cd {data}
+here() {{ find . -mindepth 1 -maxdepth 1 ! -name .orch-incoming ! -name .orch-previous ! -name .orch-aside "$@"; }}
+if [ -d .orch-previous ]; then
+  if [ -e .orch-aside ]; then here -exec rm -rf {{}} +; fi
+  find .orch-previous -mindepth 1 -maxdepth 1 -exec mv -t . {{}} +; rm -f .orch-aside; rmdir .orch-previous
+fi
+rm -rf .orch-incoming; mkdir .orch-incoming; cp -a /orch-restore/. .orch-incoming/
+mkdir .orch-previous; here -exec mv -t .orch-previous/ {{}} +; touch .orch-aside
+find .orch-incoming -mindepth 1 -maxdepth 1 -exec mv -t . {{}} +
+rmdir .orch-incoming; rm -f .orch-aside; rm -rf .orch-previous
+""".format(data=WEBUI_DATA)
 
 
 class Compose:
@@ -72,10 +88,8 @@ def running_webui_image(directory: Path) -> str | None:
     """The Open WebUI image the stack last ran healthy (open-webui.json), else the one its compose.yaml names."""
     import yaml
 
-    try:
-        return json.loads((directory / WEBUI_RECORD).read_text())["image"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if (ran := webui_release(directory)) is not None:
+        return ran["release"]
     try:
         return yaml.safe_load((directory / "compose.yaml").read_text())["services"]["open-webui"]["image"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
@@ -113,10 +127,11 @@ class DockerRuntime:
         runner = Compose(preflight.docker_binary(), plan.directory)
         old_image, new_image = running_webui_image(plan.directory), plan.images["open-webui"] if plan.webui else None
         upgrade = old_image is not None and new_image is not None and old_image != new_image
-        taken = None
-        if upgrade and plan.backup and "open-webui" in {r.get("Service") for r in runner.running()}:
-            with self.webui_data(plan.directory) as data:
-                taken = backup.before_upgrade(plan.directory, old_image, new_image, reporter, data=data)
+        taken, why_not = None, "--no-backup" if not plan.backup else "there was no data yet"
+        if upgrade and plan.backup:
+            with self.webui_data(plan.directory) as data:  # from the running container, or a one-off one when stopped
+                if data is not None:
+                    taken = backup.before_upgrade(plan.directory, old_image, new_image, reporter, data=data)
         env, created, changed, doc = compose.write_stack(plan)
         runner.run("up", "-d", "--remove-orphans")
         try:
@@ -125,9 +140,9 @@ class DockerRuntime:
             if not upgrade:
                 raise
             self._roll_back(plan, old_image, taken, runner, wait, reporter)
-            raise backup.rolled_back(new_image, old_image, taken, e) from None
+            raise backup.rolled_back(new_image, old_image, taken, e, why_not) from None
         if new_image is not None:
-            write_text(plan.directory / WEBUI_RECORD, json.dumps({"image": new_image}, indent=2) + "\n")
+            save_webui_release(plan.directory, new_image)
         return Started(env, created, changed)
 
     def _roll_back(self, plan: StackPlan, old_image: str, taken: Path | None, runner: Compose, wait: float,
@@ -138,9 +153,10 @@ class DockerRuntime:
         compose.write_stack(previous)
         runner.run("stop", "open-webui", check=False)
         if taken is not None:
-            backup.restore(taken, plan.directory, put_data=lambda data: self.restore_webui_data(plan.directory, data))
+            backup.restore(taken, plan.directory, put_data=lambda data: self.put_webui_data(plan.directory, data))
         runner.run("up", "-d", "--remove-orphans")
         runner.wait_healthy(["open-webui"], wait, reporter)
+        save_webui_release(plan.directory, old_image)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         self._compose(directory).run("down", *(["--volumes"] if volumes else []))
@@ -154,34 +170,42 @@ class DockerRuntime:
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         yield from stream(self._compose(directory).command("logs", "--tail", "200", *(["--follow"] if follow else []), *(services or [])))
 
+    data_in_stack = False
+
+    def running(self, directory: Path) -> bool:
+        return bool(self._compose(directory).running())
+
     @contextmanager
-    def webui_data(self, directory: Path) -> Iterator[Path]:
-        """Open WebUI's data copied out of its running container, in a private temporary directory of the stack: the
-        database through SQLite's backup API inside the container, everything else with docker compose cp."""
+    def webui_data(self, directory: Path) -> Iterator[Path | None]:
+        """Open WebUI's data copied out of its volume into a private temporary directory of the stack: from the running
+        container (the database through SQLite's backup API inside it, the rest with docker compose cp), or, when it
+        is stopped, by a one-off container of its image. None when the volume holds no database yet."""
         c = self._compose(directory)
-        if "open-webui" not in {r.get("Service") for r in c.running()}:
-            raise OrchError("Open WebUI is not running, and its data is in a Docker volume: start it with orch up, then back up")
         with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-copy-") as tmp:
             into = Path(tmp) / "data"
-            c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
-            try:
-                into.mkdir()
-                c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
-                for live in into.glob("webui.db*"):  # the live files, possibly mid-write: the snapshot replaces them
-                    live.unlink()
-                c.run("cp", f"open-webui:{SNAPSHOT}", str(into / "webui.db"))
-            finally:
-                c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
-            yield into
+            into.mkdir(mode=0o700)
+            if "open-webui" in {r.get("Service") for r in c.running()}:
+                c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
+                try:
+                    c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
+                    for live in into.glob("webui.db*"):  # the live files, possibly mid-write: the snapshot replaces them
+                        live.unlink()
+                    c.run("cp", f"open-webui:{SNAPSHOT}", str(into / "webui.db"))
+                finally:
+                    c.run("exec", "-T", "open-webui", "rm", "-f", SNAPSHOT, check=False)
+            else:
+                c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{into}:{OUT}", "open-webui", "-c",
+                      COPY_OUT_SCRIPT)
+            yield into if (into / "webui.db").is_file() else None
 
-    def restore_webui_data(self, directory: Path, data: Path) -> None:
+    def put_webui_data(self, directory: Path, data: Path) -> None:
         """Put `data` (a checked backup's) into the open-webui volume, with Open WebUI stopped: a one-off container of
-        the same image mounts the volume and the backup, and swaps the volume's contents."""
+        the same image mounts the volume and the backup, and swaps the volume's contents, the old ones kept aside
+        until the new are all in."""
         c = self._compose(directory)
         if "open-webui" in {r.get("Service") for r in c.running()}:
             raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
-        c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{data}:/orch-restore:ro", "open-webui", "-c",
-              f"find {WEBUI_DATA} -mindepth 1 -delete && cp -a /orch-restore/. {WEBUI_DATA}/")
+        c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{data}:/orch-restore:ro", "open-webui", "-c", PUT_SCRIPT)
 
 
 def _ports_free(plan: StackPlan, held: set) -> None:

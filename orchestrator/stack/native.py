@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,15 +33,12 @@ from orchestrator.files import write_text
 from orchestrator.ollama import client, install
 from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
-from orchestrator.stack.runtime import ServiceState, Started
+from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
 VERSION_ENV = "ORCH_WEBUI_VERSION"  # another Open WebUI release than the pinned one (held back, or tried ahead)
 VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv-VERSION]
 PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
-
-
-WEBUI_RECORD = "open-webui.json"  # which Open WebUI the stack runs: its package and executable
 
 
 def webui_version() -> str:
@@ -60,24 +58,29 @@ def webui_venv() -> Path:
     return Path(os.environ.get(VENV_ENV) or paths.data_home() / f"open-webui-venv-{webui_version()}")
 
 
-def webui_record(exe: Path) -> dict:
-    return {"package": webui_package(), "exe": str(exe)}
+MARKER = ".orch-installed"  # in a virtualenv orch installed Open WebUI into: the package it holds
 
 
-def installed_webui(directory: Path) -> dict | None:
-    """The Open WebUI the stack in `directory` last ran, as webui_record wrote it (None before its first start)."""
+def installed_exe(release: dict) -> Path:
+    """The open-webui of a release record, only from a virtualenv orch itself installed that package into: a record
+    (or a restored file) can name which of orch's installs runs, never a program of its own."""
+    venv = Path(release.get("venv", ""))
+    marker = venv / MARKER
     try:
-        record = json.loads((directory / WEBUI_RECORD).read_text())
-        return record if isinstance(record, dict) and {"package", "exe"} <= set(record) else None
-    except (OSError, ValueError):
-        return None
+        holds = marker.read_text().strip() if venv.is_absolute() and marker.is_file() else None
+    except OSError:
+        holds = None
+    if holds != release.get("release") or not (venv / "bin" / "open-webui").is_file():
+        raise OrchError(f"{release.get('release')} is no longer installed by orch in {venv}, so it cannot run again: "
+                        f"orch up installs the pinned release")
+    return venv / "bin" / "open-webui"
 
 
 def ensure_webui(reporter: Reporter) -> Path:
     """The open-webui executable, installed into its own virtualenv on first use."""
     venv = webui_venv()
     exe = venv / "bin" / "open-webui"
-    marker = venv / ".orch-installed"
+    marker = venv / MARKER
     package = webui_package()
     if exe.is_file() and marker.is_file() and marker.read_text().strip() == package:
         return exe
@@ -329,10 +332,11 @@ class NativeRuntime:
         settings = next((s.env for s in wanted if s.name == "open-webui"), {})
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
         changed = changed_settings(old, settings) if settings else []
-        running_now, taken = installed_webui(plan.directory), None
-        upgrade = exe is not None and running_now is not None and running_now != webui_record(exe)
-        if upgrade and plan.backup and (plan.directory / backup.DATA).is_dir():
-            taken = backup.before_upgrade(plan.directory, running_now["package"], webui_package(), reporter)
+        running_now, wanted_release = webui_release(plan.directory), {"release": webui_package(), "venv": str(webui_venv())}
+        upgrade = exe is not None and running_now is not None and running_now != wanted_release
+        taken, why_not = None, "--no-backup" if not plan.backup else "there was no data yet"
+        if upgrade and plan.backup and (plan.directory / backup.DATA / backup.DATABASE).is_file():
+            taken = backup.before_upgrade(plan.directory, running_now["release"], webui_package(), reporter)
         supervisor = Supervisor(plan.directory)
         self._apply(plan, wanted, supervisor, reporter)
         if settings:
@@ -344,9 +348,9 @@ class NativeRuntime:
             if not upgrade:
                 raise
             self._roll_back(plan, running_now, taken, supervisor, wait, reporter)
-            raise backup.rolled_back(webui_package(), running_now["package"], taken, e) from None
+            raise backup.rolled_back(webui_package(), running_now["release"], taken, e, why_not) from None
         if exe is not None:
-            write_text(plan.directory / WEBUI_RECORD, json.dumps(webui_record(exe), indent=2) + "\n")
+            save_webui_release(plan.directory, **wanted_release)
         return Started(env_path, created, changed)
 
     def _apply(self, plan: StackPlan, wanted: list[Service], supervisor: Supervisor, reporter: Reporter) -> None:
@@ -360,18 +364,20 @@ class NativeRuntime:
 
     def _roll_back(self, plan: StackPlan, previous: dict, taken: Path | None, supervisor: Supervisor, wait: float,
                    reporter: Reporter) -> None:
-        """The Open WebUI that ran before, on the data from the backup taken before the change."""
-        reporter.note(f"rolling back to {previous['package']}", level="warning")
+        """The Open WebUI that ran before (from orch's own install of it), on the data from the backup taken before."""
+        exe = installed_exe(previous)
+        reporter.note(f"rolling back to {previous['release']}", level="warning")
         if supervisor.processes().get("open-webui", {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF"):
             supervisor.rpc().supervisor.stopProcess("open-webui")
         if taken is not None:
             backup.restore(taken, plan.directory)
-        wanted = services(plan, Path(previous["exe"]))
+        wanted = services(plan, exe)
         self._apply(plan, wanted, supervisor, reporter)
         if supervisor.processes().get("open-webui", {}).get("statename") not in ("RUNNING", "STARTING"):
             supervisor.rpc().supervisor.startProcess("open-webui")
         for service in wanted:
             wait_healthy(service, supervisor, wait, reporter)
+        save_webui_release(plan.directory, previous["release"], venv=str(exe.parent.parent))
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
         supervisor = Supervisor(directory)
@@ -387,6 +393,20 @@ class NativeRuntime:
             return [ServiceState("supervisord", "not running", f"orch up starts it with {supervisor.conf}")]
         return [ServiceState(name, p["statename"].lower(), p["description"] or (f"pid {p['pid']}" if p["pid"] else ""))
                 for name, p in supervisor.processes().items()]
+
+    data_in_stack = True
+
+    def running(self, directory: Path) -> bool:
+        return Supervisor(directory).running()
+
+    @contextmanager
+    def webui_data(self, directory: Path) -> Iterator[Path | None]:
+        """The live data directory itself: a backup reads its database through SQLite's backup API."""
+        data = directory / backup.DATA
+        yield data if (data / backup.DATABASE).is_file() else None
+
+    def put_webui_data(self, directory: Path, data: Path) -> None:
+        """Nothing to do: the data is in the stack directory, and the restore's journaled swap put it there."""
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         """The last lines of each service's log (all that have one by default); with follow, new lines as they come."""

@@ -1,15 +1,18 @@
-"""The runtime protocol: one interface (preflight, up, down, status, logs) that docker, native and kubernetes implement.
+"""The runtime protocol: one interface (preflight, up, down, status, logs, and Open WebUI's data out and in) that docker,
+native and kubernetes implement.
 
 A leaf: the protocol and the records it passes, nothing that picks or imports a
 runtime (stack/choice.py does that). A stack directory remembers which runtime
-started it and where its services answer (stack.json), so `orch down`,
-`status` and `logs` need no flags.
+started it, how (ports, bind address, default model) and where its services
+answer (stack.json), so every later command needs no flags; and which Open WebUI
+release it last ran healthy (open-webui.json), in one schema for every runtime.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator, Protocol, TypeVar
 
@@ -41,12 +44,53 @@ class ServiceState:
 
 @dataclass
 class StackRecord:
+    """What `orch up` was asked for, kept so that every later command (and a bare `orch up`) does the same."""
+
     runtime: str
     ollama_url: str
     webui_url: str | None
+    port: int = 3000
+    bind: str = "0.0.0.0"
+    ollama_port: int = 11434
+    host: str | None = None  # an Ollama that already runs (up --host): none is started
+    model: str | None = None
+    webui: bool = True
 
     def save(self, directory: Path) -> None:
         write_text(directory / RECORD, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "StackRecord | None":
+        """The record, or None when there is none (a record from an older orch has only its first three fields)."""
+        try:
+            raw = json.loads((directory / RECORD).read_text())
+            return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+RELEASE_RECORD = "open-webui.json"  # the Open WebUI the stack last ran healthy: {"release": ...} and, natively, its venv
+
+
+def webui_release(directory: Path) -> dict | None:
+    """The release record, read in today's schema (older orch wrote {"package", "exe"} or {"image"})."""
+    try:
+        raw = json.loads((directory / RELEASE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if "release" in raw:
+        return raw
+    if "image" in raw:
+        return {"release": raw["image"]}
+    if "package" in raw and "exe" in raw:
+        return {"release": raw["package"], "venv": str(Path(raw["exe"]).parent.parent)}
+    return None
+
+
+def save_webui_release(directory: Path, release: str, **more: str) -> None:
+    write_text(directory / RELEASE_RECORD, json.dumps({"release": release, **more}, indent=2) + "\n")
 
 
 Plan = TypeVar("Plan", contravariant=True)
@@ -71,3 +115,15 @@ class Runtime(Protocol[Plan]):
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         """The services' recent log lines, then (with follow) new ones as they come."""
+
+    data_in_stack: bool  # Open WebUI's data is the stack directory's open-webui-data (native), not a volume (docker)
+
+    def running(self, directory: Path) -> bool:
+        """Whether any of the stack's services runs (a restore needs them all stopped)."""
+
+    @contextmanager
+    def webui_data(self, directory: Path) -> Iterator[Path | None]:
+        """Open WebUI's data as it is now, as a directory to read (None before it has any): the live one, or a copy."""
+
+    def put_webui_data(self, directory: Path, data: Path) -> None:
+        """Put a checked backup's Open WebUI data where the runtime keeps it, the stack stopped (a volume: not in place)."""

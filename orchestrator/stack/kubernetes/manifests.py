@@ -94,6 +94,7 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
         {"name": "OLLAMA_MODELS", "value": "/data/models"},
         {"name": "HOME", "value": "/data"},  # the server keeps its key under $HOME/.ollama: on the store, not the read-only root
         {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+        {"name": "OLLAMA_NO_CLOUD", "value": "1"},  # a private stack: no cloud models, no calls to ollama.com
         {"name": "MODEL_NAME", "value": m.name},
         {"name": "MODELFILE", "value": f"{MODELS_MOUNT}/{m.slug}/{m.modelfile}"},
         {"name": "MODEL_SHA256", "value": m.sha256},

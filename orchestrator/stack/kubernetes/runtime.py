@@ -13,13 +13,14 @@ import shlex
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
-from orchestrator.errors import BadInput, OrchError
+from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import sha256_file
 from orchestrator.stack.config import known_services
@@ -167,6 +168,22 @@ class KubernetesRuntime:
             state = "ready" if ready else (waiting[0] if waiting else pod["status"].get("phase", "unknown")).lower()
             out.append(ServiceState(name, state, f"{restarts} restarts" + (", serves the model" if ready and name.startswith("ollama-") else "")))
         return out
+
+    data_in_stack = False
+
+    def running(self, directory: Path) -> bool:
+        return any(s.state not in ("succeeded", "failed") for s in self.status(directory))
+
+    @contextmanager
+    def webui_data(self, directory: Path) -> Iterator[Path | None]:
+        """Open WebUI's data is on its volume in the cluster: the CronJob of --backup-schedule backs it up there."""
+        raise OrchError(f"the stack in {directory} runs in Kubernetes: its backups are the CronJob's "
+                        "(orch k8s render --backup-schedule), which runs orch backup --webui-data on Open WebUI's volume")
+        yield None
+
+    def put_webui_data(self, directory: Path, data: Path) -> None:
+        raise OrchError("a Kubernetes stack is restored by a Job running orch restore --webui-data on Open WebUI's volume "
+                        "(README: Backups and upgrades)")
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
         known_services(services, SERVICES)

@@ -1,0 +1,234 @@
+"""The one owner of a stack's life: how it was asked to run, its start, status, and Open WebUI's data out and back in.
+
+Every command that touches a stack comes through here. It finishes a restore
+that a kill interrupted (stack/journal.py) before anything else, writes the
+stack's record before anything starts (so that a failed first start can still
+be stopped), and reaches the services only through the Runtime protocol:
+nothing here asks which runtime it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator import paths
+from orchestrator.errors import OrchError
+from orchestrator.events import SILENT, Reporter
+from orchestrator.ollama import probe, register
+from orchestrator.ollama.client import Ollama
+from orchestrator.stack import backup, journal
+from orchestrator.stack.config import FIRST_START_ONLY, StackPlan, read_env
+from orchestrator.stack.runtime import Runtime, ServiceState, StackRecord, webui_release
+
+DEFAULTS = {"port": 3000, "bind": "0.0.0.0", "ollama_port": 11434, "host": None, "model": None}
+
+
+def opened(directory: Path, reporter: Reporter = SILENT) -> StackRecord | None:
+    """The stack's record (None before its first orch up), after finishing any restore a kill interrupted."""
+    with contextlib.suppress(Busy):
+        with locked(directory):
+            if (said := journal.recover(directory)) is not None:
+                reporter.note(said, level="warning")
+    return StackRecord.load(directory)
+
+
+class Busy(OrchError):
+    pass
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """One orch at a time changes a stack (up, restore); a second is refused in one line. The lock is on the directory
+    itself (no file left behind), and dies with its holder."""
+    if not directory.is_dir():
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"another orch command is changing the stack in {directory}: wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- how the stack runs: the record, and flags given again ------------------------------------------------------------
+
+def planned(directory: Path, asked: dict, **rest) -> tuple[StackPlan, list[str]]:
+    """The plan for `orch up`: each of port, bind, ollama_port, host and model as asked, else as the stack last ran,
+    else the default; and a line for each that a flag changed. Pure: `asked` holds None for a flag not given."""
+    record = StackRecord.load(directory)
+    before = {k: getattr(record, k) for k in DEFAULTS} if record else {}
+    chosen = {k: asked.get(k) if asked.get(k) is not None else before.get(k, default) for k, default in DEFAULTS.items()}
+    changes = [f"{k.replace('_', '-')} {before[k]} -> {chosen[k]}" for k in DEFAULTS
+               if record is not None and asked.get(k) is not None and asked[k] != before[k]]
+    webui = rest.pop("webui", None)
+    webui = webui if webui is not None else (record.webui if record else True)
+    plan = StackPlan(directory=directory, port=chosen["port"], bind=chosen["bind"], ollama_port=chosen["ollama_port"],
+                     ollama_url=chosen["host"], default_model=chosen["model"], webui=webui, **rest)
+    return plan, changes
+
+
+def record_of(plan: StackPlan, runtime: str) -> StackRecord:
+    return StackRecord(runtime, plan.local_ollama_url, plan.local_webui_url, port=plan.port, bind=plan.bind,
+                       ollama_port=plan.ollama_port, host=plan.ollama_url, model=plan.default_model, webui=plan.webui)
+
+
+def default_ollama_url() -> str | None:
+    """Where the default stack's Ollama answers, for commands given no --host and no $OLLAMA_HOST (None: no stack)."""
+    if os.environ.get("OLLAMA_HOST"):
+        return None
+    record = StackRecord.load(paths.default_stack_dir())
+    return record.ollama_url if record else None
+
+
+# --- up --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class UpResult:
+    runtime: str
+    env: Path
+    health: probe.Report
+    urls: dict
+    admin: dict
+    first_start_only: list[str] = field(default_factory=list)
+    registered: list[register.Registration] = field(default_factory=list)
+    api: dict | None = None  # with --api: the keyed URL, and a key the first time (shown once)
+    revoked: list[str] = field(default_factory=list)  # keys revoked again (a restore had brought them back)
+
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "env": str(self.env), "urls": self.urls, "admin": self.admin,
+                "first_start_only": self.first_start_only, "registered": [r.as_dict() for r in self.registered],
+                "health": self.health.as_dict(), "api": self.api, "revoked_again": self.revoked}
+
+
+def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
+    """(Modelfile, Ollama name) for every build under the data directory."""
+    root = builds or paths.data_home() / "builds"
+    found = []
+    for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
+        try:
+            found += [(mf, name) for mf, name in register.names_in_build(record.parent) if mf.is_file()]
+        except (OrchError, KeyError, ValueError):
+            continue
+    return found
+
+
+def _register(modelfile: Path, name: str, ollama: str, reporter: Reporter) -> register.Registration:
+    """A build found under the data directory, registered only if its FROM is the GGUF beside it; a refusal is reported."""
+    try:
+        return register.register(modelfile, name, ollama, reporter=reporter, beside_only=True)
+    except OrchError as e:
+        return register.Registration(name, "failed", str(e), "", host=ollama)
+
+
+def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Reporter = SILENT) -> UpResult:
+    """Start the stack and return what the user needs: URLs, credentials (the first time), registrations, health.
+
+    The record is written before anything starts: a start that fails (or is killed) leaves a stack that orch
+    status, logs and down still know."""
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    with locked(plan.directory):
+        if (said := journal.recover(plan.directory)) is not None:
+            reporter.note(said, level="warning")
+        record_of(plan, runtime.name).save(plan.directory)
+        started = runtime.up(plan, wait=wait, reporter=reporter)
+    ollama = plan.local_ollama_url
+    with Ollama(ollama, timeout=10) as server:
+        have = set(server.models())
+    registered = [_register(mf, name, ollama, reporter) for mf, name in built_models() if name not in have]
+    report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
+    env = read_env(started.env) if plan.webui else {}
+    api, revoked = None, []
+    if plan.webui and not report.failed:
+        from orchestrator.stack import api_keys
+
+        revoked = api_keys.revoke_again(plan.directory, plan.local_webui_url)
+        if plan.api:
+            key = api_keys.ensure(plan.directory, plan.local_webui_url)  # after registration: the new models are granted too
+            api = {"url": f"{plan.local_webui_url}/api", "key": key, "keys_file": str(plan.directory / api_keys.KEYS_FILE)}
+    return UpResult(runtime.name, started.env, report, api=api, revoked=revoked,
+                    urls={"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
+                    admin={"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if started.created_secrets else None},
+                    first_start_only=[k for k in started.changed if k in FIRST_START_ONLY], registered=registered)
+
+
+# --- status ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Status:
+    runtime: str
+    record: StackRecord
+    services: list[ServiceState]
+    loaded: list[dict]
+    ollama_error: str | None
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.services) and all(s.running for s in self.services) and self.ollama_error is None
+
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "ollama": self.record.ollama_url, "webui": self.record.webui_url, "healthy": self.healthy,
+                "services": [{"name": s.name, "state": s.state, "running": s.running, "detail": s.detail} for s in self.services],
+                "loaded": [{"name": m.get("name"), "size": m.get("size", 0), "size_vram": m.get("size_vram", 0)} for m in self.loaded],
+                "ollama_error": self.ollama_error}
+
+
+def status(directory: Path, reporter: Reporter = SILENT) -> Status:
+    from orchestrator.stack import choice
+
+    opened(directory, reporter)
+    runtime, record = choice.load(directory)
+    states = runtime.status(directory)
+    try:
+        with Ollama(record.ollama_url) as server:
+            loaded, unreachable = server.loaded(), None
+    except OrchError as e:
+        loaded, unreachable = [], str(e)
+    return Status(runtime.name, record, states, loaded, unreachable)
+
+
+# --- Open WebUI's data out and back in --------------------------------------------------------------------------------
+
+def take_backup(directory: Path, out: Path | None, reporter: Reporter = SILENT) -> tuple[Path, int]:
+    """A backup of the stack, running or stopped: the archive and how many models it lists."""
+    from orchestrator.stack import choice
+
+    opened(directory, reporter)
+    runtime, record = choice.load(directory)
+    with Ollama(record.ollama_url, timeout=10) as server:
+        models = server.listed()  # Ollama down: the backup is still worth having, without the list
+    with runtime.webui_data(directory) as data:
+        path = backup.create(directory, out, models=models, open_webui=(webui_release(directory) or {}).get("release", ""),
+                             data=data)
+    return path, len(models)
+
+
+def restore(directory: Path, archive: Path, reporter: Reporter = SILENT) -> backup.Manifest:
+    """Put a backup back into a stopped stack (or a new directory): checked whole first, swapped in by the journal."""
+    from orchestrator.stack import choice
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with locked(directory):
+        if (said := journal.recover(directory)) is not None:
+            reporter.note(said, level="warning")
+        record = StackRecord.load(directory)
+        runtime = choice.by_name(record.runtime) if record else None
+        if runtime is not None and runtime.running(directory):
+            raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
+        put = None if runtime is None or runtime.data_in_stack else (lambda data: runtime.put_webui_data(directory, data))
+        return backup.restore(archive, directory, put_data=put)
+
+
+def start_hint(directory: Path) -> str:
+    """The command that starts the stack again as it last ran (its record keeps the ports and bind address)."""
+    from orchestrator.paths import default_stack_dir
+
+    return "orch up" + ("" if directory == default_stack_dir().expanduser().resolve() else f" --dir {directory}")
