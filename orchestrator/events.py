@@ -7,14 +7,7 @@ call is silent unless its caller passes one (the CLI's draws Rich bars).
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from pathlib import Path
 from typing import Literal
-
-PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a named step (the interruption tests kill the process there)
-RESUME_ENV = "ORCH_DEBUG_RESUME"  # a file whose appearance lets a paused step go on (to deliver Ctrl-C mid-way)
 
 Level = Literal["info", "warning"]
 
@@ -48,16 +41,9 @@ class Reporter:
     def note(self, text: str, level: Level = "info") -> None:
         pass
 
+    def reached(self, step: str) -> None:
+        """A named step of work that must survive a kill at any instant is done (a restore's renames): nothing to show,
+        but where a test stops the process to prove it."""
+
 
 SILENT = Reporter()
-
-
-def pause_point(stage: str) -> None:
-    """Where the interruption tests stop orch dead, when $ORCH_DEBUG_PAUSE_AFTER names `stage`: it says so on stderr,
-    then waits for ever, or until the file $ORCH_DEBUG_RESUME appears."""
-    if os.environ.get(PAUSE_ENV) != stage:
-        return
-    print(f"orch: paused after {stage}", file=sys.stderr, flush=True)
-    resume = os.environ.get(RESUME_ENV)
-    while not (resume and Path(resume).exists()):
-        time.sleep(0.05)

@@ -22,10 +22,19 @@ import pytest
 from orchestrator.files import sha256_file
 from orchestrator.stack import backup, journal
 from orchestrator.stack.config import read_env
-from support import ORCH, cli
+from support import cli
 from test_backup import digest, make_stack, rewrite, titles
 
-PAUSE = "ORCH_DEBUG_PAUSE_AFTER"
+CHILD = Path(__file__).with_name("restore_child.py")
+
+
+def paused_restore(stack: Path, archive: Path, step: str, resume: Path) -> subprocess.Popen:
+    """A restore (the library call orch restore makes) stopped at `step`: it has said so once this returns."""
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(stack), str(archive), step, str(resume)], stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    line = proc.stderr.readline()
+    assert line.strip() == f"paused after {step}", line + proc.stderr.read()
+    return proc
 
 
 def cve_2025_4517(out: Path, victim: str, depth: int, content: bytes) -> Path:
@@ -249,12 +258,8 @@ def test_a_restore_killed_at_any_step_leaves_the_old_state_or_the_new_whole(tmp_
     old = stack_state(stack)
     assert old != new
     resume = tmp_path / "resume"
-    env = os.environ | {PAUSE: step, "ORCH_DEBUG_RESUME": str(resume)}
-    proc = subprocess.Popen([str(ORCH), "restore", str(archive), "--dir", str(stack)], stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = paused_restore(stack, archive, step, resume)
     try:
-        line = proc.stderr.readline()
-        assert line.strip() == f"orch: paused after {step}", line + proc.stderr.read()
         proc.send_signal(sig)
         if sig == signal.SIGINT:
             resume.touch()  # Ctrl-C first, then the step goes on as if the key had been pressed mid-way
@@ -281,9 +286,7 @@ def test_a_journal_left_by_a_kill_is_finished_by_orch_up_restore_backup_and_stat
         archive = backup.create(stack)
         (stack / "settings.json").write_text('{"ENABLE_SIGNUP": "True"}\n')
         old = stack_state(stack)
-        proc = subprocess.Popen([str(ORCH), "restore", str(archive), "--dir", str(stack)], stderr=subprocess.PIPE, text=True,
-                                env=os.environ | {PAUSE: "restore aside .env"})
-        assert proc.stderr.readline().startswith("orch: paused")
+        proc = paused_restore(stack, archive, "restore aside .env", tmp_path / command[0] / "never")
         proc.kill()
         proc.wait()
         proc.stderr.close()

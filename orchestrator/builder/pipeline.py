@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +28,10 @@ from orchestrator.builder.llamacpp import provision
 from orchestrator.builder.plan import BuildPlan
 from orchestrator.builder.state import BuildState, fingerprint
 from orchestrator.errors import OrchError
-from orchestrator.events import SILENT, Reporter, pause_point
+from orchestrator.events import SILENT, Reporter
 from orchestrator.files import nearest_existing, sha256_file, write_text
 
+PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a stage (the interruption tests kill the process there)
 DISK_MARGIN = 64 << 20
 GAIN_TYPE = "Q4_K_M"  # with --imatrix, the report also measures this type made without it
 
@@ -134,11 +136,11 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     if plan.source.kind not in ("catalog", "repo"):
         announce(plan, reporter)
     plan.work.mkdir(parents=True, exist_ok=True)
-    pause_point("fetch")
+    _pause_point("fetch")
 
     prepared = plan.work / "prepared"
     stages.run("prepare", src.fingerprint(), lambda: link_prepared(src.ckpt, prepared))
-    pause_point("prepare")
+    _pause_point("prepare")
     if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
         link_prepared(src.ckpt, prepared)
 
@@ -149,7 +151,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     keys = Keys.of(plan, src, llama, matrix and matrix["sha256"])
     base_rec, hashes = convert_beside_hashing(plan, src, llama, keys, stages, prepared, reporter,
                                               base_needed=base_needed(plan, keys, stages.state, matrix))
-    pause_point("convert")
+    _pause_point("convert")
     t = time.monotonic()
     tools = llama_tools(llama, reporter) if plan.imatrix else None
     outside["llama_tools"] = round(time.monotonic() - t, 3)  # compiled once per machine
@@ -166,7 +168,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
         artifacts[art.quant] = stages.run(f"quantize:{art.quant}", keys.quantize(art.quant),
                                           lambda art=art, path=path: quantize(plan, src, path, art.quant, matrix, tools, reporter),
                                           outputs=[path])
-    pause_point("quantize")
+    _pause_point("quantize")
     report = stages.run("quality", keys.quality(plan), lambda: evaluate(plan, src, matrix, tools, reporter)) if measured(plan) else {}
     baseline(plan).unlink(missing_ok=True)
     if plan.base_gguf.parent == plan.work and plan.base_gguf.exists():
@@ -176,10 +178,10 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     for art in plan.artifacts:
         checks[art.quant] = stages.run(f"verify:{art.quant}", fingerprint(artifacts[art.quant]["sha256"], src.control),
                                        lambda art=art: verify(plan, src.ckpt, plan.output / art.gguf, reporter))
-    pause_point("verify")
+    _pause_point("verify")
 
     write_modelfiles(plan, src.ckpt)
-    pause_point("modelfile")
+    _pause_point("modelfile")
     timings = {"fetch": fetch_seconds} | outside | {k: v["seconds"] for k, v in stages.state.stages.items()}
     record = make_record(plan, src, llama, base_rec, hashes, artifacts, checks, report, matrix,
                          timings | {"total_this_run": round(time.monotonic() - t0, 3)}, stages.resumed)
@@ -452,6 +454,13 @@ def check_disk(plan: BuildPlan, ckpt: checkpoint.Checkpoint) -> None:
 
         raise OrchError(f"not enough free disk in {probe}: the build needs about {decimal(need + DISK_MARGIN)}, "
                         f"{decimal(free)} is free: free some space or pass --dir on a larger disk")
+
+
+def _pause_point(stage: str) -> None:
+    if os.environ.get(PAUSE_ENV) == stage:
+        print(f"orch: paused after {stage}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
 
 
 def _stat_key(directory: Path, names: list[str]) -> list:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import BadInput, OrchError
-from orchestrator.events import Reporter, pause_point
+from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path, sha256_file
 from orchestrator.stack import archive as archive_mod
 from orchestrator.stack.config import parse_env, read_env
@@ -204,7 +204,7 @@ def sign(manifest: bytes | None, key: str | None) -> str:
     return hmac.new(hashlib.sha256(f"orch-backup-mac:{key}".encode()).digest(), manifest, hashlib.sha256).hexdigest()
 
 
-def restore(archive: Path, directory: Path, put_data=None) -> Manifest:
+def restore(archive: Path, directory: Path, put_data=None, reporter: Reporter = SILENT) -> Manifest:
     """Put a checked backup in place of the stack's data and settings; the stack must be stopped. `put_data`, when
     given, puts Open WebUI's data where the runtime keeps it (a Docker volume) from the unpacked directory, inside
     the journaled swap: a failure there puts the settings back too."""
@@ -214,10 +214,10 @@ def restore(archive: Path, directory: Path, put_data=None) -> Manifest:
     try:
         env = read_env(directory / ".env")
         manifest = read(archive, stage / "incoming", key_id(env.get("WEBUI_SECRET_KEY")), env.get("WEBUI_SECRET_KEY"))
-        pause_point("restore unpacked")
+        reporter.reached("restore unpacked")
         names = RESTORED + (() if put_data is not None else (DATA,))
         then = (lambda: put_data(stage / "incoming" / DATA)) if put_data is not None and (stage / "incoming" / DATA).is_dir() else None
-        journal.swap(directory, stage, names, then)
+        journal.swap(directory, stage, names, then, reporter)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest

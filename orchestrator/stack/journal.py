@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from orchestrator.events import pause_point
+from orchestrator.events import SILENT, Reporter
 from orchestrator.files import fsync_dir, write_text
 
 JOURNAL = "restore.journal"
@@ -33,7 +33,8 @@ def staging(directory: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=directory, prefix=STAGING_PREFIX))
 
 
-def swap(directory: Path, stage: Path, names: tuple[str, ...], then: Callable[[], None] | None = None) -> None:
+def swap(directory: Path, stage: Path, names: tuple[str, ...], then: Callable[[], None] | None = None,
+         reporter: Reporter = SILENT) -> None:
     """Put stage/incoming/NAME in place of directory/NAME for each name (one absent from incoming is removed); the old
     ones wait in stage/previous until `then()` (the part of the restore outside the directory) has returned."""
     incoming, previous = stage / "incoming", stage / "previous"
@@ -44,24 +45,24 @@ def swap(directory: Path, stage: Path, names: tuple[str, ...], then: Callable[[]
     record = {"staging": stage.name, "names": moving, "had": had, "state": "swapping"}
     with _held_interrupts():
         write_text(directory / JOURNAL, json.dumps(record) + "\n", mode=0o600)
-        pause_point("restore journal")
+        reporter.reached("restore journal")
         try:
             for name in moving:
                 if name in had and not _exists(previous / name):
                     os.replace(directory / name, previous / name)
-                    pause_point(f"restore aside {name}")
+                    reporter.reached(f"restore aside {name}")
                 if _exists(incoming / name):
                     os.replace(incoming / name, directory / name)
-                    pause_point(f"restore in {name}")
+                    reporter.reached(f"restore in {name}")
             fsync_dir(directory)
             if then is not None:
                 then()
-                pause_point("restore outside")
+                reporter.reached("restore outside")
         except BaseException:
             _roll_back(directory, stage, record)
             raise
         write_text(directory / JOURNAL, json.dumps(record | {"state": "done"}) + "\n", mode=0o600)
-        pause_point("restore done")
+        reporter.reached("restore done")
     _finish(directory, stage)
 
 

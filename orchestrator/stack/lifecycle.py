@@ -224,7 +224,7 @@ def restore(directory: Path, archive: Path, reporter: Reporter = SILENT) -> back
         if runtime is not None and runtime.running(directory):
             raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
         put = None if runtime is None or runtime.data_in_stack else (lambda data: runtime.put_webui_data(directory, data))
-        return backup.restore(archive, directory, put_data=put)
+        return backup.restore(archive, directory, put_data=put, reporter=reporter)
 
 
 def start_hint(directory: Path) -> str:
