@@ -48,7 +48,7 @@ def render(spec: ModelfileSpec) -> str:
         "GGUF": spec.gguf,
         "SYSTEM": f'SYSTEM """{_triple_quotable(spec.system, "--system")}"""' if spec.system else "",
         "PARAMETERS": "\n".join(f"PARAMETER {k} {_format(v)}" for k, v in params.items()),
-        "LICENSE": spec.license.replace('"""', '"'),
+        "LICENSE": one_block(spec.license),
     }
     if spec.markers:
         values |= {"USER_PIECE": spec.markers[0], "ASSISTANT_PIECE": spec.markers[1]}
@@ -68,6 +68,13 @@ def license_text(model_dir: Path, license_files: tuple[str, ...]) -> str:
     for name in license_files:
         parts.append((Path(model_dir) / name).read_text(encoding="utf-8", errors="replace").strip())
     return "\n\n".join(parts)
+
+
+def one_block(text: str) -> str:
+    """Free text from a checkpoint (its LICENSE) as the inside of one triple-quoted value, whatever it holds. Ollama's
+    parser closes such a value at the first line end where the value so far ends in three quotes (five quotes in a
+    LICENSE did that, and its next line became a command): so no run of quotes is left longer than one."""
+    return re.sub(r'"{2,}', '"', text)
 
 
 def validate_system(system: str | None) -> None:
@@ -175,11 +182,12 @@ def parse(path: Path) -> Modelfile:
 
 def _value(text: str, start: int, fail) -> tuple[str, int]:
     """The value starting at `start` and the position after its line."""
-    if text.startswith('"""', start):
-        close = text.find('"""', start + 3)
-        if close < 0:
-            fail('a """ value is never closed')
-        value, after = text[start + 3:close], close + 3
+    if text.startswith('"""', start):  # as Ollama reads it: closed at the first line end where the value ends in three quotes
+        for m in re.finditer(r"[\r\n]|\Z", text[start:]):
+            so_far = text[start:start + m.start()].strip()
+            if len(so_far) >= 6 and so_far.endswith('"""'):
+                return so_far[3:-3], start + m.start() + 1
+        fail('a """ value is never closed')
     elif text.startswith('"', start):
         out, i = [], start + 1
         while i < len(text) and text[i] != '"':
