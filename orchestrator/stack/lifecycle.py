@@ -63,13 +63,16 @@ def locked(directory: Path) -> Iterator[None]:
 
 def planned(directory: Path, asked: dict, **rest) -> tuple[StackPlan, list[str]]:
     """The plan for `orch up`: each of port, bind, ollama_port, host and model as asked, else as the stack last ran,
-    else the default; and a line for each that a flag changed. Pure: `asked` holds None for a flag not given."""
+    else the default; and a line for each that a flag changed. `asked` holds None for a flag not given; nothing is
+    written."""
     record = StackRecord.load(directory)
     before = {k: getattr(record, k) for k in DEFAULTS} if record else {}
     chosen = {k: asked.get(k) if asked.get(k) is not None else before.get(k, default) for k, default in DEFAULTS.items()}
     changes = [f"{k.replace('_', '-')} {before[k]} -> {chosen[k]}" for k in DEFAULTS
                if record is not None and asked.get(k) is not None and asked[k] != before[k]]
     webui = rest.pop("webui", None)
+    if record is not None and webui is not None and webui != record.webui:
+        changes.append("Open WebUI " + ("added" if webui else "left out (--no-webui)"))
     webui = webui if webui is not None else (record.webui if record else True)
     plan = StackPlan(directory=directory, port=chosen["port"], bind=chosen["bind"], ollama_port=chosen["ollama_port"],
                      ollama_url=chosen["host"], default_model=chosen["model"], webui=webui, **rest)

@@ -61,9 +61,22 @@ class StackRecord:
 
     @classmethod
     def load(cls, directory: Path) -> "StackRecord | None":
-        """The record, or None when there is none (a record from an older orch has only its first three fields)."""
+        """The record, or None when there is none. An older orch wrote only the first three fields: the ports and the
+        bind address are read back from its URLs then, so the stack keeps running where it ran."""
+        from urllib.parse import urlsplit
+
         try:
             raw = json.loads((directory / RECORD).read_text())
+            if "port" not in raw:
+                webui = urlsplit(raw.get("webui_url") or "")
+                raw |= {"webui": bool(raw.get("webui_url"))} | ({"port": webui.port} if webui.port else {})
+                if webui.hostname and webui.hostname not in ("127.0.0.1", "localhost"):
+                    raw["bind"] = webui.hostname
+                ollama = urlsplit(raw["ollama_url"])
+                if ollama.hostname in ("127.0.0.1", "localhost") and ollama.port:
+                    raw["ollama_port"] = ollama.port
+                else:
+                    raw["host"] = raw["ollama_url"]  # an Ollama that already ran elsewhere
             return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         except (OSError, ValueError, TypeError, KeyError):
             return None
