@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
@@ -99,3 +100,24 @@ def test_the_stack_remembers_its_ports_and_every_command_finds_it_there(real_oll
         assert "ollama.com" not in log, [line for line in log.splitlines() if "ollama.com" in line][:3]
     finally:
         cli("down", check=False)
+
+
+OLDER_RECORDS = [  # what orch before this release wrote, and where a bare orch up then runs the stack
+    ({"runtime": "native", "ollama_url": "http://127.0.0.1:11500", "webui_url": "http://127.0.0.1:3300"},
+     {"port": 3300, "ollama_port": 11500, "bind": "0.0.0.0", "ollama_url": None, "webui": True}),
+    ({"runtime": "docker", "ollama_url": "http://gpu-box:11434", "webui_url": "http://10.0.0.5:3000"},
+     {"port": 3000, "ollama_port": 11434, "bind": "10.0.0.5", "ollama_url": "http://gpu-box:11434", "webui": True}),
+    ({"runtime": "native", "ollama_url": "http://127.0.0.1:11600", "webui_url": None},
+     {"port": 3000, "ollama_port": 11600, "bind": "0.0.0.0", "ollama_url": None, "webui": False}),
+]
+
+
+@pytest.mark.parametrize("old, runs", OLDER_RECORDS)
+def test_a_stack_started_by_an_older_orch_starts_again_where_it_ran(tmp_path, old, runs):
+    from orchestrator.stack import lifecycle
+
+    (tmp_path / "stack.json").write_text(json.dumps(old))
+    plan, changes = lifecycle.planned(tmp_path, {})
+    assert {k: getattr(plan, k) for k in runs} == runs and changes == []
+    plan, changes = lifecycle.planned(tmp_path, {"port": 3400, "model": "tiny:q4_K_M"}, webui=True)
+    assert plan.port == 3400 and changes[:2] == [f"port {runs['port']} -> 3400", "model none -> tiny:q4_K_M"]

@@ -68,7 +68,7 @@ def planned(directory: Path, asked: dict, **rest) -> tuple[StackPlan, list[str]]
     record = StackRecord.load(directory)
     before = {k: getattr(record, k) for k in DEFAULTS} if record else {}
     chosen = {k: asked.get(k) if asked.get(k) is not None else before.get(k, default) for k, default in DEFAULTS.items()}
-    changes = [f"{k.replace('_', '-')} {before[k]} -> {chosen[k]}" for k in DEFAULTS
+    changes = [f"{k.replace('_', '-')} {before[k] or 'none'} -> {chosen[k]}" for k in DEFAULTS
                if record is not None and asked.get(k) is not None and asked[k] != before[k]]
     webui = rest.pop("webui", None)
     if record is not None and webui is not None and webui != record.webui:
