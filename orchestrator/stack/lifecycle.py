@@ -25,6 +25,7 @@ from orchestrator.stack import backup, journal
 from orchestrator.stack.config import FIRST_START_ONLY, StackPlan, read_env
 from orchestrator.stack.runtime import Runtime, ServiceState, StackRecord, webui_release
 
+UP_STATES = ("running", "starting", "ready")  # supervisord's, Docker's and Kubernetes' words for a service that is up
 DEFAULTS = {"port": 3000, "bind": "0.0.0.0", "ollama_port": 11434, "host": None, "model": None}
 
 
@@ -175,7 +176,8 @@ class Status:
 
     @property
     def healthy(self) -> bool:
-        return bool(self.services) and all(s.running for s in self.services) and self.ollama_error is None
+        """Every service up (one that answers while its supervisor still counts its first seconds too) and Ollama answering."""
+        return bool(self.services) and all(s.state in UP_STATES for s in self.services) and self.ollama_error is None
 
     def as_dict(self) -> dict:
         return {"runtime": self.runtime, "ollama": self.record.ollama_url, "webui": self.record.webui_url, "healthy": self.healthy,
