@@ -76,12 +76,12 @@ def test_osv_answers_in_its_documented_shape_are_read_and_cached(osv):
     double = osv()
     found = cve_feed.findings("0.34.1", "osv")
     assert double.asked == [{"version": "0.34.1", "package": {"name": "github.com/ollama/ollama", "ecosystem": "Go"}}]
-    assert [(a.cve, a.fixed, a.unpatched) for a in found.advisories] == [("CVE-2026-90001", "0.35.1", False),
-                                                                         ("CVE-2026-5757", None, True)]
+    assert [(a.cve, a.fixed, a.unpatched) for a in found.advisories] == [("CVE-2026-5757", None, True), ("CVE-2026-65315", None, True),
+                                                                         ("CVE-2026-90001", "0.35.1", False)]
     assert found.source.startswith(f"OSV ({double.url}") and not found.fallback
     again = cve_feed.findings("0.34.1", "osv")
     assert len(double.asked) == 1 and again.source.startswith("OSV (cached answer from ")
-    assert [a.cve for a in again.advisories] == ["CVE-2026-90001", "CVE-2026-5757"]
+    assert [a.cve for a in again.advisories] == [*UNPATCHED, "CVE-2026-90001"]
     later = cve_feed.findings("0.34.1", "osv", now=__import__("time").time() + cve_feed.TTL + 1)
     assert len(double.asked) == 2 and later.source.startswith("OSV (")
 
@@ -138,3 +138,52 @@ def test_health_with_the_osv_feed_says_which_source_it_used(real_served, osv):
     assert double.asked[0]["version"] == version["data"]["version"]
     assert version["status"] == "degraded" and "CVE-2026-90001" in version["reason"] and "fixed in 0.35.1" in version["reason"]
     assert version["data"]["source"].startswith("OSV (")
+
+
+def record(**changes) -> dict:
+    """OSV_ANSWER's first record with `changes`: what a broken or hostile feed might send."""
+    return OSV_ANSWER["vulns"][0] | changes
+
+
+UNREADABLE = {
+    "aliases that are not a list": record(aliases=1),
+    "a fixed version 5000 digits long": record(affected=[{"ranges": [{"type": "SEMVER", "events": [{"fixed": "9" * 5000}]}]}]),
+    "ranges that are not a list": record(affected=[{"ranges": 7}]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_a_record_osv_sends_that_cannot_be_read_leaves_the_table_answering(osv, case):
+    osv({"vulns": [UNREADABLE[case], OSV_ANSWER["vulns"][1]]})
+    found = cve_feed.findings("0.34.2", "osv", timeout=2)
+    assert [a.cve for a in found.advisories] == ["CVE-2026-103663", *UNPATCHED]
+    assert found.fallback.startswith("OSV not used") and "could not read" in found.fallback
+
+
+@pytest.mark.parametrize("answer", [{}, {"vulns": []}, {"vulns": [record(summary="", details="")]}],
+                         ids=["an empty object", "no vulns", "a blank summary"])
+def test_what_osv_finds_is_added_to_the_table_never_put_in_its_place(osv, answer):
+    osv(answer)
+    found = cve_feed.findings("0.34.2", "osv", timeout=2)
+    assert [a.cve for a in found.advisories][:3] == ["CVE-2026-103663", *UNPATCHED], "an empty answer cannot hide the table's"
+    assert found.source.startswith("OSV (") and "and orch's built-in table" in found.source and not found.fallback
+    if answer.get("vulns"):
+        assert found.advisories[-1].cve == "CVE-2026-90001" and found.advisories[-1].summary == "GO-2026-4711"
+
+
+@pytest.mark.parametrize("version, open_to", [
+    ("0.35.0-rc1", "CVE-2026-103663"),  # fixed in 0.35.0: its release candidates are not
+    ("0.31.2-rc0", "CVE-2026-86289"),   # fixed in 0.31.2
+    ("v0.31.2-rc1", "CVE-2026-102697"),
+])
+def test_a_pre_release_is_open_to_what_its_release_fixes(version, open_to):
+    from orchestrator.ollama import vulns
+
+    assert open_to in [a.cve for a in vulns.affecting(version)]
+    assert open_to not in [a.cve for a in vulns.affecting(version.split("-")[0])]
+
+
+def test_an_absurd_version_is_no_version_rather_than_a_crash():
+    from orchestrator.ollama import vulns
+
+    assert vulns.affecting("1" * 5000 + ".0.0") is None and vulns.affecting("0.1.2-" + "x" * 5000) is None

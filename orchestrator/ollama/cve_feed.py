@@ -6,8 +6,10 @@ advisories; one POST to /v1/query with the version and the package
 affect it. Answers are cached per version for a day. The built-in table
 (vulns.py) is the default: a health probe should not tell a third party which
 server version a private box runs, and an offline box would wait on every
-probe. Whatever goes wrong with OSV (no network, a slow or malformed answer),
-the table answers instead and the result says so.
+probe. OSV's findings are added to the table's, never put in their place (an
+empty answer cannot hide what the table knows), and whatever goes wrong with
+OSV (no network, a slow or malformed answer, a record it cannot read), the table
+answers alone and the result says so.
 """
 
 from __future__ import annotations
@@ -47,18 +49,24 @@ def findings(version: str, feed: str = "builtin", *, timeout: float = 5.0, now: 
     if feed != "osv" or table is None:
         return table
     now = time.time() if now is None else now
-    release = ".".join(map(str, vulns.parse(version)))
+    release = vulns.release_text(vulns.parse(version))
     cache = paths.cache_home() / "osv" / f"ollama-{release}.json"
     cached = _cached(cache, now)
     if cached is not None:
-        return Findings(cached[0], f"OSV (cached answer from {_when(cached[1])})")
+        return Findings(_with_table(table, cached[0]), f"OSV (cached answer from {_when(cached[1])}) and {table.source}")
     url = os.environ.get(URL_ENV) or OSV_URL
     try:
         advisories = osv_query(url, release, timeout)
     except OsvUnusable as e:
         return Findings(table.advisories, table.source, f"OSV not used ({e})")
     _store(cache, now, advisories)
-    return Findings(advisories, f"OSV ({url}, asked {_when(now)})")
+    return Findings(_with_table(table, advisories), f"OSV ({url}, asked {_when(now)}) and {table.source}")
+
+
+def _with_table(table: Findings, found: list[vulns.Advisory]) -> list[vulns.Advisory]:
+    """The table's advisories, then OSV's that the table does not name."""
+    known = {a.cve for a in table.advisories}
+    return [*table.advisories, *(a for a in found if a.cve not in known)]
 
 
 class OsvUnusable(Exception):
@@ -85,18 +93,30 @@ def osv_query(url: str, version: str, timeout: float) -> list[vulns.Advisory]:
 
 
 def _advisory(v, url: str) -> vulns.Advisory:
-    """One OSV record as an Advisory: its CVE id where it has one, and the first fixed version its ranges name."""
+    """One OSV record as an Advisory; a record of another shape makes the whole answer unusable (the table answers)."""
     if not isinstance(v, dict) or not isinstance(v.get("id"), str):
         raise OsvUnusable(f"{url} answered a vulnerability without an id")
+    try:
+        return _read_advisory(v)
+    except (TypeError, ValueError, AttributeError, IndexError) as e:
+        raise OsvUnusable(f"{url} answered a record of {v['id'][:40]!r} it could not read ({type(e).__name__})") from None
+
+
+def _read_advisory(v: dict) -> vulns.Advisory:
+    """Its CVE id where it has one, and the first fixed version its ranges name."""
     aliases = [a for a in v.get("aliases") or [] if isinstance(a, str)]
     cve = next((a for a in [v["id"], *aliases] if a.startswith("CVE-")), v["id"])
     fixed = None
     for affected in v.get("affected") or []:
         for rng in (affected or {}).get("ranges") or [] if isinstance(affected, dict) else []:
-            for event in (rng or {}).get("events") or [] if isinstance(rng, dict) else []:
-                if isinstance(event, dict) and isinstance(event.get("fixed"), str) and vulns.parse(event["fixed"]):
+            if not isinstance(rng, dict) or rng.get("type") not in ("SEMVER", "ECOSYSTEM"):  # GIT ranges name commits
+                continue
+            for event in rng.get("events") or []:
+                if isinstance(event, dict) and isinstance(event.get("fixed"), str):
+                    if vulns.parse(event["fixed"]) is None:
+                        raise ValueError(f"fixed version {event['fixed'][:20]!r}")
                     fixed = fixed or event["fixed"].lstrip("v")
-    summary = str(v.get("summary") or v.get("details") or v["id"]).strip().splitlines()[0][:160]
+    summary = (str(v.get("summary") or v.get("details") or "").strip().splitlines() or [v["id"]])[0][:160]
     known = next((a for a in vulns.ADVISORIES if a.cve == cve), None)
     mitigation = known.mitigation if known and known.mitigation else UNKNOWN_MITIGATION
     return vulns.Advisory(cve, summary, fixed=fixed, mitigation=mitigation if fixed is None else "")

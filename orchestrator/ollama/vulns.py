@@ -36,13 +36,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-Version = tuple[int, int, int]
+Version = tuple  # (major, minor, patch, 1 for a release or 0 for a pre-release, the pre-release's identifiers)
 
 
 def parse(version: str) -> Version | None:
-    """'0.40.2', 'v0.40.2-rc1', '0.40.2-double' -> (0, 40, 2); None when there is no release number in it."""
-    numbers = [int(x) for x in re.findall(r"\d+", version.split("-")[0])[:3]]
-    return tuple(numbers) if len(numbers) == 3 else None  # type: ignore[return-value]
+    """'0.40.2', 'v0.40.2' -> a key that orders as Go's semver does: '0.35.0-rc1' comes before '0.35.0' (a release
+    candidate is open to what its release fixes). None when there is no release number in it, or an absurd one."""
+    core = version.strip().lstrip("v").partition("+")[0]  # +build metadata does not order
+    release, dash, pre = core.partition("-")
+    numbers = re.findall(r"\d+", release)[:3]
+    if len(numbers) != 3 or any(len(n) > 9 for n in numbers) or len(pre) > 64:
+        return None
+    ids = tuple((0, int(i), "") if i.isdigit() and len(i) <= 9 else (1, 0, i) for i in pre.split(".")) if dash else ()
+    return (*map(int, numbers), 0 if dash else 1, ids)
+
+
+def release_text(version: Version) -> str:
+    """The version a key was parsed from, as OSV and a cache file name take it: 0.35.0, or 0.35.0-rc1."""
+    pre = ".".join(str(n) if kind == 0 else text for kind, n, text in version[4])
+    return ".".join(map(str, version[:3])) + (f"-{re.sub(r'[^0-9A-Za-z.-]', '', pre)}" if version[3] == 0 else "")
 
 
 TABLE_DATE = "2026-12-01"  # when the table below was last checked against the records
