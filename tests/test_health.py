@@ -256,10 +256,11 @@ def webui_stub():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    answers = {"body": b'{"status":true}', "type": "application/json"}
+    answers = {"body": b'{"status":true}', "type": "application/json", "authorization": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            answers["authorization"].append(self.headers.get("Authorization"))
             self.send_response(200 if self.path == "/health" else 404)
             self.send_header("Content-Type", answers["type"])
             self.send_header("Content-Length", str(len(answers["body"])))
@@ -284,6 +285,14 @@ def test_open_webui_health_is_checked_when_a_url_is_given(served, webui_stub):
     answers.update(body=b"<html>502 Bad Gateway</html>", type="text/html")
     proc, report, _ = health(double.url, "--model", MODEL, "--webui", url)
     assert proc.returncode == 1 and "not JSON" in check(report, "webui")["reason"]
+
+    # a proxy in front of it asks for a password: sent as HTTP Basic, and never printed
+    secret_url = url.replace("http://", "http://ops:s3cr%40t@")
+    proc, report, _ = health(double.url, "--model", MODEL, "--webui", secret_url)
+    import base64
+
+    assert answers["authorization"][-1] == "Basic " + base64.b64encode(b"ops:s3cr@t").decode()
+    assert "s3cr" not in proc.stdout + proc.stderr and url in check(report, "webui")["reason"]
 
 
 def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():

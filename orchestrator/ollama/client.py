@@ -177,9 +177,9 @@ def error_text(e: Exception) -> str:
     return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(e).__name__
 
 
-def get(url: str, timeout: float = 5.0) -> httpx.Response:
+def get(url: str, timeout: float = 5.0, auth: tuple[str, str] | None = None) -> httpx.Response:
     """A GET to a service that is not Ollama (Open WebUI's /health)."""
-    return httpx.get(url, timeout=timeout)
+    return httpx.get(url, timeout=timeout, auth=auth)
 
 
 def post_json(url: str, body: dict, timeout: float = 10.0, headers: dict | None = None) -> httpx.Response:

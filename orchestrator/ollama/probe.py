@@ -98,9 +98,10 @@ def probe(p: Probe) -> Report:
             exposure = _run("exposure", lambda: _exposure(http.url), checks)
             _judge_unpatched(checks, exposure)
     if p.webui:
-        _run("webui", lambda: _webui(p.webui, p.timeout), checks)
+        webui, auth = client.split_credentials(p.webui)  # sent, never put in a reason, an alert or --json
+        _run("webui", lambda: _webui(webui, p.timeout, auth), checks)
         if p.api_key:
-            _run("api", lambda: _keyed(p.webui, p.api_key, model, p.timeout), checks)
+            _run("api", lambda: _keyed(webui, p.api_key, model, p.timeout), checks)
     return Report(http.url, model, checks, started, time.monotonic() - t0)
 
 
@@ -273,8 +274,8 @@ def _answers(addr: str, port: int) -> bool:
         return False
 
 
-def _webui(url: str, timeout: float):
-    r = client.get(url.rstrip("/") + "/health", timeout=timeout)
+def _webui(url: str, timeout: float, auth: tuple[str, str] | None = None):
+    r = client.get(url.rstrip("/") + "/health", timeout=timeout, auth=auth)
     if r.status_code != 200:
         raise ProbeError(f"Open WebUI /health answered HTTP {r.status_code}")
     try:
