@@ -124,3 +124,16 @@ def test_a_stack_started_by_an_older_orch_starts_again_where_it_ran(tmp_path, ol
     assert {k: getattr(plan, k) for k in runs} == runs and changes == []
     plan, changes = lifecycle.planned(tmp_path, {"port": 3400, "model": "tiny:q4_K_M"}, webui=True)
     assert plan.port == 3400 and changes[:2] == [f"port {runs['port']} -> 3400", "model none -> tiny:q4_K_M"]
+
+
+@pytest.mark.parametrize("asked, bind, warned", [
+    ({}, "127.0.0.1", False),                       # keys on: Open WebUI stays on this machine unless asked
+    ({"bind": "0.0.0.0"}, "0.0.0.0", True),          # asked wider: said that keys cross in plain HTTP
+    ({"bind": "127.0.0.1"}, "127.0.0.1", False),
+])
+def test_keyed_access_keeps_open_webui_on_loopback_unless_asked(tmp_path, asked, bind, warned):
+    from orchestrator.stack import lifecycle
+
+    plan, _ = lifecycle.planned(tmp_path / "new-stack", asked, api=True)
+    assert plan.bind == bind
+    assert any("plain HTTP" in w for w in plan.warnings("native")) == warned

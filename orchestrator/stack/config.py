@@ -94,6 +94,9 @@ class StackPlan:
         if self.bind == "0.0.0.0" and self.webui:
             out.append(f"Open WebUI listens on every interface at port {self.port} (it has sign-in{bypass}): "
                        "pass --bind 127.0.0.1 to keep it on this machine")
+        if self.api and self.bind not in ("127.0.0.1", "::1", "localhost"):
+            out.append(f"API keys and chats cross the network in plain HTTP at port {self.port}: put TLS in front of it (a "
+                       "reverse proxy such as Caddy or nginx, or an Ingress), or --bind 127.0.0.1 and an SSH tunnel")
         return out
 
 

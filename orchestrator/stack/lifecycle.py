@@ -68,7 +68,8 @@ def planned(directory: Path, asked: dict, **rest) -> tuple[StackPlan, list[str]]
     written."""
     record = StackRecord.load(directory)
     before = {k: getattr(record, k) for k in DEFAULTS} if record else {}
-    chosen = {k: asked.get(k) if asked.get(k) is not None else before.get(k, default) for k, default in DEFAULTS.items()}
+    defaults = DEFAULTS | ({"bind": "127.0.0.1"} if rest.get("api") else {})  # keys never cross a network in plain HTTP unasked
+    chosen = {k: asked.get(k) if asked.get(k) is not None else before.get(k, default) for k, default in defaults.items()}
     changes = [f"{k.replace('_', '-')} {before[k] or 'none'} -> {chosen[k]}" for k in DEFAULTS
                if record is not None and asked.get(k) is not None and asked[k] != before[k]]
     webui = rest.pop("webui", None)
