@@ -407,7 +407,7 @@ ACCEPTED = {
     "CKV_K8S_43": "images pinned by tag: their digests cannot be looked up from machines without a registry (README says how to pin)",
     "CKV_K8S_15": "IfNotPresent with a pinned tag: Always would pull gigabytes on every restart of an air-gapped node",
     "CKV_K8S_35": "Open WebUI reads its secret key and admin account from its environment only (and the backup job, "
-                  "which ties each backup to its stack by that key)",
+                  "which reads its signing key and stack id from the environment of orch's CLI)",
     "CKV_K8S_23": "Open WebUI's image writes into its own tree at start, as root (and the backup job reads those root-owned "
                   "files, as root with every capability dropped)",
     "CKV_K8S_22": "Open WebUI: its root filesystem cannot be read-only",
@@ -495,12 +495,14 @@ def test_the_backup_cronjob_runs_orch_backup_on_open_webuis_volume_beside_open_w
     assert same_node["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "open-webui", "Open WebUI's claim is ReadWriteOnce"
     job = pod["containers"][0]
     assert job["securityContext"]["capabilities"] == {"drop": ["ALL"]} and job["securityContext"]["allowPrivilegeEscalation"] is False
-    secret = next(d for d in docs if d["kind"] == "Secret")
-    assert {"name": "WEBUI_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "WEBUI_SECRET_KEY"}}} \
-        in job["env"]
+    backup_secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("orch-backup"))
+    assert job["envFrom"] == [{"secretRef": {"name": backup_secret["metadata"]["name"]}}]
+    assert set(backup_secret["data"]) == {"ORCH_BACKUP_KEY", "ORCH_STACK_ID"}, "what the job needs, and not the session key"
+    assert "WEBUI_SECRET_KEY" not in json.dumps(pod) and "open-webui" not in json.dumps(job.get("envFrom"))
     assert "backup.yaml" in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
     render(tiny_build, out)
     assert not (out / "backup.yaml").exists(), "rendered again without --backup-schedule: no CronJob left behind"
+    assert not (out / "secrets" / "backup.env").exists()
 
 
 def test_the_backup_pods_command_backs_up_prunes_and_restores_from_the_rendered_source(tiny_build, tmp_path):
@@ -521,9 +523,9 @@ def test_the_backup_pods_command_backs_up_prunes_and_restores_from_the_rendered_
     volume = make_stack(tmp_path / "volume", ["第一次对话", "second chat"]) / backup.DATA  # what the open-webui claim holds
     backups = tmp_path / "backups"
     backups.mkdir()
-    secrets = dict(line.split("=", 1) for line in (out / "secrets" / "open-webui.env").read_text().splitlines() if "=" in line)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {
-        "PYTHONPATH": str(src), "HOME": str(tmp_path), "WEBUI_SECRET_KEY": secrets["WEBUI_SECRET_KEY"]}
+    secrets = dict(line.split("=", 1) for line in (out / "secrets" / "backup.env").read_text().splitlines() if "=" in line)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "WEBUI_SECRET_KEY"} | {
+        "PYTHONPATH": str(src), "HOME": str(tmp_path), **secrets}
     command = [sys.executable if w == "python" else {"/data": str(volume), "/backups": str(backups)}.get(w, w) for w in job["command"]]
     assert command[1:4] == ["-m", "orchestrator", "backup"]
     for _ in range(3):
@@ -539,5 +541,7 @@ def test_the_backup_pods_command_backs_up_prunes_and_restores_from_the_rendered_
     assert proc.returncode == 0, proc.stderr
     assert titles(volume.parent) == ["第一次对话", "second chat"] and not list(volume.glob(".restore-*"))
 
-    other = subprocess.run(restore, env=env | {"WEBUI_SECRET_KEY": "another stack's"}, capture_output=True, text=True, cwd=tmp_path)
+    other = subprocess.run(restore, env=env | {"ORCH_STACK_ID": "another stack's"}, capture_output=True, text=True, cwd=tmp_path)
     assert other.returncode == 2 and "is a backup of another stack" in other.stderr
+    forged = subprocess.run(restore, env=env | {"ORCH_BACKUP_KEY": "ab" * 32}, capture_output=True, text=True, cwd=tmp_path)
+    assert forged.returncode == 2 and "is not signed by this stack's key" in forged.stderr

@@ -66,6 +66,42 @@ def key_id(key: str | None) -> str | None:
     return hashlib.sha256(f"orch-stack:{key}".encode()).hexdigest()[:16] if key else None
 
 
+BACKUP_KEY_ENV = "ORCH_BACKUP_KEY"  # the backup signing key (hex), as the Kubernetes backup Job gets it
+STACK_ID_ENV = "ORCH_STACK_ID"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Which stack a backup is of, and the key its manifest is signed with: both derived from the stack's
+    WEBUI_SECRET_KEY, and neither gives it back (that key signs Open WebUI's sessions)."""
+
+    stack: str
+    key: bytes
+
+    @classmethod
+    def of_secret(cls, secret: str) -> "Signer":
+        return cls(key_id(secret), hashlib.sha256(f"orch-backup-mac:{secret}".encode()).digest())
+
+    def as_env(self) -> str:
+        """The lines of the Secret the Kubernetes backup Job reads (data_signer takes them back)."""
+        return f"{BACKUP_KEY_ENV}={self.key.hex()}\n{STACK_ID_ENV}={self.stack}\n"
+
+
+def data_signer() -> Signer:
+    """For Open WebUI's data mounted on its own (a Kubernetes volume): ORCH_BACKUP_KEY and ORCH_STACK_ID from the
+    Job's Secret, or WEBUI_SECRET_KEY itself."""
+    if os.environ.get("WEBUI_SECRET_KEY"):
+        return Signer.of_secret(os.environ["WEBUI_SECRET_KEY"])
+    key, stack = os.environ.get(BACKUP_KEY_ENV, ""), os.environ.get(STACK_ID_ENV, "")
+    try:
+        if len(key) == 64 and stack:
+            return Signer(stack, bytes.fromhex(key))
+    except ValueError:
+        pass
+    raise BadInput(f"neither {BACKUP_KEY_ENV} with {STACK_ID_ENV} nor WEBUI_SECRET_KEY is set: a backup of a data directory "
+                   "is signed and tied to its stack by them (the CronJob takes them from the orch-backup Secret)")
+
+
 def default_path(folder: Path, label: str = "manual") -> Path:
     """A dated name that sorts by time and is not taken (two backups in one second get .2, .3, ...)."""
     stamp, n = time.strftime('%Y%m%d-%H%M%S', time.gmtime()), 1
@@ -82,14 +118,12 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
     volume); with no `directory`, WEBUI_SECRET_KEY in the environment says which stack it is. The manifest is signed
     with a key derived from the stack's secret key, which a restore checks before it writes anything."""
     if data is not None and directory is None:
-        key = os.environ.get("WEBUI_SECRET_KEY")
-        if not key:
-            raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is tied to its stack by that key "
-                           "(the CronJob takes it from the open-webui Secret)")
+        signer = data_signer()
     else:
-        key = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
-        if not key:
+        secret = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
+        if not secret:
             raise OrchError(f"{directory} holds no stack to back up (no .env): run orch up first, or pass --dir")
+        signer = Signer.of_secret(secret)
     if data is not None and not (data / DATABASE).is_file():
         raise BadInput(f"{data} holds no {DATABASE}: pass --webui-data with Open WebUI's DATA_DIR")
     if out is None or out.is_dir():
@@ -98,13 +132,13 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
         staged = Path(tmp)
         files = _stage(directory, staged, data)
-        manifest = Manifest(key_id(key), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
+        manifest = Manifest(signer.stack, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
                             {name: sha256_file(staged / name) for name in files}, models or [], reason)
         raw_manifest = manifest.as_json().encode()
         with atomic_path(out) as part:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                for name, content in (("manifest.json", raw_manifest), (SIGNATURE, sign(raw_manifest, key).encode() + b"\n")):
+                for name, content in (("manifest.json", raw_manifest), (SIGNATURE, sign(raw_manifest, signer.key).encode() + b"\n")):
                     info = tarfile.TarInfo(name)
                     info.size, info.mode, info.mtime = len(content), 0o600, int(time.time())
                     tar.addfile(info, io.BytesIO(content))
@@ -144,17 +178,18 @@ def _stage(directory: Path | None, staged: Path, data: Path | None = None) -> li
     return names
 
 
-def read(archive: Path, into: Path, current: str | None = None, key: str | None = None, *, limit: int | None = None) -> Manifest:
+def read(archive: Path, into: Path, signer: Signer | None = None, *, limit: int | None = None) -> Manifest:
     """Check `archive` whole and unpack it into `into` (a new, private directory): every member a plain file or
-    directory, the manifest signed with `key` (the stack's WEBUI_SECRET_KEY) and from this stack (`current`), every
-    file listed with its size and sha256 and nothing else. The manifest is judged before any file is written.
+    directory, the manifest signed by `signer` and of its stack, every file listed with its sha256 and nothing else.
+    The manifest is judged before any file is written.
 
-    With no `key` (a stack directory with no secrets yet: a new machine), the archive's own .env signs it: that
+    With no `signer` (a stack directory with no secrets yet: a new machine), the archive's own .env signs it: that
     catches damage, not a forger, and a forger's archive is then only a stack of its own. A cut, altered or foreign
     archive is a BadInput naming what is wrong.
     """
     with archive_mod.open_checked(archive, into, limit=MAX_UNPACKED if limit is None else limit) as listing:
         manifest = _manifest(listing, archive)
+        current = signer.stack if signer is not None else None
         if current is not None and manifest.stack != current:
             raise BadInput(f"{archive} is a backup of another stack (id {manifest.stack}, this one is {current}): "
                            "restore it into its own stack directory, or into a new one with --dir")
@@ -163,7 +198,7 @@ def read(archive: Path, into: Path, current: str | None = None, key: str | None 
             raise BadInput(f"{archive} was written before orch signed its backups, so this stack cannot tell it from an "
                            "altered one: restore it into a new stack directory with --dir")
         if signature is not None:  # with no signature, into a stack that has nothing yet: checked by sha256 alone
-            key = key if key is not None else _archived_key(listing, archive)
+            key = signer.key if signer is not None else _archived_key(listing)
             if not hmac.compare_digest(signature.decode(errors="replace").strip(), sign(listing.read_small("manifest.json"), key)):
                 raise BadInput(f"{archive}: its manifest is not signed by this stack's key: it was altered, or made for "
                                "another stack; use another backup")
@@ -192,16 +227,18 @@ def _manifest(listing, archive: Path) -> Manifest:
     return manifest
 
 
-def _archived_key(listing, archive: Path) -> str | None:
-    """The secret key in the archive's own .env: what signs a backup restored where no stack has secrets yet."""
-    return parse_env((listing.read_small(".env") or b"").decode("utf-8", errors="replace")).get("WEBUI_SECRET_KEY")
+def _archived_key(listing) -> bytes | None:
+    """The signing key of the secret in the archive's own .env: what checks a backup restored where no stack has
+    secrets yet."""
+    secret = parse_env((listing.read_small(".env") or b"").decode("utf-8", errors="replace")).get("WEBUI_SECRET_KEY")
+    return Signer.of_secret(secret).key if secret else None
 
 
-def sign(manifest: bytes | None, key: str | None) -> str:
-    """The manifest's HMAC-SHA256 under a key derived from the stack's secret key (never the stack id's hash)."""
+def sign(manifest: bytes | None, key: bytes | None) -> str:
+    """The manifest's HMAC-SHA256 under the stack's backup key (Signer)."""
     if manifest is None or not key:
         return "-"
-    return hmac.new(hashlib.sha256(f"orch-backup-mac:{key}".encode()).digest(), manifest, hashlib.sha256).hexdigest()
+    return hmac.new(key, manifest, hashlib.sha256).hexdigest()
 
 
 def restore(archive: Path, directory: Path, put_data=None, reporter: Reporter = SILENT) -> Manifest:
@@ -212,8 +249,8 @@ def restore(archive: Path, directory: Path, put_data=None, reporter: Reporter = 
 
     stage = journal.staging(directory)
     try:
-        env = read_env(directory / ".env")
-        manifest = read(archive, stage / "incoming", key_id(env.get("WEBUI_SECRET_KEY")), env.get("WEBUI_SECRET_KEY"))
+        secret = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
+        manifest = read(archive, stage / "incoming", Signer.of_secret(secret) if secret else None)
         reporter.reached("restore unpacked")
         names = RESTORED + (() if put_data is not None else (DATA,))
         then = (lambda: put_data(stage / "incoming" / DATA)) if put_data is not None and (stage / "incoming" / DATA).is_dir() else None
@@ -233,16 +270,13 @@ def restore_data(archive: Path, data: Path) -> Manifest:
 
     if not data.is_dir():
         raise BadInput(f"{data} is not a directory: pass --webui-data with Open WebUI's DATA_DIR")
-    key = os.environ.get("WEBUI_SECRET_KEY")
-    if not key:
-        raise BadInput("WEBUI_SECRET_KEY is not set: a backup of a data directory is checked with that key "
-                       "(the restore Job takes it from the open-webui Secret)")
+    signer = data_signer()
     if (said := journal.recover(data)) is not None:
         print(f"orch: {said}", file=sys.stderr)
     stage = journal.staging(data)
     try:
         unpacked = stage / "unpacked"
-        manifest = read(archive, unpacked, key_id(key), key)
+        manifest = read(archive, unpacked, signer)
         if not (unpacked / DATA).is_dir():
             raise BadInput(f"{archive} holds no Open WebUI data: use another backup")
         os.replace(unpacked / DATA, stage / "incoming")

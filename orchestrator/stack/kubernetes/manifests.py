@@ -35,6 +35,7 @@ OLLAMA_PORT, WEBUI_PORT, METRICS_PORT = 11434, 8080, 9101
 UID = 10001  # above the host's own users (1000 is often the first login account)
 MODELS_MOUNT = "/models"
 SECRET_FILE = "secrets/open-webui.env"
+BACKUP_SECRET_FILE = "secrets/backup.env"  # the backup Job's signing key and stack id, derived from the Open WebUI Secret
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
 REQUIREMENTS = "monitor-requirements.txt"  # MONITOR_DEPENDENCIES resolved and hashed by scripts/monitor-requirements
@@ -269,8 +270,8 @@ def backup_docs(plan: K8sPlan) -> list[dict]:
     """
     folder = "/backups"
     runs, volumes, init = orch_pod_parts(plan, ["backup", "--webui-data", "/data", "--out", folder, "--keep", str(plan.backup_keep)])
-    secret_key = {"name": "WEBUI_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": "open-webui", "key": "WEBUI_SECRET_KEY"}}}
-    container = {"name": "backup", "imagePullPolicy": "IfNotPresent", **runs, "env": runs["env"] + [secret_key],
+    # the backup key and the stack id (derived from WEBUI_SECRET_KEY, which signs sessions and stays out of this pod)
+    container = {"name": "backup", "imagePullPolicy": "IfNotPresent", **runs, "envFrom": [{"secretRef": {"name": "orch-backup"}}],
                  "volumeMounts": runs["volumeMounts"] + [{"name": "data", "mountPath": "/data"},
                                                          {"name": "backups", "mountPath": folder}],
                  "securityContext": RESTRICTED | {"readOnlyRootFilesystem": True},
@@ -332,6 +333,8 @@ def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
         "configMapGenerator": [{"name": "ollama-scripts", "files": ["scripts/entrypoint.sh", "scripts/create-model.sh"]}],
         "secretGenerator": [{"name": "open-webui", "envs": [SECRET_FILE]}],
     }
+    if plan.backup_schedule:
+        doc["secretGenerator"].append({"name": "orch-backup", "envs": [BACKUP_SECRET_FILE]})
     if not plan.monitor_image:
         doc["configMapGenerator"].append({"name": "orch-source", "files": [f"monitor-source/{key}" for key, _ in source_files()]})
         doc["configMapGenerator"].append({"name": "orch-monitor-requirements", "files": [f"scripts/{REQUIREMENTS}"]})
@@ -378,8 +381,15 @@ def write(plan: K8sPlan) -> list[Path]:
     if plan.pip_index_url and not plan.monitor_image:
         write_text(out / PIP_SECRET_FILE, f"PIP_INDEX_URL={plan.pip_index_url}\n", mode=0o600)
         written.append(out / PIP_SECRET_FILE)
-    if not plan.backup_schedule:
+    if plan.backup_schedule:
+        from orchestrator.stack.backup import Signer
+        from orchestrator.stack.config import read_env
+
+        write_text(out / BACKUP_SECRET_FILE, Signer.of_secret(read_env(secret)["WEBUI_SECRET_KEY"]).as_env(), mode=0o600)
+        written.append(out / BACKUP_SECRET_FILE)
+    else:
         (out / "backup.yaml").unlink(missing_ok=True)  # rendered before with --backup-schedule
+        (out / BACKUP_SECRET_FILE).unlink(missing_ok=True)
     for name, docs in render(plan).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         write_text(out / name, dump(docs))
