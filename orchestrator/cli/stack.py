@@ -68,8 +68,6 @@ def up(
       orch up --api                                # an API key for scripts and other machines
     """
     from orchestrator.stack import compose, lifecycle, preflight
-    from orchestrator.stack import choice as runtimes
-    from orchestrator.stack.runtime import StackRecord
 
     ollama_url = renamed(ollama_url, old_ollama_url, new="--host", old="--ollama-url")
     chosen_gpu, gpu_reason = (gpu, "--gpu" if gpu else "--no-gpu") if gpu is not None else preflight.detect_gpu()
@@ -78,13 +76,8 @@ def up(
                                       webui=webui, expose_ollama=expose_ollama, gpu=chosen_gpu, offline=offline, backup=not no_backup,
                                       api=api)
     con, err = render.console(), render.console(stderr=True)
-    before = StackRecord.load(d)
-    if runtime is None and before is not None:
-        chosen, why = runtimes.by_name(before.runtime), f"the stack in {d} runs on it"
-    else:
-        chosen, why = runtimes.choose(runtime)  # a dry run plans with the runtime a real run would take
-    if before is not None and chosen.name != before.runtime:
-        changes.append(f"runtime {before.runtime} -> {chosen.name}")
+    chosen, why, moved = lifecycle.runtime_for(d, runtime)  # a dry run plans with the runtime a real run would take
+    changes += moved
 
     def announce() -> None:
         for change in changes:

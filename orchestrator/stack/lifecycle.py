@@ -81,6 +81,19 @@ def planned(directory: Path, asked: dict, **rest) -> tuple[StackPlan, list[str]]
     return plan, changes
 
 
+def runtime_for(directory: Path, requested: str | None) -> tuple[Runtime, str, list[str]]:
+    """The runtime `orch up` runs on: --runtime, else the one the stack last ran on, else docker where its daemon
+    answers, else native; why; and a change line when --runtime moves the stack."""
+    from orchestrator.stack import choice
+
+    record = StackRecord.load(directory)
+    if requested is None and record is not None:
+        return choice.by_name(record.runtime), f"the stack in {directory} runs on it", []
+    runtime, why = choice.choose(requested)
+    moved = record is not None and runtime.name != record.runtime
+    return runtime, why, [f"runtime {record.runtime} -> {runtime.name}"] if moved else []
+
+
 def record_of(plan: StackPlan, runtime: str) -> StackRecord:
     return StackRecord(runtime, plan.local_ollama_url, plan.local_webui_url, port=plan.port, bind=plan.bind,
                        ollama_port=plan.ollama_port, host=plan.ollama_url, model=plan.default_model, webui=plan.webui)
@@ -231,10 +244,3 @@ def restore(directory: Path, archive: Path, reporter: Reporter = SILENT) -> back
             raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
         put = None if runtime is None or runtime.data_in_stack else (lambda data: runtime.put_webui_data(directory, data))
         return backup.restore(archive, directory, put_data=put, reporter=reporter)
-
-
-def start_hint(directory: Path) -> str:
-    """The command that starts the stack again as it last ran (its record keeps the ports and bind address)."""
-    from orchestrator.paths import default_stack_dir
-
-    return "orch up" + ("" if directory == default_stack_dir().expanduser().resolve() else f" --dir {directory}")
