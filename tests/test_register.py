@@ -64,6 +64,36 @@ def test_registering_an_unchanged_build_again_uploads_nothing(real_ollama, tiny_
     assert server.requests("POST", "/api/blobs/") == 1
 
 
+def test_a_gguf_replaced_by_another_of_the_same_size_is_registered_as_itself(real_ollama, tiny_build, tmp_path):
+    """The real Ollama. build.json's sha256 is trusted only while the file is the one the build wrote: a GGUF changed in
+    place after the build (same name, same size) is hashed again and sent, never registered as the old one's blob."""
+    server = real_ollama()
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build)
+    (gguf,) = build.glob("*.gguf")
+    record = json.loads((build / "build.json").read_text())
+    st = gguf.stat()
+    record["artifacts"][0] |= {"mtime_ns": st.st_mtime_ns, "inode": st.st_ino}  # as the build recorded the copy it wrote
+    (build / "build.json").write_text(json.dumps(record))
+    (first,) = json.loads(register(build, server, "--json", "--no-check", check=True).stdout)
+    assert first["digest"] == record["artifacts"][0]["sha256"]
+
+    data = bytearray(gguf.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last tensor: still a GGUF, of the same size, other weights
+    with open(gguf, "r+b") as f:
+        f.write(data)
+    (second,) = json.loads(register(build, server, "--json", "--no-check", check=True).stdout)
+    assert second["digest"] == hashlib.sha256(data).hexdigest() != first["digest"] and second["uploaded"] is True
+
+
+def test_a_build_records_its_ggufs_as_written(tiny_build):
+    """What registration checks the recorded sha256 against."""
+    record = json.loads((tiny_build / "build.json").read_text())
+    for a in record["artifacts"]:
+        st = (tiny_build / a["file"]).stat()
+        assert (a["size"], a["mtime_ns"], a["inode"]) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def test_a_server_that_already_has_the_blob_receives_no_upload(real_ollama, tiny_build):
     """The real Ollama."""
     server = real_ollama()

@@ -411,6 +411,7 @@ def make_record(plan: BuildPlan, src: Sources, llama: provision.LlamaCpp, base_r
         "artifacts": [
             {"file": a.gguf, "type": a.quant, "size": artifacts[a.quant]["size"], "sha256": artifacts[a.quant]["sha256"],
              "modelfile": a.modelfile, "ollama_name": a.ollama_name, "verify": checks[a.quant]}
+            | _identity(plan.output / a.gguf)
             | ({"quality": report["types"][a.quant]} if a.quant in report.get("types", {}) else {})
             for a in plan.artifacts
         ],
@@ -482,6 +483,15 @@ def _corrupt(path: Path) -> OrchError:
     fetch.discard(path)
     return OrchError(f"{path.name} as downloaded does not match the sha256 the hub publishes for it (a corrupt download); "
                      "the bad copy was removed: run the same command again to download it afresh")
+
+
+def _identity(path: Path) -> dict:
+    """The file as it stands now (mtime and inode): registration trusts the recorded sha256 only while these hold."""
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    return {"mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def _file_record(path: Path, hash: bool = True) -> dict:

@@ -154,10 +154,13 @@ def same_value(want, got) -> bool:
 
 
 def _digest(gguf: Path, reporter: Reporter) -> str:
-    """sha256 of the GGUF: the one build.json recorded when size and name still match, else computed."""
+    """sha256 of the GGUF: the one build.json recorded while the file is the one it was written as (name, size, mtime
+    and inode), else computed: a GGUF replaced by another of the same size is never sent as the old one's blob."""
     record = _build_record(gguf.parent) or {}
+    st = gguf.stat()
     for a in record.get("artifacts", []):
-        if a.get("file") == gguf.name and a.get("size") == gguf.stat().st_size and a.get("sha256"):
+        if (a.get("file") == gguf.name and a.get("sha256") and (a.get("size"), a.get("mtime_ns"), a.get("inode"))
+                == (st.st_size, st.st_mtime_ns, st.st_ino)):
             return a["sha256"]
     with reporter.task(f"hash {gguf.name}", total=gguf.stat().st_size) as task:
         return sha256_file(gguf, task.advance)
