@@ -198,16 +198,25 @@ def test_an_old_unsigned_backup_goes_only_into_a_new_stack(tmp_path):
     assert titles(tmp_path / "new") == ["from before signing"]
 
 
-def test_a_restore_never_brings_back_which_program_runs(tmp_path):
+def test_a_signed_archive_with_no_key_to_check_it_by_is_refused_even_in_a_new_stack(tmp_path):
+    """Into a new stack directory the archive's own .env checks its signature; one without a .env cannot be checked."""
+    stack = make_stack(tmp_path / "stack", ["x"])
+    archive = backup.create(stack)
+    keyless = rewrite(archive, tmp_path / "keyless.tar.gz", lambda n, d: None if n == ".env" else b"-\n" if n == backup.SIGNATURE
+                      else json.dumps({**json.loads(d), "files": {k: v for k, v in json.loads(d)["files"].items() if k != ".env"}}).encode()
+                      if n == "manifest.json" else d)
+    proc = cli("restore", str(keyless), "--dir", str(tmp_path / "new"), check=False)
+    assert proc.returncode == 2 and "holds no .env with the key to check it by" in proc.stderr, proc.stderr
+    assert not (tmp_path / "new" / backup.DATA).exists()
+
+
+def test_a_restore_never_brings_back_which_program_runs(tmp_path, monkeypatch):
     """An older backup holds open-webui.json (with an executable's path, as orch once wrote it): it is not put back."""
     stack = make_stack(tmp_path / "stack", ["x"])
     (stack / "open-webui.json").write_text(json.dumps({"package": "open-webui==0.12.4", "exe": "/tmp/attacker/bin/open-webui"}))
-    staged = backup.SETTINGS
-    try:
-        backup.SETTINGS = (*staged, "open-webui.json")  # as an older orch archived it
+    with monkeypatch.context() as older:
+        older.setattr(backup, "SETTINGS", (*backup.SETTINGS, "open-webui.json"))  # as an older orch archived it
         archive = backup.create(stack)
-    finally:
-        backup.SETTINGS = staged
     fresh = tmp_path / "fresh"
     cli("restore", str(archive), "--dir", str(fresh))
     assert titles(fresh) == ["x"] and not (fresh / "open-webui.json").exists()

@@ -197,7 +197,7 @@ def test_a_license_closes_no_quote_and_starts_no_command_as_ollama_reads_the_mod
         cli("register", str(mf), "--name", f"lic:{i}", "--host", server.url, "--no-check")
         shown = httpx.post(f"{server.url}/api/show", json={"model": f"lic:{i}"}, timeout=30).json()
         assert not shown.get("system"), (kind, shown.get("system"))
-        assert "temperature" not in shown.get("parameters", "") and "num_ctx                        7" not in shown.get("parameters", ""), kind
+        assert "temperature" not in shown.get("parameters", ""), kind
         assert f"num_ctx {modelfile.NUM_CTX}" in " ".join(shown.get("parameters", "").split()), (kind, shown.get("parameters"))
         licenses = shown["license"] if isinstance(shown.get("license"), list) else [shown.get("license", "")]
         assert len(licenses) == 1 and licenses[0] == ours.license[0], (kind, licenses)

@@ -285,13 +285,11 @@ def down(
 
     Example: orch down
     """
-    from orchestrator.stack import choice as runtime
     from orchestrator.stack import lifecycle
 
     d = _stack_dir(directory)
     with render.RichReporter() as reporter:
-        lifecycle.opened(d, reporter)
-    rt, _ = runtime.load(d)
+        rt, _ = lifecycle.opened(d, reporter)
     stopped = rt.down(d, volumes=volumes)
     render.console().print(f"stopped {', '.join(stopped) or 'nothing (no process of the stack was running)'}"
                            + (", removed the data" if volumes else ""))
@@ -422,7 +420,8 @@ def restore_cmd(
     from orchestrator.stack import backup, lifecycle
 
     if webui_data is not None:
-        manifest = backup.restore_data(archive, webui_data.resolve())
+        with render.RichReporter() as reporter:
+            manifest = backup.restore_data(archive, webui_data.resolve(), reporter)
         render.console().print(f"restored {archive} ({manifest.created}) into {webui_data}: start Open WebUI again",
                                markup=False, soft_wrap=True)
         return

@@ -298,11 +298,7 @@ class Ollama:
 
     def models(self) -> list[str]:
         """Names of the models the server has (empty when it cannot be asked)."""
-        try:
-            with _official_errors():
-                return [m.model for m in self.api.list().models if m.model]
-        except (Refused, httpx.HTTPError, ValueError):
-            return []
+        return [m["name"] for m in self.listed()]
 
     def listed(self) -> list[dict]:
         """Each model's name and digest (empty when the server cannot be asked)."""

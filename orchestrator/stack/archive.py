@@ -45,10 +45,6 @@ class Listing:
     def files(self) -> dict[str, Member]:
         return {name: m for name, (m, _) in self._members.items() if not m.is_dir}
 
-    @property
-    def unpacked_size(self) -> int:
-        return sum(m.size for m in self.files.values())
-
     def read_small(self, name: str) -> bytes | None:
         """A small member's bytes (None when absent); a large one is refused rather than read into memory."""
         if name not in self.files:

@@ -24,7 +24,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import sys
 import tarfile
 import tempfile
 import time
@@ -43,8 +42,9 @@ SIGNATURE = "manifest.sig"
 MAX_UNPACKED = 100 << 30  # the most an archive may unpack to, whatever the disk holds
 DATA = "open-webui-data"  # Open WebUI's DATA_DIR inside the stack directory
 DATABASE = "webui.db"
-SETTINGS = (".env", "settings.json")  # the stack's own files a backup holds and a restore puts back
-RESTORED = SETTINGS  # never open-webui.json (older backups hold it): what runs is orch's own record, not an archive's
+# the stack's own files a backup holds and a restore puts back; never open-webui.json (older backups hold it): which
+# Open WebUI runs is orch's own record, not an archive's
+SETTINGS = (".env", "settings.json")
 KEEP = 5  # backups orch up keeps in the stack's backups/
 
 
@@ -199,6 +199,9 @@ def read(archive: Path, into: Path, signer: Signer | None = None, *, limit: int 
                            "altered one: restore it into a new stack directory with --dir")
         if signature is not None:  # with no signature, into a stack that has nothing yet: checked by sha256 alone
             key = signer.key if signer is not None else _archived_key(listing)
+            if key is None:
+                raise BadInput(f"{archive} is signed but holds no .env with the key to check it by: it was not written by "
+                               "orch; use another backup")
             if not hmac.compare_digest(signature.decode(errors="replace").strip(), sign(listing.read_small("manifest.json"), key)):
                 raise BadInput(f"{archive}: its manifest is not signed by this stack's key: it was altered, or made for "
                                "another stack; use another backup")
@@ -234,10 +237,8 @@ def _archived_key(listing) -> bytes | None:
     return Signer.of_secret(secret).key if secret else None
 
 
-def sign(manifest: bytes | None, key: bytes | None) -> str:
+def sign(manifest: bytes, key: bytes) -> str:
     """The manifest's HMAC-SHA256 under the stack's backup key (Signer)."""
-    if manifest is None or not key:
-        return "-"
     return hmac.new(key, manifest, hashlib.sha256).hexdigest()
 
 
@@ -252,7 +253,7 @@ def restore(archive: Path, directory: Path, put_data=None, reporter: Reporter = 
         secret = read_env(directory / ".env").get("WEBUI_SECRET_KEY")
         manifest = read(archive, stage / "incoming", Signer.of_secret(secret) if secret else None)
         reporter.reached("restore unpacked")
-        names = RESTORED + (() if put_data is not None else (DATA,))
+        names = SETTINGS + (() if put_data is not None else (DATA,))
         then = (lambda: put_data(stage / "incoming" / DATA)) if put_data is not None and (stage / "incoming" / DATA).is_dir() else None
         journal.swap(directory, stage, names, then, reporter)
     finally:
@@ -260,7 +261,7 @@ def restore(archive: Path, directory: Path, put_data=None, reporter: Reporter = 
     return manifest
 
 
-def restore_data(archive: Path, data: Path) -> Manifest:
+def restore_data(archive: Path, data: Path, reporter: Reporter = SILENT) -> Manifest:
     """Put a checked backup's Open WebUI data into a data directory mounted on its own (Open WebUI stopped).
 
     The directory itself stays (a volume's mount point cannot be renamed): its
@@ -271,8 +272,7 @@ def restore_data(archive: Path, data: Path) -> Manifest:
     if not data.is_dir():
         raise BadInput(f"{data} is not a directory: pass --webui-data with Open WebUI's DATA_DIR")
     signer = data_signer()
-    if (said := journal.recover(data)) is not None:
-        print(f"orch: {said}", file=sys.stderr)
+    journal.recover(data, reporter)
     stage = journal.staging(data)
     try:
         unpacked = stage / "unpacked"
@@ -281,7 +281,8 @@ def restore_data(archive: Path, data: Path) -> Manifest:
             raise BadInput(f"{archive} holds no Open WebUI data: use another backup")
         os.replace(unpacked / DATA, stage / "incoming")
         names = {p.name for p in (*data.iterdir(), *(stage / "incoming").iterdir())}
-        journal.swap(data, stage, tuple(sorted(n for n in names if not n.startswith(journal.STAGING_PREFIX) and n != journal.JOURNAL)))
+        journal.swap(data, stage, tuple(sorted(n for n in names if not n.startswith(journal.STAGING_PREFIX) and n != journal.JOURNAL)),
+                     reporter=reporter)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest

@@ -66,11 +66,10 @@ def swap(directory: Path, stage: Path, names: tuple[str, ...], then: Callable[[]
     _finish(directory, stage)
 
 
-def recover(directory: Path) -> str | None:
-    """Finish a restore a kill interrupted: roll back a swap that did not end, clear one that did; remove unpacked
-    copies no journal names. What was done, in a line, or None when there was nothing to do."""
+def recover(directory: Path, reporter: Reporter = SILENT) -> None:
+    """Finish a restore a kill interrupted, saying so in a note: roll back a swap that did not end, clear one that did;
+    remove unpacked copies no journal names."""
     path = directory / JOURNAL
-    said = None
     if path.is_file():
         try:
             record = json.loads(path.read_text())
@@ -78,17 +77,18 @@ def recover(directory: Path) -> str | None:
             if not record["staging"].startswith(STAGING_PREFIX) or "/" in record["staging"]:
                 raise ValueError
         except (OSError, ValueError, KeyError, TypeError):
-            return (f"{path} is unreadable: a restore was interrupted; look in {directory}/{STAGING_PREFIX}*/previous "
-                    "for the files it moved aside")
+            reporter.note(f"{path} is unreadable: a restore was interrupted; look in {directory}/{STAGING_PREFIX}*/previous "
+                          "for the files it moved aside", level="warning")
+            return
         if record.get("state") == "done":
-            said = "finished clearing up after a restore that was interrupted at its end"
+            reporter.note("finished clearing up after a restore that was interrupted at its end", level="warning")
         else:
             _roll_back(directory, stage, record)
-            said = "a restore was interrupted before it ended: it was rolled back, and the stack is as it was before it"
+            reporter.note("a restore was interrupted before it ended: it was rolled back, and the stack is as it was "
+                          "before it", level="warning")
         _finish(directory, stage)
     for left in directory.glob(f"{STAGING_PREFIX}*"):  # unpacked and never swapped in: copies only
         shutil.rmtree(left, ignore_errors=True)
-    return said
 
 
 def _roll_back(directory: Path, stage: Path, record: dict) -> None:

@@ -29,13 +29,15 @@ UP_STATES = ("running", "starting", "ready")  # supervisord's, Docker's and Kube
 DEFAULTS = {"port": 3000, "bind": "0.0.0.0", "ollama_port": 11434, "host": None, "model": None}
 
 
-def opened(directory: Path, reporter: Reporter = SILENT) -> StackRecord | None:
-    """The stack's record (None before its first orch up), after finishing any restore a kill interrupted."""
+def opened(directory: Path, reporter: Reporter = SILENT) -> tuple[Runtime, StackRecord]:
+    """The runtime that started the stack and its record, after finishing any restore a kill interrupted (unless
+    another orch holds the stack: then it is that one's to finish)."""
+    from orchestrator.stack import choice
+
     with contextlib.suppress(Busy):
         with locked(directory):
-            if (said := journal.recover(directory)) is not None:
-                reporter.note(said, level="warning")
-    return StackRecord.load(directory)
+            journal.recover(directory, reporter)
+    return choice.load(directory)
 
 
 class Busy(OrchError):
@@ -154,8 +156,7 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
     status, logs and down still know."""
     plan.directory.mkdir(parents=True, exist_ok=True)
     with locked(plan.directory):
-        if (said := journal.recover(plan.directory)) is not None:
-            reporter.note(said, level="warning")
+        journal.recover(plan.directory, reporter)
         record_of(plan, runtime.name).save(plan.directory)
         started = runtime.up(plan, wait=wait, reporter=reporter)
     ollama = plan.local_ollama_url
@@ -201,10 +202,7 @@ class Status:
 
 
 def status(directory: Path, reporter: Reporter = SILENT) -> Status:
-    from orchestrator.stack import choice
-
-    opened(directory, reporter)
-    runtime, record = choice.load(directory)
+    runtime, record = opened(directory, reporter)
     states = runtime.status(directory)
     try:
         with Ollama(record.ollama_url) as server:
@@ -218,10 +216,7 @@ def status(directory: Path, reporter: Reporter = SILENT) -> Status:
 
 def take_backup(directory: Path, out: Path | None, reporter: Reporter = SILENT) -> tuple[Path, int]:
     """A backup of the stack, running or stopped: the archive and how many models it lists."""
-    from orchestrator.stack import choice
-
-    opened(directory, reporter)
-    runtime, record = choice.load(directory)
+    runtime, record = opened(directory, reporter)
     with Ollama(record.ollama_url, timeout=10) as server:
         models = server.listed()  # Ollama down: the backup is still worth having, without the list
     with runtime.webui_data(directory) as data:
@@ -236,8 +231,7 @@ def restore(directory: Path, archive: Path, reporter: Reporter = SILENT) -> back
 
     directory.mkdir(parents=True, exist_ok=True)
     with locked(directory):
-        if (said := journal.recover(directory)) is not None:
-            reporter.note(said, level="warning")
+        journal.recover(directory, reporter)
         record = StackRecord.load(directory)
         runtime = choice.by_name(record.runtime) if record else None
         if runtime is not None and runtime.running(directory):
