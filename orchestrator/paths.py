@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def cache_home() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orch"
-
-
-def data_home() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "orch"
+from orchestrator.settings import cache_home, data_home  # noqa: F401  the environment is settings' to read
 
 
 def default_build_dir(slug: str) -> Path:

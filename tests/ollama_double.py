@@ -49,7 +49,7 @@ class Double:
         self.models: dict[str, dict] = {}
         self.loaded: dict[str, object] = {}
         self.fault: dict | None = None
-        self.stats = {"requests": [], "blob_uploads": 0, "generated_tokens": 0, "streamed": 0, "busy_s": 0.0, "chat_lengths": []}
+        self.stats = {"requests": [], "blob_uploads": 0, "generated_tokens": 0, "streamed": 0, "busy_s": 0.0, "chat_lengths": [], "authorization": []}
         self.registry = store / "models.json"  # survives a restart, as Ollama's manifests do
         if self.registry.is_file():
             self.models = json.loads(self.registry.read_text())
@@ -185,6 +185,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if not path.startswith("/_double"):
             d.stats["requests"].append([self.command, path])
+            d.stats["authorization"].append(self.headers.get("Authorization"))
             if d.take_fault(path, "html"):
                 self.body()
                 return self.send(200, "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>", "text/html")

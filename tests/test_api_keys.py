@@ -72,8 +72,18 @@ def test_a_key_reaches_the_model_through_open_webui_and_nothing_else(real_ollama
         api = next(c for c in report["checks"] if c["name"] == "api")
         assert api["status"] == "ok" and model in api["reason"], api
 
+        # an admin's private workspace model (its own prompt) on top of the registered one: never granted to the keys
+        admin = httpx.post(f"{webui}/api/v1/auths/signin", json={"email": env["WEBUI_ADMIN_EMAIL"],
+                                                                   "password": env["WEBUI_ADMIN_PASSWORD"]}, timeout=60).json()["token"]
+        private = httpx.post(f"{webui}/api/v1/models/create", headers={"Authorization": f"Bearer {admin}"}, timeout=60,
+                             json={"id": "private-notes", "base_model_id": model, "name": "Private notes", "meta": {},
+                                   "params": {"system": "the admin's own notes"}, "access_grants": []})
+        assert private.status_code == 200, private.text
+
         # a second key, listed, then revoked: refused at once, the first one unaffected
         made = json.loads(orch("api-key", "create", "ci-bot", "--dir", str(stack), "--json").stdout)
+        seen = [m.id for m in OpenAI(base_url=f"{webui}/api", api_key=made["key"]).models.list()]
+        assert model in seen and "private-notes" not in seen, seen
         assert read_env(keys_file) == {api_keys.DEFAULT_NAME: key, "ci-bot": made["key"]}
         assert status("/api/chat/completions", made["key"], "POST") == 200
         listed = json.loads(orch("api-key", "list", "--dir", str(stack), "--json").stdout)

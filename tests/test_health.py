@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from orchestrator.ollama.probe import _local_addresses
-from orchestrator.stack.config import OLLAMA_SOURCE_VERSION
+from orchestrator.settings import OLLAMA_SOURCE_VERSION
 from support import ORCH, TINY_NAME, cli, read_json_lines, serving_tiny
 
 MODEL = TINY_NAME
@@ -135,8 +135,6 @@ def test_a_model_the_server_lacks_is_a_404_named_in_plain_words(served):
     proc, report, _ = health(double.url, "--model", "nosuch:latest")
     assert proc.returncode == 1
     assert "model nosuch:latest is not on the server (it has: tiny:q4_K_M)" in check(report, "model")["reason"]
-    raw = double.post("/api/generate", {"model": "nosuch", "prompt": "hi"})
-    assert raw.status_code == 404 and "not found" in raw.json()["error"]
 
 
 def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):
@@ -292,7 +290,8 @@ def test_open_webui_health_is_checked_when_a_url_is_given(served, webui_stub):
     import base64
 
     assert answers["authorization"][-1] == "Basic " + base64.b64encode(b"ops:s3cr@t").decode()
-    assert "s3cr" not in proc.stdout + proc.stderr and url in check(report, "webui")["reason"]
+    assert "s3cr" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert url in check(report, "webui")["reason"]
 
 
 def test_watch_backs_off_while_the_server_is_down_and_keeps_a_rolling_window():
@@ -390,6 +389,10 @@ def test_credentials_in_the_host_url_are_sent_but_never_shown(served, tmp_path):
     secret_url = double.url.replace("http://", "http://orch:s3cr3t-pass@")
     proc, report, _ = health(secret_url, "--model", MODEL)
     assert proc.returncode == 0 and report["host"] == double.url and "s3cr3t" not in proc.stdout + proc.stderr
+    import base64
+
+    sent = {a for a in double.stats()["authorization"] if a}
+    assert sent == {"Basic " + base64.b64encode(b"orch:s3cr3t-pass").decode()}, "every request carried the credentials"
 
     with sockets.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -46,13 +46,19 @@ class Hostile:
                     return self.send(b'{"models": []}')
                 if isinstance(how, bytes):
                     return self.send(how)
+                if isinstance(how, tuple):  # (body, headers): a body sent as it is, e.g. gzip-encoded
+                    self.send_response(200)
+                    for k, v in ({"Content-Length": str(len(how[0]))} | how[1]).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    return self.wfile.write(how[0])
                 self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Content-Type", getattr(how, "content_type", "application/x-ndjson"))
                 self.end_headers()  # no length: the body runs until the connection closes
                 deadline = time.monotonic() + 120
                 try:
-                    while time.monotonic() < deadline:  # bounded here too: the test's own loop stops by itself
-                        self.wfile.write(how())
+                    while time.monotonic() < deadline and (chunk := how()) is not None:  # None: the answer is over
+                        self.wfile.write(chunk)
                 except OSError:  # orch hung up: the point
                     pass
                 self.close_connection = True
@@ -127,3 +133,98 @@ def test_orch_bench_bounds_each_reply_from_a_server_that_never_ends_a_line():
         server.close()
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 1 and "line longer than 1 MB" in proc.stderr, proc.stderr
+
+
+def gzip_bomb(inflated: int = 3 << 30) -> bytes:
+    """A few MB that inflate past CAP: what a server may send as Content-Encoding: gzip whether or not it was asked."""
+    import zlib
+
+    z, block = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(1 << 24)
+    return b"".join([*(z.compress(block) for _ in range(inflated // len(block))), z.flush()])
+
+
+@pytest.fixture(scope="module")
+def bomb() -> tuple:
+    return gzip_bomb(), {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+
+
+def trickle():
+    """One byte of a JSON answer every 0.2 s, forever: a server that never goes silent long enough to time out a read."""
+    time.sleep(0.2)
+    return b" "
+
+
+trickle.content_type = "application/json"
+ENDLESS_JSON = lambda: b" " * 65536  # noqa: E731
+ENDLESS_JSON.content_type = "application/json"
+
+
+@pytest.mark.parametrize("path, check, reason", [
+    ("/api/tags", "model", "more than 32 MB"),
+    ("/api/version", "version", "more than 32 MB"),
+])
+def test_a_gzip_bomb_is_counted_as_it_inflates(bomb, path, check, reason):
+    server = Hostile({"/api/tags": b'{"models": [{"name": "tiny:q4_K_M"}]}', path: bomb})
+    try:
+        proc = capped_orch("health", "--host", server.url, "--model", "tiny:q4_K_M", "--timeout", "20", "--json")
+    finally:
+        server.close()
+    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
+    failed = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == check)
+    assert proc.returncode == 1 and failed["status"] == "fail" and reason in failed["reason"], failed
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("bomb", "more than 1 MB"),
+    (ENDLESS_JSON, "more than 1 MB"),
+    (trickle, "did not finish its answer in time"),
+], ids=["gzip-bomb", "endless", "trickle"])
+def test_orch_health_webui_bounds_a_hostile_open_webui(bomb, answer, reason):
+    """--webui names a server orch does not control: its /health is read within 1 MB and within --timeout, whole."""
+    ollama = Hostile({"/api/tags": b'{"models": [{"name": "tiny:q4_K_M"}]}'})
+    webui = Hostile({"/health": bomb if answer == "bomb" else answer})
+    try:
+        t = time.monotonic()
+        proc = capped_orch("health", "--host", ollama.url, "--model", "tiny:q4_K_M", "--webui", webui.url, "--timeout", "3", "--json")
+        seconds = time.monotonic() - t
+    finally:
+        ollama.close()
+        webui.close()
+    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
+    failed = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "webui")
+    assert proc.returncode == 1 and failed["status"] == "fail" and reason in failed["reason"], failed
+    assert failed["latency_ms"] < 10_000 and seconds < 60
+
+
+def test_a_reply_that_keeps_streaming_is_never_cut_but_a_silent_server_is():
+    """A chat's reply may run longer than the timeout while it keeps coming (orch chat's long answers); a server that goes
+    silent for longer than the timeout is given up on."""
+    from orchestrator.ollama.client import Ollama, ReadTimeout
+
+    lines = iter([json.dumps({"message": {"role": "assistant", "content": f"{i} "}, "done": False}).encode() + b"\n" for i in range(15)]
+                 + [b'{"message": {"role": "assistant", "content": ""}, "done": true}\n'])
+
+    def slow_reply():
+        time.sleep(0.2)
+        return next(lines, None)
+
+    server = Hostile({"/api/chat": slow_reply})
+    try:
+        with Ollama(server.url, timeout=1.0) as ollama:
+            t = time.monotonic()
+            text = "".join(part.message.content for part in ollama.chat("tiny:q4_K_M", [{"role": "user", "content": "hi"}], stream=True))
+            assert time.monotonic() - t > 2.0, "the reply took longer than the timeout"
+        assert text.split() == [str(i) for i in range(15)]
+    finally:
+        server.close()
+
+    def silence():
+        time.sleep(5)
+        return b""
+
+    server = Hostile({"/api/chat": silence})
+    try:
+        with Ollama(server.url, timeout=1.0) as ollama, pytest.raises(ReadTimeout):
+            list(ollama.chat("tiny:q4_K_M", [{"role": "user", "content": "hi"}], stream=True))
+    finally:
+        server.close()

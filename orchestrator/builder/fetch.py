@@ -109,16 +109,15 @@ def tiny_checkpoint(layers: int = 32) -> Path:
 
 def unreachable(hub: str, e: Exception, *, repo: str, downloading: bool = False) -> OrchError:
     """A hub that did not answer, naming the repo and the endpoint tried, and the fix that is not already in place."""
-    import os
+    from orchestrator import settings
 
     detail = str(e).splitlines()[0] if str(e) else "no detail"
     if hub == "Hugging Face":
-        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-        mirror = ("check that the mirror in HF_ENDPOINT serves it" if os.environ.get("HF_ENDPOINT")
-                  else "set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com)")
+        endpoint, named = settings.hub_endpoint("hf")
+        mirror = "check that the mirror in HF_ENDPOINT serves it" if named else "set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com)"
         fix = f"{mirror}, or use --source modelscope, or pass a downloaded directory"
     else:
-        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or "https://www.modelscope.cn"
+        endpoint = settings.hub_endpoint("modelscope")[0]
         fix = "check the model id and your network, or use --source hf, or pass a downloaded directory"
     if downloading:
         fix = "run the same command again to resume, or " + fix

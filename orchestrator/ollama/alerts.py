@@ -19,7 +19,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from orchestrator.errors import BadInput
-from orchestrator.ollama import client
+from orchestrator import transport
 
 FORMATS = ("json", "slack")
 MAX_AGE = 3600.0
@@ -99,11 +99,11 @@ class Alerter:
         while not self.stopping.is_set():
             attempt += 1
             try:
-                r = client.post_json(self.url, alert.body(self.fmt), timeout=self.timeout)
+                r = transport.post_json(self.url, alert.body(self.fmt), bounds=transport.Bounds(read=self.timeout, total=self.timeout))
                 if 200 <= r.status_code < 300:
                     return
                 why = f"HTTP {r.status_code}"
-            except client.TransportError as e:
+            except transport.TransportError as e:
                 why = type(e).__name__
             if time.time() - alert.time > self.max_age:
                 self.on_note(f"alert dropped after {attempt} attempts to {redact(self.url)} ({why}): {alert.message}")

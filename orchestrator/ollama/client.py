@@ -1,22 +1,17 @@
-"""The one owner of orch's HTTP: where Ollama is, the session to it, and what its errors mean in plain words.
+"""The Ollama client: where the server is, the sessions to it, and what its errors mean in plain words.
 
 Every request to an Ollama server goes through `Ollama`: the official `ollama`
-client where it covers the API (create, show, chat, list, ps), raw httpx only
-for what it lacks: the stream itself (time to first line, line-by-line fault
-checks), blob uploads with progress and retries, /api/version, and the raw
-answers the prober judges. The few requests to other services (Open WebUI's
-/health, alert webhooks) use `get` and `post_json` here too, so that no other
-module opens a connection.
-
-One vocabulary of errors leaves this module whichever library made the
-request: Refused (the server answered with an error status) and TransportError
-(it could not be reached or broke off).
+client where it covers the API (create, show, chat, list, ps), orch's own
+session only for what it lacks: the stream itself (time to first line,
+line-by-line fault checks), blob uploads with progress and retries,
+/api/version, and the raw answers the prober judges. Both sessions stand on
+orchestrator.transport, so every answer is bounded there; its errors are the ones
+this module's callers see (Refused, StreamError, TransportError).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,65 +19,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx
-
+from orchestrator import settings, transport
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
+from orchestrator.transport import Refused, TransportError, body_error, error_text, short, split_credentials  # noqa: F401  its vocabulary
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 UPLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20
-MAX_BODY = 32 << 20  # no answer of Ollama's API comes near this: a reply of 8,000 tokens streams about 1.5 MB
 MAX_LINE = 1 << 20  # one NDJSON line is a few hundred bytes
 
 START_IT = "start it (ollama serve, or orch up), or pass --host"  # the one advice when no Ollama answers
-TransportError = httpx.HTTPError  # what a request raises when the server cannot be reached or breaks off
-ReadTimeout = httpx.ReadTimeout  # connected, but no (further) answer in time
+ReadTimeout = transport.ReadTimeout  # connected, but no (further) answer in time
 
 
-class StreamError(OrchError):
+class StreamError(transport.BadAnswer):
     """A streamed answer that broke Ollama's NDJSON contract, said in plain words."""
-
-
-class Refused(OrchError):
-    """The server answered with an error status; `error` is its own text."""
-
-    def __init__(self, status_code: int, error: str):
-        super().__init__(error)
-        self.status_code, self.error = status_code, error
-
-
-class _BoundedStream(httpx.SyncByteStream):
-    """A response body that stops at MAX_BODY bytes or at the request's deadline, whether or not a line has ended."""
-
-    def __init__(self, inner, path: str, deadline: float, seconds: float):
-        self.inner, self.path, self.deadline, self.seconds = inner, path, deadline, seconds
-
-    def __iter__(self):
-        total = 0
-        for chunk in self.inner:
-            total += len(chunk)
-            if total > MAX_BODY:
-                raise httpx.ReadError(f"{self.path} answered more than {MAX_BODY >> 20} MB: that is not Ollama's API")
-            if time.monotonic() > self.deadline:
-                raise httpx.ReadTimeout(f"{self.path} did not finish its answer within {self.seconds:g} s")
-            yield chunk
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _BoundedTransport(httpx.HTTPTransport):
-    """What both sessions to a server use: no answer, however a server sends it, can fill memory or outlast `seconds`."""
-
-    def __init__(self, seconds: float, **kwargs):
-        super().__init__(**kwargs)
-        self.seconds = seconds
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        response.stream = _BoundedStream(response.stream, request.url.path, time.monotonic() + self.seconds, self.seconds)
-        return response
 
 
 @contextmanager
@@ -94,8 +46,8 @@ def _official_errors() -> Iterator[None]:
         yield
     except ollama.ResponseError as e:
         raise Refused(e.status_code, error_text(e)) from None
-    except ConnectionError as e:  # the official client's word for httpx.ConnectError
-        raise httpx.ConnectError(short(e)) from None
+    except ConnectionError as e:  # the official client's word for a refused connection
+        raise transport.ConnectError(short(e)) from None
 
 
 @dataclass(frozen=True)
@@ -108,7 +60,7 @@ class Streamed:
 
 def resolve_host(host: str | None = None) -> str:
     """--host, else OLLAMA_HOST (a bare host or host:port, as Ollama accepts), else the default; 0.0.0.0 means this host."""
-    raw = (host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST).strip().rstrip("/")
+    raw = (host or settings.ollama_host() or DEFAULT_HOST).strip().rstrip("/")
     if "://" not in raw:
         raw = "http://" + raw
     scheme, rest = raw.split("://", 1)
@@ -118,19 +70,6 @@ def resolve_host(host: str | None = None) -> str:
     if ":" not in hostport.rsplit("]", 1)[-1]:
         hostport += ":11434"
     return f"{scheme}://{hostport}"
-
-
-def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """`http://user:pass@host:port` as the URL without them (safe to print, label, send in an alert) and the credentials."""
-    from urllib.parse import unquote
-
-    scheme, _, rest = url.partition("://")
-    hostport, slash, path = rest.partition("/")
-    if "@" not in hostport:
-        return url, None
-    userinfo, hostport = hostport.rsplit("@", 1)
-    user, _, password = userinfo.partition(":")
-    return f"{scheme}://{hostport}{slash}{path}", (unquote(user), unquote(password))
 
 
 def shown_host(host: str | None) -> str:
@@ -145,82 +84,33 @@ def manual_command(name: str, modelfile: Path, url: str) -> str:
 
 
 def explain(e: Exception) -> str:
-    """A transport failure in plain words."""
-    if isinstance(e, httpx.ConnectError):
-        return f"connection refused or unreachable ({short(e)}): {START_IT}"
-    if isinstance(e, httpx.TimeoutException):
-        return "no answer within the timeout"
-    if isinstance(e, httpx.RemoteProtocolError):
-        return f"the server broke off its answer ({short(e)})"
-    return f"{type(e).__name__}: {short(e)}"
-
-
-def short(e: Exception) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0][:120]
-
-
-def body_error(r: httpx.Response) -> str:
-    """The `error` of a JSON error body, or what the body is when it is not one."""
-    try:
-        return str(r.json().get("error", r.text))[:200]
-    except (ValueError, AttributeError):
-        return ("an HTML page" if "<html" in r.text.lower() else r.text.strip()[:200]) or "no body"
-
-
-def error_text(e: Exception) -> str:
-    """One line for an error the `ollama` client raised or orch's own."""
-    text = getattr(e, "error", None) or str(e)
-    try:
-        text = json.loads(text).get("error", text)
-    except (ValueError, AttributeError):
-        pass
-    return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(e).__name__
-
-
-def get(url: str, timeout: float = 5.0, auth: tuple[str, str] | None = None) -> httpx.Response:
-    """A GET to a service that is not Ollama (Open WebUI's /health)."""
-    return httpx.get(url, timeout=timeout, auth=auth)
-
-
-def post_json(url: str, body: dict, timeout: float = 10.0, headers: dict | None = None) -> httpx.Response:
-    """A POST of JSON to a service that is not Ollama (an alert webhook, OSV, Open WebUI's keyed API), its answer bounded
-    like every other."""
-    with httpx.Client(timeout=timeout, transport=_BoundedTransport(timeout)) as session:
-        r = session.post(url, json=body, headers=headers)
-        r.read()
-        return r
-
-
-def service(url: str, timeout: float = 30.0) -> httpx.Client:
-    """A session to a service that is not Ollama (Open WebUI's admin API), its answers bounded like every other."""
-    return httpx.Client(base_url=url, timeout=timeout, transport=_BoundedTransport(timeout))
+    """A transport failure in plain words, with how to start Ollama when nothing answered."""
+    return transport.explain(e, START_IT)
 
 
 class Ollama:
     """One Ollama server: its URL, a pooled HTTP session, and the official client over the same URL."""
 
     def __init__(self, host: str | None = None, *, timeout: float = 30.0, connect: float = 5.0, connections: int = 10):
-        """`connections`: how many requests may be in flight at once (bench sets one per simulated user).
+        """`timeout`: the longest silence, and the whole of an answer that is not a stream (a stream, such as a chat's
+        reply, may run as long as it keeps sending). `connections`: how many requests may be in flight at once (bench
+        sets one per simulated user).
 
         Credentials in the URL (a proxy's basic auth) are sent as such, and `url` never holds them.
         """
         self.url, self.auth = split_credentials(resolve_host(host))
-        self.timeout, self.connect, self.connections = timeout, connect, connections
-
-    def _transport(self) -> _BoundedTransport:
-        limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-        return _BoundedTransport(self.timeout, limits=limits)
+        self.bounds = transport.Bounds(read=timeout, total=timeout, connect=min(timeout, connect))
+        self.connections = connections
 
     @cached_property
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, self.connect)),
-                            transport=self._transport(), auth=self.auth)
+    def http(self):
+        return transport.session(self.url, bounds=self.bounds, auth=self.auth, connections=self.connections)
 
     @cached_property
     def api(self):
         import ollama
 
-        return ollama.Client(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect), transport=self._transport(),
+        return ollama.Client(host=self.url, timeout=transport.timeout(self.bounds), transport=transport.transport(self.bounds, self.connections),
                              auth=self.auth)
 
     def close(self) -> None:
@@ -237,15 +127,16 @@ class Ollama:
         self.close()
 
     # --- plain requests -------------------------------------------------------------------------------------------
-    def get(self, path: str) -> httpx.Response:
+    def get(self, path: str) -> transport.Response:
         return self.http.get(path)
 
-    def post(self, path: str, body: dict) -> httpx.Response:
+    def post(self, path: str, body: dict) -> transport.Response:
         return self.http.post(path, json=body)
 
     @contextmanager
-    def stream(self, path: str, body: dict) -> Iterator[httpx.Response]:
-        with self.http.stream("POST", path, json=body) as r:
+    def stream(self, path: str, body: dict, seconds: float | None = None) -> Iterator[transport.Response]:
+        """POST and stream the answer; `seconds` bounds the whole of it (a probe's), else it runs while it keeps sending."""
+        with self.http.stream("POST", path, json=body, extensions=transport.deadline(seconds) if seconds else None) as r:
             yield r
 
     def read_stream(self, path: str, body: dict, piece: Callable[[dict], str], timeout: float) -> Streamed:
@@ -258,7 +149,7 @@ class Ollama:
         t = time.monotonic()
         text, ttft = [], None
         try:
-            with self.stream(path, body) as r:
+            with self.stream(path, body, timeout) as r:
                 if r.status_code != 200:
                     r.read()
                     raise StreamError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
@@ -283,17 +174,19 @@ class Ollama:
                     text.append(chunk)
                     if obj.get("done"):
                         return Streamed("".join(text), obj, ttft, time.monotonic() - t)
-        except httpx.ReadTimeout:
+        except transport.TooSlow:
+            raise StreamError(f"{path} did not finish within {timeout:g} s") from None
+        except transport.ReadTimeout:
             raise StreamError(f"{path}: no token within {timeout:g} s") from None
         raise StreamError(f"{path} stream ended before its final done line (after {len(''.join(text))} characters)")
 
     def version(self, timeout: float = 3.0) -> str | None:
         """The server's version, or None when nothing (or something other than Ollama) answers."""
         try:
-            r = self.http.get("/api/version", timeout=timeout)
+            r = self.http.get("/api/version", timeout=timeout, extensions=transport.deadline(timeout))
             answer = r.json() if r.status_code == 200 else None
             return str(answer.get("version", "unknown"))[:40] if isinstance(answer, dict) else None
-        except (httpx.HTTPError, ValueError):
+        except (TransportError, ValueError):
             return None
 
     def models(self) -> list[str]:
@@ -305,7 +198,7 @@ class Ollama:
         try:
             with _official_errors():
                 return [{"name": m.model, "digest": m.digest} for m in self.api.list().models if m.model]
-        except (Refused, httpx.HTTPError, ValueError):
+        except (Refused, TransportError, ValueError):
             return []
 
     def loaded(self) -> list[dict]:
@@ -313,8 +206,8 @@ class Ollama:
         try:
             with _official_errors():
                 return [m.model_dump(mode="json") | {"name": m.model} for m in self.api.ps().models]
-        except (Refused, httpx.HTTPError, ValueError) as e:
-            raise OrchError(f"Ollama did not answer {self.url}/api/ps ({explain(e) if isinstance(e, httpx.HTTPError) else e})") from None
+        except (Refused, TransportError, ValueError) as e:
+            raise OrchError(f"Ollama did not answer {self.url}/api/ps ({explain(e) if isinstance(e, TransportError) else e})") from None
 
     # --- blobs ------------------------------------------------------------------------------------------------------
     def upload_blob(self, path: Path, digest: str, *, reporter: Reporter = SILENT) -> bool:
@@ -329,7 +222,7 @@ class Ollama:
                 task.update(completed=0)
                 try:
                     r = self.http.post(blob, content=_chunks(path, task.advance), headers={"Content-Length": str(size)})
-                except httpx.TransportError as e:
+                except TransportError as e:
                     last = type(e).__name__
                 else:
                     if r.status_code in (200, 201):

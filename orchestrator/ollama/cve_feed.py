@@ -15,17 +15,15 @@ answers alone and the result says so.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import paths
+from orchestrator import paths, settings
 from orchestrator.ollama import vulns
 
-OSV_URL = "https://api.osv.dev/v1/query"
-URL_ENV = "ORCH_OSV_URL"  # a mirror of OSV's API (or a test's double)
-PACKAGE = {"name": "github.com/ollama/ollama", "ecosystem": "Go"}
+OSV_URL, URL_ENV = settings.OSV_URL, settings.OSV_URL_ENV  # OSV's API, or a mirror of it (or a test's double) named in the env
+PACKAGE = {"name": settings.OLLAMA_MODULE, "ecosystem": "Go"}
 TTL = 24 * 3600
 FEEDS = ("builtin", "osv")
 UNKNOWN_MITIGATION = f"keep Ollama on loopback (orch's default) and read the advisory (https://osv.dev/list?q={PACKAGE['name']})"
@@ -54,7 +52,7 @@ def findings(version: str, feed: str = "builtin", *, timeout: float = 5.0, now: 
     cached = _cached(cache, now)
     if cached is not None:
         return Findings(_with_table(table, cached[0]), f"OSV (cached answer from {_when(cached[1])}) and {table.source}")
-    url = os.environ.get(URL_ENV) or OSV_URL
+    url = settings.osv_url()
     try:
         advisories = osv_query(url, release, timeout)
     except OsvUnusable as e:
@@ -74,13 +72,13 @@ class OsvUnusable(Exception):
 
 
 def osv_query(url: str, version: str, timeout: float) -> list[vulns.Advisory]:
-    from orchestrator.ollama import client
+    from orchestrator import transport
 
     body = {"version": version, "package": PACKAGE}
     try:
-        r = client.post_json(url, body, timeout=timeout)
-    except client.TransportError as e:
-        raise OsvUnusable(f"{url} did not answer: {client.short(e)}") from None
+        r = transport.post_json(url, body, bounds=transport.Bounds(read=timeout, total=timeout, retries=1))
+    except transport.TransportError as e:
+        raise OsvUnusable(f"{url} did not answer: {transport.short(e)}") from None
     if r.status_code != 200:
         raise OsvUnusable(f"{url} answered HTTP {r.status_code}")
     try:

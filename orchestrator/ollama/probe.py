@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 from orchestrator import names
+from orchestrator.transport import BadAnswer, Refused, json_object, kind, split_credentials
 from orchestrator.ollama import client
 from orchestrator.ollama.client import Ollama, body_error
+from orchestrator.webui import client as webui
 
 OK, DEGRADED, FAIL, SKIPPED = "ok", "degraded", "fail", "skipped"
 ALWAYS_LEAKS = ("</s>", "<s>", "<unk>")
@@ -98,10 +100,10 @@ def probe(p: Probe) -> Report:
             exposure = _run("exposure", lambda: _exposure(http.url), checks)
             _judge_unpatched(checks, exposure)
     if p.webui:
-        webui, auth = client.split_credentials(p.webui)  # sent, never put in a reason, an alert or --json
-        _run("webui", lambda: _webui(webui, p.timeout, auth), checks)
+        url, auth = split_credentials(p.webui)  # sent, never put in a reason, an alert or --json
+        _run("webui", lambda: _webui(url, p.timeout, auth), checks)
         if p.api_key:
-            _run("api", lambda: _keyed(webui, p.api_key, model, p.timeout), checks)
+            _run("api", lambda: _keyed(url, p.api_key, model, p.timeout), checks)
     return Report(http.url, model, checks, started, time.monotonic() - t0)
 
 
@@ -109,7 +111,7 @@ def _run(name: str, fn, checks: list[Check]) -> Check:
     t = time.monotonic()
     try:
         status, reason, data = fn()
-    except (ProbeError, client.StreamError) as e:
+    except (ProbeError, BadAnswer, Refused) as e:
         status, reason, data = FAIL, str(e), {}
     except client.TransportError as e:
         status, reason, data = FAIL, client.explain(e), {}
@@ -132,14 +134,14 @@ def _server(http):
     if r.status_code != 200:
         raise ProbeError(f"GET / answered HTTP {r.status_code}: {body_error(r)}")
     if "Ollama is running" not in r.text:
-        raise ProbeError(f"GET / answered {_kind(r)}, not Ollama's greeting: is this URL a web page or proxy instead of the API?")
+        raise ProbeError(f"GET / answered {kind(r)}, not Ollama's greeting: is this URL a web page or proxy instead of the API?")
     return OK, "answering", {}
 
 
 def _version(http, feed: str):
     from orchestrator.ollama import cve_feed
 
-    version = str(_json(http.get("/api/version"), "/api/version").get("version", ""))
+    version = str(json_object(http.get("/api/version"), "/api/version").get("version", ""))
     found = cve_feed.findings(version, feed)
     if found is None:
         return DEGRADED, f"version {version!r} is not a release number: cannot check it against known vulnerabilities", {"version": version}
@@ -170,7 +172,7 @@ def _judge_unpatched(checks: list[Check], exposure: Check) -> None:
 
 
 def _model(http, wanted: str | None):
-    models = [str(m.get("name") or m.get("model")) for m in _items(_json(http.get("/api/tags"), "/api/tags"), "models", "/api/tags")]
+    models = [str(m.get("name") or m.get("model")) for m in _items(json_object(http.get("/api/tags"), "/api/tags"), "models", "/api/tags")]
     if wanted is None:
         if not models:
             raise ProbeError("the server has no models: orch build tiny, or orch register a build")
@@ -200,7 +202,7 @@ def _chat(http, model: str, p: Probe):
 
 def _template_markers(http, model: str) -> list[str]:
     """The special pieces the model's TEMPLATE writes (Baichuan2's <reserved_106> and <reserved_107>)."""
-    template = _json(http.post("/api/show", {"model": model}), "/api/show").get("template") or ""
+    template = json_object(http.post("/api/show", {"model": model}), "/api/show").get("template") or ""
     return sorted(set(re.findall(r"<[A-Za-z_|][^<>\s{}]*>", template)))
 
 
@@ -218,7 +220,7 @@ def _judge_stream(name: str, streamed: client.Streamed, p: Probe):
 
 
 def _openai(http, model: str):
-    r = _json(http.post("/v1/chat/completions", {"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
+    r = json_object(http.post("/v1/chat/completions", {"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
                                                   "temperature": 0}), "/v1/chat/completions")
     try:
         content = r["choices"][0]["message"]["content"]
@@ -231,7 +233,7 @@ def _openai(http, model: str):
 
 def _placement(http, model: str):
     """Where the server holds the model, from its own /api/ps (this prober's GPUs say nothing about a remote server's)."""
-    running = [m for m in _items(_json(http.get("/api/ps"), "/api/ps"), "models", "/api/ps")
+    running = [m for m in _items(json_object(http.get("/api/ps"), "/api/ps"), "models", "/api/ps")
                if m.get("name") == model or m.get("model") == model]
     if not running:
         return OK, "not loaded right now", {}
@@ -275,15 +277,7 @@ def _answers(addr: str, port: int) -> bool:
 
 
 def _webui(url: str, timeout: float, auth: tuple[str, str] | None = None):
-    r = client.get(url.rstrip("/") + "/health", timeout=timeout, auth=auth)
-    if r.status_code != 200:
-        raise ProbeError(f"Open WebUI /health answered HTTP {r.status_code}")
-    try:
-        ok = r.json().get("status") is True
-    except (ValueError, AttributeError):
-        raise ProbeError(f"Open WebUI /health answered {_kind(r)}, not JSON: is {url} Open WebUI?") from None
-    if not ok:
-        raise ProbeError(f"Open WebUI /health says {r.text[:100]}")
+    webui.health(url, timeout, auth)
     return OK, "healthy", {}
 
 
@@ -291,32 +285,8 @@ def _keyed(url: str, key: str, model: str | None, timeout: float):
     """What a script with the key gets: an OpenAI chat completion from the model, through Open WebUI."""
     if not model:
         raise ProbeError("no model to ask through the keyed API: pass --model")
-    path = "/api/chat/completions"
-    r = client.post_json(url.rstrip("/") + path, {"model": model, "messages": CHAT[-1:], "max_tokens": PROBE_TOKENS,
-                                                  "temperature": 0, "stream": False},
-                         timeout=timeout, headers={"Authorization": f"Bearer {key}"})
-    if r.status_code in (401, 403):
-        raise ProbeError(f"Open WebUI refused the API key (HTTP {r.status_code}): it was revoked or mistyped, or keys are off "
-                         "(orch up --api; orch api-key list)")
-    try:
-        content = _json(r, path)["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise ProbeError(f"{path} answered without choices[0].message.content") from None
-    if not str(content).strip():
-        raise ProbeError(f"{path} returned an empty reply")
+    content = webui.keyed_chat(url, key, model, CHAT[-1:], max_tokens=PROBE_TOKENS, seconds=timeout)
     return OK, f"the key reaches {model} ({len(content)} characters)", {}
-
-
-def _json(r, path: str) -> dict:
-    if r.status_code != 200:
-        raise ProbeError(f"{path} answered HTTP {r.status_code}: {body_error(r)}")
-    try:
-        obj = r.json()
-    except ValueError:
-        raise ProbeError(f"{path} answered {_kind(r)}, not JSON: is this URL a proxy or web page instead of the API?") from None
-    if not isinstance(obj, dict):
-        raise ProbeError(f"{path} answered JSON that is not an object")
-    return obj
 
 
 def _items(obj: dict, key: str, path: str) -> list[dict]:
@@ -325,8 +295,3 @@ def _items(obj: dict, key: str, path: str) -> list[dict]:
     if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
         raise ProbeError(f"{path} answered {key!r} as {type(items).__name__}, not a list of objects: is this Ollama's API?")
     return items
-
-
-def _kind(r) -> str:
-    ctype = r.headers.get("content-type", "")
-    return "an HTML page" if "html" in ctype or r.text.lstrip().lower().startswith("<") else f"{ctype or 'an unknown body'}"

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import settings
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path, sha256_file
@@ -66,8 +67,7 @@ def key_id(key: str | None) -> str | None:
     return hashlib.sha256(f"orch-stack:{key}".encode()).hexdigest()[:16] if key else None
 
 
-BACKUP_KEY_ENV = "ORCH_BACKUP_KEY"  # the backup signing key (hex), as the Kubernetes backup Job gets it
-STACK_ID_ENV = "ORCH_STACK_ID"
+BACKUP_KEY_ENV, STACK_ID_ENV = settings.BACKUP_KEY_ENV, settings.STACK_ID_ENV  # as the Kubernetes backup Job gets them
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ class Signer:
 def data_signer() -> Signer:
     """For Open WebUI's data mounted on its own (a Kubernetes volume): ORCH_BACKUP_KEY and ORCH_STACK_ID from the
     Job's Secret, or WEBUI_SECRET_KEY itself."""
-    if os.environ.get("WEBUI_SECRET_KEY"):
-        return Signer.of_secret(os.environ["WEBUI_SECRET_KEY"])
-    key, stack = os.environ.get(BACKUP_KEY_ENV, ""), os.environ.get(STACK_ID_ENV, "")
+    secret, key, stack = settings.backup_signing()
+    if secret:
+        return Signer.of_secret(secret)
     try:
         if len(key) == 64 and stack:
             return Signer(stack, bytes.fromhex(key))

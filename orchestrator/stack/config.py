@@ -15,16 +15,9 @@ from pathlib import Path
 from orchestrator.errors import BadInput
 from orchestrator.files import write_text
 
-# The only place the images (and the native Open WebUI) are pinned. Read 2026-11-23: Ollama v0.40.2 (2026-10-08) is
-# its newest release on record and lies past every range in ollama/vulns.py (a test holds it there); Open WebUI
-# 0.12.4 is the newest on PyPI and ghcr.io, with no advisory on record against it.
-OLLAMA_VERSION = "0.40.2"
+from orchestrator.settings import OLLAMA_VERSION, PYTHON_IMAGE, WEBUI_VERSION  # noqa: F401  pinned there, used here and by the manifests
+
 OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
-# What `orch install-ollama` builds from the Go module proxy, and what the tests run. Read 2026-12-01: proxy.golang.org
-# serves github.com/ollama/ollama up to v0.34.4 and refuses v0.35.0 and later ("not available"); 0.34.2 to 0.34.4 carry
-# CVE-2026-103663 (ollama/vulns.py), so 0.34.1 is the newest it serves with no advisory on record.
-OLLAMA_SOURCE_VERSION = "0.34.1"
-WEBUI_VERSION = "0.12.4"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
 SERVICES = ("ollama", "open-webui")  # what orch logs SERVICE names on one box
 
@@ -36,8 +29,6 @@ def known_services(asked: list[str] | None, known: tuple[str, ...] = SERVICES) -
             raise BadInput(f"no service named {name!r}: pass one of {', '.join(known)}")
 
 
-# the in-cluster monitor's interpreter: the minor-version tag, which takes Debian's security rebuilds
-PYTHON_IMAGE = "python:3.13-slim"
 ADMIN_EMAIL = "admin@orch.local"
 SECRET_KEYS = ("WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD")  # in .env only
 # read by Open WebUI only on its first start (it then keeps them in its database)

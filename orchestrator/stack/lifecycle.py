@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator import paths
+from orchestrator import paths, settings
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.ollama import probe, register
@@ -103,7 +103,7 @@ def record_of(plan: StackPlan, runtime: str) -> StackRecord:
 
 def default_ollama_url() -> str | None:
     """Where the default stack's Ollama answers, for commands given no --host and no $OLLAMA_HOST (None: no stack)."""
-    if os.environ.get("OLLAMA_HOST"):
+    if settings.ollama_host():
         return None
     record = StackRecord.load(paths.default_stack_dir())
     return record.ollama_url if record else None

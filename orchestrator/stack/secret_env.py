@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from orchestrator import settings
 from orchestrator.stack.config import read_env
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"{env_file} lacks {', '.join(missing)}: run orch up again to generate them", file=sys.stderr)
         return 1
-    os.execvpe(command[0], command, os.environ | {k: values[k] for k in keys})
+    os.execvpe(command[0], command, settings.child_env(**{k: values[k] for k in keys}))
     return 127
 
 

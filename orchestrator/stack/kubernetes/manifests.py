@@ -39,7 +39,7 @@ BACKUP_SECRET_FILE = "secrets/backup.env"  # the backup Job's signing key and st
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
 REQUIREMENTS = "monitor-requirements.txt"  # MONITOR_DEPENDENCIES resolved and hashed by scripts/monitor-requirements
-SOURCE_PACKAGES = ("", "cli", "ollama", "stack")  # what `orch health` and `orch backup` import (stack/: not its subpackages)
+SOURCE_PACKAGES = ("", "cli", "ollama", "stack", "webui")  # what `orch health` and `orch backup` import (stack/: not its subpackages)
 
 
 def labels(name: str, component: str) -> dict:

@@ -8,7 +8,6 @@ kubectl and kube context ($ORCH_KUBECTL picks another kubectl).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from typing import Iterator
 
 import yaml
 
+from orchestrator import settings
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import sha256_file
@@ -28,13 +28,13 @@ from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
 
-KUBECTL_ENV = "ORCH_KUBECTL"
+KUBECTL_ENV = settings.KUBECTL_ENV
 LOADER = "orch-model-loader"
 PART_OF = "app.kubernetes.io/part-of=orch"
 
 
 def kubectl_binary() -> str:
-    found = os.environ.get(KUBECTL_ENV) or shutil.which("kubectl")
+    found = settings.kubectl() or shutil.which("kubectl")
     if not found:
         raise OrchError("kubectl is not installed (no kubectl on PATH): install it (https://kubernetes.io/docs/tasks/tools/), "
                         f"or set {KUBECTL_ENV}")
