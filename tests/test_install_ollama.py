@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.stack.config import OLLAMA_SOURCE_VERSION
+from orchestrator.settings import OLLAMA_SOURCE_VERSION
 from support import cli, real_ollama_binary
 
 
@@ -96,3 +96,62 @@ def test_native_up_runs_the_built_ollama_when_none_is_on_path(tmp_path, monkeypa
     assert subprocess.run(["sh", "-c", "command -v ollama"], env=env).returncode != 0
     proc = cli("up", "--runtime", "native", "--dry-run", "--no-webui", "--dir", str(tmp_path / "stack"), env=env)
     assert f"ollama binary: {data / 'orch' / 'ollama' / OLLAMA_SOURCE_VERSION / 'bin' / 'ollama'}" in proc.stdout, proc.stdout
+
+
+@pytest.fixture
+def forging_proxy():
+    """A Go module proxy that serves its own github.com/ollama/ollama at the pinned version: a hostile or broken mirror."""
+    import io
+    import zipfile
+
+    prefix = f"github.com/ollama/ollama@v{OLLAMA_SOURCE_VERSION}"
+    mod = b"module github.com/ollama/ollama\n\ngo 1.22\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(f"{prefix}/go.mod", mod)
+        z.writestr(f"{prefix}/main.go", b'package main\n\nfunc main() { println("not ollama") }\n')
+    files = {f"/github.com/ollama/ollama/@v/v{OLLAMA_SOURCE_VERSION}.info": json.dumps({"Version": f"v{OLLAMA_SOURCE_VERSION}",
+                                                                                        "Time": "2024-08-01T00:00:00Z"}).encode(),
+             f"/github.com/ollama/ollama/@v/v{OLLAMA_SOURCE_VERSION}.mod": mod,
+             f"/github.com/ollama/ollama/@v/v{OLLAMA_SOURCE_VERSION}.zip": buf.getvalue()}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            body = body if body is not None else b"not found"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_forged_module_is_refused_before_anything_compiles_whatever_the_checksum_settings(forging_proxy, tmp_path, isolated_home):
+    """GOSUMDB=off and GONOSUMDB turn Go's own check off: orch's pinned hash still refuses what the proxy made up."""
+    env = os.environ | {"GOPROXY": forging_proxy, "GOMODCACHE": str(tmp_path / "modcache"), "GOFLAGS": "-mod=mod", "GONOSUMDB": "*",
+                        "GOSUMDB": "off"}
+    proc = cli("install-ollama", check=False, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert lines[-1].startswith(f"error: github.com/ollama/ollama@v{OLLAMA_SOURCE_VERSION} as downloaded is not the release orch pins"), \
+        proc.stderr
+    assert "GOSUMDB=off" in proc.stdout + proc.stderr, "the settings that turned Go's check off are named"
+    assert "compile" not in proc.stdout + proc.stderr and nothing_installed(isolated_home)
+    leftovers = list((isolated_home / "data" / "orch" / "ollama").glob(".*")) if (isolated_home / "data" / "orch" / "ollama").exists() else []
+    assert leftovers == [], "the copy it checked is gone"
+
+
+def test_a_module_cache_others_can_write_is_refused(tmp_path, isolated_home):
+    shared = tmp_path / "shared-modcache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    proc = cli("install-ollama", check=False, env=os.environ | {"GOMODCACHE": str(shared)})
+    assert proc.returncode == 1 and f"Go's module cache {shared} can be written by other users" in proc.stderr, proc.stderr
+    assert "set GOMODCACHE to a directory of your own" in proc.stderr and nothing_installed(isolated_home)

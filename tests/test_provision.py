@@ -1,12 +1,15 @@
-"""The first build fetches llama.cpp's converter through pip, from whatever index pip is pointed at, and shows it.
+"""The first build fetches llama.cpp's converter from whatever index pip is pointed at, as a plain file checked
+against its pinned sha256, and shows it.
 
-The index here is a loopback PEP 503 index (a double of PyPI or a mirror) serving
-a small sdist shaped like llama-cpp-python's; pip itself is real.
+The index here is a loopback PEP 503 index (a double of PyPI or a mirror) serving a small sdist shaped like
+llama-cpp-python's. The pin is set to that sdist's own hash for these tests; the real pin meets the real PyPI in
+scripts/test's first build.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import tarfile
 import threading
@@ -20,51 +23,48 @@ from support import Recording
 
 VENDORED = {"convert_hf_to_gguf.py": b"# the converter\n", "CMakeLists.txt": b"project(llama)\n",
             "gguf-py/gguf/__init__.py": b"", "src/llama.cpp": b"// runtime\n", "docs/build.md": b"not unpacked\n"}
+NAME = f"llama_cpp_python-{provision.LLAMA_CPP_PYTHON_VERSION}"
 
-# pip reads an sdist's metadata even to download it: an in-tree build backend that needs nothing from the index
-PYPROJECT = b'[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-BACKEND = f"""
-import os
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-def prepare_metadata_for_build_wheel(directory, config_settings=None):
-    info = os.path.join(directory, "llama_cpp_python-{provision.LLAMA_CPP_PYTHON_VERSION}.dist-info")
-    os.makedirs(info)
-    with open(os.path.join(info, "METADATA"), "w") as f:
-        f.write("Metadata-Version: 2.1\\nName: llama-cpp-python\\nVersion: {provision.LLAMA_CPP_PYTHON_VERSION}\\n")
-    return os.path.basename(info)
-""".encode()
+
+def sdist(members: dict[str, bytes], ran: str) -> bytes:
+    """An sdist whose build backend, if anything ran it, would leave a file at `ran`."""
+    backend = f"open({ran!r}, 'w').write('the build backend ran')\n".encode()
+    pyproject = b'[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel, data in ({"pyproject.toml": pyproject, "backend.py": backend, "setup.py": backend}
+                          | {f"vendor/llama.cpp/{k}": v for k, v in members.items()}).items():
+            info = tarfile.TarInfo(f"{NAME}/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 @pytest.fixture
 def mirror(tmp_path, monkeypatch):
-    """A PyPI mirror holding one llama-cpp-python sdist, named by PIP_INDEX_URL as a user would."""
+    """A PyPI mirror holding one llama-cpp-python sdist, named by PIP_INDEX_URL as a user would; the pin is its hash."""
     root = tmp_path / "mirror"
-    name = f"llama_cpp_python-{provision.LLAMA_CPP_PYTHON_VERSION}"
     project = root / "simple" / "llama-cpp-python"
     project.mkdir(parents=True)
-    with tarfile.open(project / f"{name}.tar.gz", "w:gz") as tar:
-        members = {"pyproject.toml": PYPROJECT, "backend.py": BACKEND} | {f"vendor/llama.cpp/{k}": v for k, v in VENDORED.items()}
-        for rel, data in members.items():
-            info = tarfile.TarInfo(f"{name}/{rel}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    (project / "index.html").write_text(f'<html><body><a href="{name}.tar.gz">{name}.tar.gz</a></body></html>')
+    data = sdist(VENDORED, str(tmp_path / "backend-ran"))
+    (project / f"{NAME}.tar.gz").write_bytes(data)
+    (project / "index.html").write_text(f'<html><body><a href="{NAME}.tar.gz">{NAME}.tar.gz</a></body></html>')
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
-    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setattr(provision, "SDIST_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(provision, "SDIST_BYTES", len(data))
     yield root
     server.shutdown()
 
 
-def test_the_first_fetch_shows_the_download_and_the_unpacking(mirror):
+def test_the_first_fetch_shows_the_download_and_the_unpacking_and_runs_nothing(mirror, tmp_path):
     reporter = Recording()
     llama = provision.provision(reporter=reporter)
     assert llama.converter.read_bytes() == VENDORED["convert_hf_to_gguf.py"] and llama.origin.startswith("PyPI sdist")
+    assert llama.sdist_sha256 == provision.SDIST_SHA256
     assert not (llama.root / "docs").exists(), "what no build reads is not unpacked"
+    assert not (tmp_path / "backend-ran").exists(), "a download runs nothing the sdist holds"
     download, unpack = reporter.bars
     assert download["unit"] == "bytes" and download["total"] == provision.SDIST_BYTES
     assert unpack["unit"] == "files" and unpack["total"] == 4 and unpack["completed"] == [1, 2, 3, 4]
@@ -78,3 +78,30 @@ def test_a_mirror_without_it_names_the_fix(mirror):
     with pytest.raises(OrchError, match=r"could not download the llama-cpp-python .* set PIP_INDEX_URL to a reachable PyPI mirror"):
         provision.provision()
     assert not provision.cache_dir().exists()
+
+
+def test_an_sdist_that_is_not_the_pinned_one_is_refused_and_nothing_is_kept(mirror, tmp_path):
+    forged = sdist(VENDORED | {"convert_hf_to_gguf.py": b"import os  # someone else's converter\n"}, str(tmp_path / "ran"))
+    (mirror / "simple" / "llama-cpp-python" / f"{NAME}.tar.gz").write_bytes(forged[:provision.SDIST_BYTES].ljust(provision.SDIST_BYTES, b"\0"))
+    with pytest.raises(OrchError, match=r"refused the llama-cpp-python .* sdist from http://127.0.0.1:\d+/simple: .* is not the pinned "
+                                        r"file: .* bytes with sha256"):
+        provision.provision()
+    assert not provision.cache_dir().exists() and not list(provision.cache_dir().parent.glob(".provision-*"))
+
+
+def test_an_index_that_lists_another_hash_is_refused_before_the_download(mirror):
+    index = mirror / "simple" / "llama-cpp-python" / "index.html"
+    index.write_text(f'<html><body><a href="{NAME}.tar.gz#sha256={"0" * 64}">{NAME}.tar.gz</a></body></html>')
+    reporter = Recording()
+    with pytest.raises(OrchError, match=r"the index lists .* with sha256 0000000000000000…, not the pinned"):
+        provision.provision(reporter=reporter)
+    assert reporter.bars == [], "nothing was downloaded"
+
+
+def test_a_local_sdist_is_checked_against_the_pin_too(mirror, tmp_path, monkeypatch):
+    mine = tmp_path / f"{NAME}.tar.gz"
+    mine.write_bytes(b"not the release")
+    monkeypatch.setenv(provision.ENV_SDIST, str(mine))
+    with pytest.raises(OrchError, match=rf"{mine} is not the {NAME}.tar.gz orch pins .*: download it again from PyPI, or unset "
+                                        rf"{provision.ENV_SDIST}"):
+        provision.provision()

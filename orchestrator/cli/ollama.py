@@ -243,7 +243,7 @@ def install_ollama_cmd(
 
       GOPROXY=https://goproxy.cn,direct orch install-ollama --cuda
     """
-    from orchestrator.ollama import install
+    from orchestrator.builder import ollama_source as install
 
     with render.RichReporter() as reporter:
         built = install.install(cuda=cuda, reporter=reporter)

@@ -143,7 +143,7 @@ def _dry_run(plan, doc: dict, announce) -> None:
 
 def _dry_run_native(plan, announce) -> None:
     """The native plan: the programs supervisord would run, the ollama found, Open WebUI's virtualenv."""
-    from orchestrator.ollama import install
+    from orchestrator.builder import ollama_source as install
     from orchestrator.stack import native
 
     announce()

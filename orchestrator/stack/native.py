@@ -30,20 +30,19 @@ from orchestrator import paths
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
-from orchestrator.ollama import client, install
+from orchestrator import settings, transport
+from orchestrator.builder import ollama_source
 from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
 from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
-VERSION_ENV = "ORCH_WEBUI_VERSION"  # another Open WebUI release than the pinned one (held back, or tried ahead)
-VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv-VERSION]
-PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
+VERSION_ENV, VENV_ENV, PREINSTALL_ENV = settings.WEBUI_VERSION_ENV, settings.WEBUI_VENV_ENV, settings.WEBUI_PREINSTALL_ENV
 
 
 def webui_version() -> str:
     """The pinned release, unless $ORCH_WEBUI_VERSION names another (orch's tests run the pinned one)."""
-    version = os.environ.get(VERSION_ENV) or WEBUI_VERSION
+    version = settings.webui_version()
     if not re.fullmatch(r"[0-9]+(\.[0-9]+){1,3}", version):
         raise BadInput(f"{VERSION_ENV}={version!r} is not an Open WebUI release such as {WEBUI_VERSION}")
     return version
@@ -55,7 +54,7 @@ def webui_package() -> str:
 
 def webui_venv() -> Path:
     """One virtualenv per Open WebUI release, so that the one before an upgrade is still there to roll back to."""
-    return Path(os.environ.get(VENV_ENV) or paths.data_home() / f"open-webui-venv-{webui_version()}")
+    return settings.webui_venv() or paths.data_home() / f"open-webui-venv-{webui_version()}"
 
 
 MARKER = ".orch-installed"  # in a virtualenv orch installed Open WebUI into: the package it holds
@@ -90,7 +89,7 @@ def ensure_webui(reporter: Reporter) -> Path:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     log = venv / "install.log"
     with open(log, "ab") as out:
-        for requirement in [r for r in os.environ.get(PREINSTALL_ENV, "").split() if r] + [package]:
+        for requirement in settings.webui_preinstall() + [package]:
             if subprocess.run([*pip, requirement], stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise OrchError(f"pip could not install {requirement} into {venv}: see {log} (a PyPI mirror can be set with PIP_INDEX_URL)")
     marker.write_text(package + "\n")
@@ -113,7 +112,7 @@ def services(plan: StackPlan, webui_exe: Path | None) -> list[Service]:
         env = compose.load_template()["services"]["ollama"]["environment"] | {"OLLAMA_HOST": f"{plan.ollama_bind}:{plan.ollama_port}"}
         # through stale_group: a llama-server the last `ollama serve` left behind (killed, it cannot end it) is ended first
         reaper = [sys.executable, "-m", "orchestrator.stack.stale_group", str(plan.directory / "run" / "ollama.pgid"), "llama-server", "--"]
-        out.append(Service("ollama", [*reaper, install.find_ollama() or "ollama", "serve"], env,
+        out.append(Service("ollama", [*reaper, ollama_source.find_ollama() or "ollama", "serve"], env,
                            f"http://127.0.0.1:{plan.ollama_port}/api/version"))
     if webui_exe is None:
         return out
@@ -136,7 +135,7 @@ PROXIES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 def scrubbed_environment(environ: dict | None = None) -> dict:
     """The user's environment without what the services must not see (tokens, keys, passwords)."""
-    environ = os.environ if environ is None else environ
+    environ = settings.child_env() if environ is None else environ
     return {k: v for k, v in environ.items()
             if k in KEPT or k.startswith(KEPT_PREFIXES) or k.lower() in PROXIES}
 
@@ -292,9 +291,9 @@ def wait_healthy(service: Service, supervisor: Supervisor, timeout: float, repor
                 raise OrchError(f"{service.name} did not stay up ({state or 'not configured'}: {last[-1][:200] if last else 'no output'}): "
                                 f"orch logs {service.name}")
             try:
-                if client.get(service.health_url).status_code == 200:
+                if transport.get(service.health_url).status_code == 200:
                     return
-            except client.TransportError:
+            except transport.TransportError:
                 pass
             time.sleep(1)
     raise OrchError(f"{service.name} did not answer {service.health_url} within {timeout:g} s: orch logs {service.name}")
@@ -311,7 +310,7 @@ class NativeRuntime:
         if plan.webui and "open-webui" not in held:
             preflight.port_free(plan.bind, plan.port, "Open WebUI")
         if plan.ollama_url is None:
-            if install.find_ollama() is None:
+            if ollama_source.find_ollama() is None:
                 raise OrchError(f"ollama is not installed (none on PATH, none built by orch): install it with: {OLLAMA_INSTALL}, "
                                 "or build it without GitHub: orch install-ollama; or pass --host URL of one that runs")
             if "ollama" not in held:

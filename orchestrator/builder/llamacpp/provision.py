@@ -1,8 +1,10 @@
 """Provision llama.cpp's converter from a pinned release, through the package registry.
 
 The llama-cpp-python sdist carries a complete llama.cpp tree, so the converter
-arrives through PyPI (or the user's PyPI mirror, via pip's own configuration)
-where GitHub is slow or unreachable. Its quantizer and runtime come from the
+arrives through PyPI (or the user's PyPI mirror: PIP_INDEX_URL or pip's own
+configuration) where GitHub is slow or unreachable. It is fetched as a plain
+file, never through pip (which would run the sdist's build backend), and used
+only when its sha256 is the pinned one. Its quantizer and runtime come from the
 same release, installed as the `llama-cpp-python` dependency.
 """
 
@@ -11,22 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import paths
-from orchestrator.builder.llamacpp.process import last_error_line, run_watched
+from orchestrator import paths, settings, transport
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import sha256_file
+from orchestrator.settings import LLAMA_CPP_PYTHON_VERSION
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-SDIST_BYTES = 76_589_250  # its size on PyPI: the download bar's total (pip itself reports nothing when not on a terminal)
-ENV_OVERRIDE = "ORCH_LLAMA_CPP"
-ENV_SDIST = "ORCH_LLAMA_CPP_SDIST"
+SDIST_BYTES, SDIST_SHA256 = settings.LLAMA_CPP_SDIST_BYTES, settings.LLAMA_CPP_SDIST_SHA256
+ENV_OVERRIDE, ENV_SDIST = settings.LLAMA_CPP_ENV, settings.LLAMA_CPP_SDIST_ENV
 # the whole tree but what no build reads: the converter and gguf-py, and the sources the imatrix tool compiles from
 _SKIPPED = ("models/", "docs/", "media/", ".github/")
 
@@ -50,7 +49,7 @@ class LlamaCpp:
 
 def locate(override: Path | None = None, *, reporter: Reporter = SILENT) -> LlamaCpp:
     """The tree named by --llama-cpp or $ORCH_LLAMA_CPP, else the cached pinned release (fetched once)."""
-    override = override or (Path(os.environ[ENV_OVERRIDE]) if os.environ.get(ENV_OVERRIDE) else None)
+    override = override or settings.llama_cpp_tree()
     if override is not None:
         root = Path(override).expanduser().resolve()
         if (root / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
@@ -89,44 +88,69 @@ def provision(*, reporter: Reporter = SILENT) -> LlamaCpp:
 
 
 def _obtain_sdist(tmp: Path, reporter: Reporter) -> Path:
-    local = os.environ.get(ENV_SDIST)
-    if local:
-        path = Path(local).expanduser()
-        if not path.is_file():
-            raise OrchError(f"{ENV_SDIST}={local} is not a file: point it at llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")
-        return path
-    reporter.note(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once)…")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
-    scratch = tmp / "pip-tmp"  # pip downloads into a temporary directory first: its growth there is the bar
-    scratch.mkdir()
-    log = tmp / "pip.log"
+    """The pinned sdist, checked against its pinned sha256: downloaded as a plain file (nothing in it runs), or the one the
+    user named."""
+    name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    local = settings.llama_cpp_sdist()
+    if local is not None:
+        if not local.is_file():
+            raise OrchError(f"{ENV_SDIST}={local} is not a file: point it at {name}")
+        if (got := sha256_file(local)) != SDIST_SHA256:
+            raise OrchError(f"{local} is not the {name} orch pins (sha256 {got[:16]}…, pinned {SDIST_SHA256[:16]}…): "
+                            f"download it again from PyPI, or unset {ENV_SDIST}")
+        return local
+    index = settings.pip_index()
+    reporter.note(f"Fetching llama.cpp's converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, once) from {_shown(index)}…")
+    advice = (f"set PIP_INDEX_URL to a reachable PyPI mirror, or {ENV_SDIST} to a downloaded {name}, or --llama-cpp to a "
+              "llama.cpp tree")
     try:
-        run_watched(cmd, watch=lambda: _sdist_bytes(tmp), expected_bytes=SDIST_BYTES, what="download llama.cpp (sdist)", log=log,
-                    reporter=reporter, env=os.environ | {"TMPDIR": str(scratch)})
-        failure = None
-    except OrchError:
-        failure = last_error_line(log)
-    found = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
-    if failure or not found:
-        raise OrchError(
-            f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({failure or 'pip wrote no sdist'}): "
-            f"set PIP_INDEX_URL to a reachable PyPI mirror, or {ENV_SDIST} to a downloaded sdist, or --llama-cpp to a llama.cpp tree"
-        )
-    return found[0]
+        url = sdist_url(index, name)
+        dest = tmp / name
+        with reporter.task("download llama.cpp (sdist)", total=SDIST_BYTES, unit="bytes") as task:
+            transport.download(url, dest, size=SDIST_BYTES, sha256=SDIST_SHA256, advance=task.advance)
+    except transport.BadAnswer as e:
+        raise OrchError(f"refused the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist from {_shown(index)}: {e}. {advice}") from None
+    except (transport.Refused, transport.TransportError) as e:
+        why = str(e) if isinstance(e, transport.Refused) else transport.explain(e)
+        raise OrchError(f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ({why}): {advice}") from None
+    return dest
 
 
-def _sdist_bytes(tmp: Path) -> int:
-    """How much of the sdist pip has written so far, wherever in `tmp` it is (pip's own directories come and go)."""
-    sizes = [0]
-    for folder, _, files in os.walk(tmp):  # errors from a vanished directory are ignored
-        for name in files:
-            if name.startswith("llama_cpp_python-") and name.endswith(".tar.gz"):
-                try:
-                    sizes.append(os.stat(os.path.join(folder, name)).st_size)
-                except OSError:
-                    pass
-    return max(sizes)
+def sdist_url(index: str, name: str) -> str:
+    """Where the index's project page (PEP 503 HTML or PEP 691 JSON) says `name` is; its own sha256, when it lists one,
+    must be the pin."""
+    from html.parser import HTMLParser
+    from urllib.parse import urldefrag, urljoin
+
+    page = index.rstrip("/") + "/llama-cpp-python/"
+    r = transport.get(page, bounds=transport.Bounds(max_bytes=16 << 20, read=60, total=120, retries=2),
+                 headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    if r.status_code != 200:
+        raise transport.Refused(r.status_code, f"{_shown(page)} answered HTTP {r.status_code}")
+    links: list[tuple[str, str]] = []
+    if "json" in r.headers.get("content-type", ""):
+        files = [f for f in transport.json_object(r, _shown(page)).get("files", []) if isinstance(f, dict)]
+        links = [(str(f.get("filename", "")), str(f.get("url", ""))) for f in files]
+        listed = {f.get("filename"): (f.get("hashes") or {}).get("sha256") for f in files}
+    else:
+        class Anchors(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                href = dict(attrs).get("href")
+                if tag == "a" and href:
+                    links.append((urldefrag(href)[0].rsplit("/", 1)[-1], href))
+
+        Anchors().feed(r.text)
+        listed = {n: urldefrag(href)[1].partition("sha256=")[2] or None for n, href in links}
+    found = next((urljoin(str(r.url), href) for filename, href in links if filename == name), None)
+    if found is None:
+        raise transport.Refused(404, f"{_shown(page)} does not list {name}")
+    if listed.get(name) and listed[name] != SDIST_SHA256:
+        raise transport.BadAnswer(f"the index lists {name} with sha256 {listed[name][:16]}…, not the pinned {SDIST_SHA256[:16]}…")
+    return urldefrag(found)[0]
+
+
+def _shown(url: str) -> str:
+    return transport.split_credentials(url)[0]
 
 
 def _extract(sdist: Path, dest: Path, reporter: Reporter = SILENT) -> None:

@@ -27,7 +27,7 @@ from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path
 
-# llama-server and llama-quantize are also what a source-built Ollama runs (orchestrator.ollama.install): one compile for both
+# llama-server and llama-quantize are also what a source-built Ollama runs (orchestrator.builder.ollama_source): one compile for both
 PROGRAMS = ("llama-imatrix", "llama-quantize", "llama-server")
 CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
                  "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_SUBPROCESS=OFF", "-DLLAMA_BUILD_APP=OFF",
