@@ -44,7 +44,6 @@ def isolated_home(tmp_path_factory, monkeypatch, llama_tree):
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv(llamacpp.ENV_OVERRIDE, str(llama_tree))
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing listens: builds must say so and go on
-    monkeypatch.delenv("ORCH_DEBUG_PAUSE_AFTER", raising=False)
     return home
 
 

@@ -1,6 +1,7 @@
-"""A restore as `orch restore` runs it (the same library call), whose reporter stops at one named step.
+"""A restore or a build as orch runs them (the same library calls), whose reporter stops at one named step.
 
-    python tests/restore_child.py STACK ARCHIVE STEP RESUME_FILE
+    python tests/paused_child.py STEP RESUME_FILE restore STACK ARCHIVE
+    python tests/paused_child.py STEP RESUME_FILE build MODEL_DIR OUT QUANTS
 
 It prints "paused after STEP" on stderr and waits there until RESUME_FILE exists, so that a test can kill it (kill -9)
 or press Ctrl-C (SIGINT) at exactly that step. The hook is the test's: orch itself never pauses.
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 from orchestrator.events import Reporter
-from orchestrator.stack import lifecycle
 
 
 class PausingAt(Reporter):
@@ -27,10 +27,24 @@ class PausingAt(Reporter):
                 time.sleep(0.05)
 
 
+def restore(reporter: Reporter, stack: str, archive: str) -> None:
+    from orchestrator.stack import lifecycle
+
+    lifecycle.restore(Path(stack), Path(archive), reporter)
+
+
+def build(reporter: Reporter, model_dir: str, out: str, quants: str) -> None:
+    """What `orch build MODEL_DIR --quant QUANTS --no-register --dir OUT` runs."""
+    from orchestrator.builder import catalog, pipeline
+    from orchestrator.builder.plan import make_plan
+
+    pipeline.run_build(make_plan(catalog.resolve(model_dir), quant=quants, output=Path(out)), reporter)
+
+
 if __name__ == "__main__":
-    stack, archive, step, resume = sys.argv[1:5]
+    step, resume, job, *args = sys.argv[1:]
     try:
-        lifecycle.restore(Path(stack), Path(archive), PausingAt(step, Path(resume)))
+        {"restore": restore, "build": build}[job](PausingAt(step, Path(resume)), *args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

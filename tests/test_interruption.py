@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +27,16 @@ def artifacts(out: Path) -> dict[str, str]:
     return {k: v for k, v in final_files(out).items() if k != "build.json"}
 
 
-def start(model_dir: Path, out: Path, log: Path, **env) -> subprocess.Popen:
+def start(model_dir: Path, out: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(ORCH), "build", str(model_dir), "--quant", QUANTS, "--no-register", "--dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=os.environ | env)
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def paused(model_dir: Path, out: Path, log: Path, stage: str) -> subprocess.Popen:
+    """The build `orch build` runs (tests/paused_child.py makes the same library calls), stopped after `stage`."""
+    child = Path(__file__).with_name("paused_child.py")
+    return subprocess.Popen([sys.executable, str(child), f"build {stage}", str(out.parent / "never"), "build", str(model_dir), str(out),
+                             QUANTS], stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -55,9 +62,9 @@ def uninterrupted(checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("stage", STAGES)
 def test_killed_after_each_stage_resumes_to_the_same_artifacts(checkpoint, uninterrupted, tmp_path, stage):
     out, log = tmp_path / "build", tmp_path / "stderr.log"
-    proc = start(checkpoint(32), out, log, ORCH_DEBUG_PAUSE_AFTER=stage)
+    proc = paused(checkpoint(32), out, log, stage)
     try:
-        wait_for(lambda: f"paused after {stage}" in log.read_text(), proc)
+        wait_for(lambda: f"paused after build {stage}" in log.read_text(), proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

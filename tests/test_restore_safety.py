@@ -25,12 +25,12 @@ from orchestrator.stack.config import read_env
 from support import cli
 from test_backup import digest, make_stack, rewrite, titles
 
-CHILD = Path(__file__).with_name("restore_child.py")
+CHILD = Path(__file__).with_name("paused_child.py")
 
 
 def paused_restore(stack: Path, archive: Path, step: str, resume: Path) -> subprocess.Popen:
     """A restore (the library call orch restore makes) stopped at `step`: it has said so once this returns."""
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(stack), str(archive), step, str(resume)], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(CHILD), step, str(resume), "restore", str(stack), str(archive)], stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     line = proc.stderr.readline()
     assert line.strip() == f"paused after {step}", line + proc.stderr.read()

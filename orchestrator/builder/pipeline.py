@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import nearest_existing, sha256_file, write_text
 
-PAUSE_ENV = "ORCH_DEBUG_PAUSE_AFTER"  # stop dead after a stage (the interruption tests kill the process there)
 DISK_MARGIN = 64 << 20
 GAIN_TYPE = "Q4_K_M"  # with --imatrix, the report also measures this type made without it
 
@@ -136,11 +134,11 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     if plan.source.kind not in ("catalog", "repo"):
         announce(plan, reporter)
     plan.work.mkdir(parents=True, exist_ok=True)
-    _pause_point("fetch")
+    reporter.reached("build fetch")
 
     prepared = plan.work / "prepared"
     stages.run("prepare", src.fingerprint(), lambda: link_prepared(src.ckpt, prepared))
-    _pause_point("prepare")
+    reporter.reached("build prepare")
     if not prepared.is_dir():  # recreated if a cleanup removed it; cheap symlinks
         link_prepared(src.ckpt, prepared)
 
@@ -151,7 +149,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     keys = Keys.of(plan, src, llama, matrix and matrix["sha256"])
     base_rec, hashes = convert_beside_hashing(plan, src, llama, keys, stages, prepared, reporter,
                                               base_needed=base_needed(plan, keys, stages.state, matrix))
-    _pause_point("convert")
+    reporter.reached("build convert")
     t = time.monotonic()
     tools = llama_tools(llama, reporter) if plan.imatrix else None
     outside["llama_tools"] = round(time.monotonic() - t, 3)  # compiled once per machine
@@ -168,7 +166,7 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
         artifacts[art.quant] = stages.run(f"quantize:{art.quant}", keys.quantize(art.quant),
                                           lambda art=art, path=path: quantize(plan, src, path, art.quant, matrix, tools, reporter),
                                           outputs=[path])
-    _pause_point("quantize")
+    reporter.reached("build quantize")
     report = stages.run("quality", keys.quality(plan), lambda: evaluate(plan, src, matrix, tools, reporter)) if measured(plan) else {}
     baseline(plan).unlink(missing_ok=True)
     if plan.base_gguf.parent == plan.work and plan.base_gguf.exists():
@@ -178,10 +176,10 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     for art in plan.artifacts:
         checks[art.quant] = stages.run(f"verify:{art.quant}", fingerprint(artifacts[art.quant]["sha256"], src.control),
                                        lambda art=art: verify(plan, src.ckpt, plan.output / art.gguf, reporter))
-    _pause_point("verify")
+    reporter.reached("build verify")
 
     write_modelfiles(plan, src.ckpt)
-    _pause_point("modelfile")
+    reporter.reached("build modelfile")
     timings = {"fetch": fetch_seconds} | outside | {k: v["seconds"] for k, v in stages.state.stages.items()}
     record = make_record(plan, src, llama, base_rec, hashes, artifacts, checks, report, matrix,
                          timings | {"total_this_run": round(time.monotonic() - t0, 3)}, stages.resumed)
@@ -455,13 +453,6 @@ def check_disk(plan: BuildPlan, ckpt: checkpoint.Checkpoint) -> None:
 
         raise OrchError(f"not enough free disk in {probe}: the build needs about {decimal(need + DISK_MARGIN)}, "
                         f"{decimal(free)} is free: free some space or pass --dir on a larger disk")
-
-
-def _pause_point(stage: str) -> None:
-    if os.environ.get(PAUSE_ENV) == stage:
-        print(f"orch: paused after {stage}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(60)
 
 
 def _stat_key(directory: Path, names: list[str]) -> list:
