@@ -59,9 +59,38 @@ def test_nothing_imports_the_cli():
     assert importing({"orchestrator.cli"}, lambda m: not m.startswith("cli/") and m != "__main__.py") == {}
 
 
-def test_every_http_call_goes_through_the_ollama_client():
-    """Only ollama/client.py opens connections: one owner for the host, the session and the error text."""
-    assert importing(HTTP_LIBRARIES, lambda m: m != "ollama/client.py") == {}
+def test_only_the_http_module_opens_connections():
+    """orchestrator/transport.py owns the transport (its bounds, its errors); the official `ollama` client is used by the Ollama
+    client alone, on that transport."""
+    assert importing(HTTP_LIBRARIES - {"ollama"}, lambda m: m != "transport.py") == {}
+    assert importing({"ollama"}, lambda m: m != "ollama/client.py") == {}
+
+
+def test_the_clients_stand_below_the_stack():
+    """Talking to Ollama or to Open WebUI needs no stack: neither package imports stack/ (or the other's client)."""
+    assert importing({"orchestrator.stack"}, lambda m: m.startswith(("ollama/", "webui/"))) == {}
+    assert importing({"orchestrator.ollama", "orchestrator.stack", "orchestrator.builder"}, lambda m: m.startswith("webui/")) == {}
+
+
+def test_only_settings_reads_the_environment():
+    """settings.py owns the environment (and the pins): no other module reads os.environ or os.getenv."""
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("environ", "getenv", "environb"):
+                found.add(str(path.relative_to(PACKAGE)))
+            if isinstance(node, ast.ImportFrom) and node.module == "os" and any(a.name in ("environ", "getenv") for a in node.names):
+                found.add(str(path.relative_to(PACKAGE)))
+    assert found == {"settings.py"}
+
+
+def test_no_test_hook_pauses_the_product():
+    """Tests stop a build or a restore at a step through the reporter's `reached` events, never through a hook in orch."""
+    import re
+
+    hooks = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if re.search(r"DEBUG_PAUSE|time\.sleep\(60\)", p.read_text())}
+    assert hooks == set()
 
 
 def test_only_the_cli_renders():

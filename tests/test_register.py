@@ -123,7 +123,6 @@ def test_a_create_that_ends_in_an_error_line_is_a_failure(ollama_double, tiny_bu
     proc = register(tiny_build, double)
     assert proc.returncode == 1
     assert "failed" in proc.stdout and "unsupported model architecture" in proc.stdout
-    assert double.get("/api/tags").json()["models"] == []
     assert "Traceback" not in proc.stderr
 
 

@@ -19,14 +19,19 @@ from orchestrator.errors import OrchError
 OPTIONAL_VALUES = {"--imatrix": "compute"}
 
 
+def with_optional_values(args: list[str]) -> list[str]:
+    """The words with each standing-alone option of OPTIONAL_VALUES given its value, as Click can then parse them."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 class OrchGroup(TyperGroup):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        out = []
-        for i, arg in enumerate(args):
-            out.append(arg)
-            if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
-                out.append(OPTIONAL_VALUES[arg])
-        return super().parse_args(ctx, out)
+        return super().parse_args(ctx, with_optional_values(args))
 
 
 class OrchTyper(typer.Typer):

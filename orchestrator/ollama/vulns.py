@@ -29,6 +29,20 @@ Sources, read 2026-11-23 and 2026-12-01:
   the vendor and no release is named as fixed: every version.
 - CVE-2026-65315 / GHSA-9hhj-2jwx-r87p: uncontrolled allocation from GGUF metadata (a GGUF under 1 KB makes the
   server allocate until it is killed); the advisory names no affected or patched range: every version.
+
+llama.cpp's own advisories, checked 2026-12-03 against what Ollama bundles (Ollama has run llama-server since
+0.30.0, on 127.0.0.1, built from the llama.cpp tag in its LLAMA_CPP_VERSION file: b9452 in 0.30.0, b10069 in
+0.32.2, b10864 in 0.34.1, b11081 in 0.34.4, read from the Go module proxy). Neither is in the table, because
+neither reaches a release that bundles the affected code:
+- CVE-2026-21869 / GHSA-8947-pfff-2f3c: a negative n_discard in llama-server's completion endpoints writes out of
+  bounds at a context shift; "commits 55d4206c8 and prior", fixed by c78fb909b (ggml-org/llama.cpp#22267, merged
+  2026-04-23). Every Ollama that runs llama-server bundles a later build (b9452 or later; llama.cpp had passed
+  b9247 by 2026-05-20); every Ollama before 0.30 is already flagged above (CVE-2026-86289 reaches to 0.31.1). The
+  llama-server that orch install-ollama builds (llama-cpp-python 0.3.36's tree) clamps n_discard to [0, n_left - 1].
+- CVE-2026-43631: a use-after-free when a request races llama-server's idle sleep (--sleep-idle-seconds). Idle
+  sleep is off unless that flag is given, and Ollama never gives it (it unloads by stopping llama-server:
+  llm/llama_server.go in 0.34.1).
+Add either, with its range of Ollama releases, if a release is found that bundles the affected code.
 """
 
 from __future__ import annotations
