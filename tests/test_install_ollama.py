@@ -5,6 +5,7 @@ The build itself runs in scripts/test (the suite's real Ollama is its result); a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -35,13 +36,14 @@ def test_missing_tools_are_named_in_one_line_with_where_to_get_them(tmp_path, is
     assert nothing_installed(isolated_home)
 
 
-@pytest.fixture
-def empty_proxy():
-    """A Go module proxy that serves nothing: a mirror without Ollama's module."""
+@contextlib.contextmanager
+def go_proxy(files: dict[str, bytes]):
+    """A Go module proxy on loopback that serves `files` by path and 404s everything else: a mirror orch does not control."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = b"not found: this mirror does not have it"
-            self.send_response(404)
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            body = body if body is not None else b"not found: this mirror does not have it"
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -51,15 +53,28 @@ def empty_proxy():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def empty_proxy():
+    """A mirror without Ollama's module."""
+    with go_proxy({}) as url:
+        yield url
+
+
+def install_through(proxy: str, modcache: Path, goflags: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+    """orch install-ollama with GOPROXY at `proxy` and Go's checksum database turned off, as a user's settings may."""
+    proc = cli("install-ollama", check=False, env=os.environ | {"GOPROXY": proxy, "GOMODCACHE": str(modcache), "GOFLAGS": goflags,
+                                                               "GONOSUMDB": "*", "GOSUMDB": "off"})
+    return proc, proc.stderr.strip().splitlines()
 
 
 def test_a_proxy_without_the_module_is_one_line_naming_goproxy_before_anything_compiles(empty_proxy, tmp_path, isolated_home):
-    env = os.environ | {"GOPROXY": empty_proxy, "GOMODCACHE": str(tmp_path / "modcache"), "GOFLAGS": "", "GONOSUMDB": "*",
-                        "GOSUMDB": "off"}
-    proc = cli("install-ollama", check=False, env=env)
-    lines = proc.stderr.strip().splitlines()
+    proc, lines = install_through(empty_proxy, tmp_path / "modcache")
     assert proc.returncode == 1 and lines[-1].startswith(f"error: the Go module proxy did not give github.com/ollama/ollama@v{OLLAMA_SOURCE_VERSION}"), \
         proc.stderr
     assert "Set GOPROXY to a mirror that serves it" in lines[-1]
@@ -114,31 +129,13 @@ def forging_proxy():
                                                                                         "Time": "2024-08-01T00:00:00Z"}).encode(),
              f"/github.com/ollama/ollama/@v/v{OLLAMA_SOURCE_VERSION}.mod": mod,
              f"/github.com/ollama/ollama/@v/v{OLLAMA_SOURCE_VERSION}.zip": buf.getvalue()}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            body = body if body is not None else b"not found"
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with go_proxy(files) as url:
+        yield url
 
 
 def test_a_forged_module_is_refused_before_anything_compiles_whatever_the_checksum_settings(forging_proxy, tmp_path, isolated_home):
     """GOSUMDB=off and GONOSUMDB turn Go's own check off: orch's pinned hash still refuses what the proxy made up."""
-    env = os.environ | {"GOPROXY": forging_proxy, "GOMODCACHE": str(tmp_path / "modcache"), "GOFLAGS": "-mod=mod", "GONOSUMDB": "*",
-                        "GOSUMDB": "off"}
-    proc = cli("install-ollama", check=False, env=env)
-    lines = proc.stderr.strip().splitlines()
+    proc, lines = install_through(forging_proxy, tmp_path / "modcache", goflags="-mod=mod")
     assert proc.returncode == 1, proc.stderr
     assert lines[-1].startswith(f"error: github.com/ollama/ollama@v{OLLAMA_SOURCE_VERSION} as downloaded is not the release orch pins"), \
         proc.stderr
