@@ -14,7 +14,7 @@ from typing import Iterator
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.stack import backup, compose, preflight
-from orchestrator.stack.config import StackPlan
+from orchestrator.stack.config import StackPlan, pinned_images
 from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 
@@ -62,7 +62,8 @@ class Compose:
         return proc
 
     def running(self) -> list[dict]:
-        proc = self.run("ps", "--format", "json", check=False)
+        """Every container of the stack as the engine reports it, stopped, crashed and restarting ones too."""
+        proc = self.run("ps", "--all", "--format", "json", check=False)
         if proc.returncode != 0 or not proc.stdout.strip():
             return []
         text = proc.stdout.strip()  # one JSON array, or one object a line, depending on the compose version
@@ -72,16 +73,42 @@ class Compose:
         deadline = time.monotonic() + timeout
         with reporter.task("waiting for the stack") as task:
             while True:
-                states = {r.get("Service"): (r.get("Health") or r.get("State") or "") for r in self.running()}
+                states = {r.get("Service"): state_of(r) for r in self.running()}
                 task.update(description="waiting: " + ", ".join(f"{s} {states.get(s, 'starting')}" for s in services))
                 if all(states.get(s) == "healthy" for s in services):
                     return
-                bad = [s for s in services if states.get(s) in ("unhealthy", "exited", "dead")]
+                bad = [s for s in services if states.get(s) in FAILED]
                 if bad:
-                    raise OrchError(f"{', '.join(bad)} did not come up healthy: orch logs {bad[0]}")
+                    raise OrchError(f"{', '.join(f'{s} {states[s]}' for s in bad)}: it did not come up healthy: orch logs {bad[0]}")
                 if time.monotonic() > deadline:
                     raise OrchError(f"the stack was not healthy within {timeout:g} s ({states}): orch logs, then orch up again")
                 time.sleep(2)
+
+
+FAILED = ("unhealthy", "exited", "dead", "restarting")  # restarting: it exited, and Docker starts it again (a crash loop)
+
+
+def state_of(container: dict) -> str:
+    """One word for a container: its health while it runs with a health check, else the engine's state."""
+    state = (container.get("State") or "unknown").lower()
+    return (container.get("Health") or state).lower() if state == "running" else state
+
+
+def local_images(plan: StackPlan, docker: str, reporter: Reporter) -> StackPlan:
+    """The images `orch images build` made, when they are there and no --registry was asked; the choice is said."""
+    from orchestrator.ship import images
+
+    if plan.registry is None:
+        made, pinned = images.tags(), pinned_images()
+        local = {s: made[s] for s in plan.images if plan.images[s] == pinned[s] and images.present(docker, made[s])}
+        if local:
+            plan = replace(plan, images=plan.images | local)
+    origin = {s: "a registry mirror" if plan.registry else ("built here by orch images build" if image.startswith(images.REGISTRY)
+                                                              else "Docker Hub" if s == "ollama" else "ghcr.io")
+              for s, image in plan.images.items()}
+    reporter.note("images: " + "; ".join(f"{plan.images[s]} ({origin[s]})" for s in plan.images
+                                           if s == "open-webui" and plan.webui or s == "ollama" and not plan.ollama_url))
+    return plan
 
 
 def running_webui_image(directory: Path) -> str | None:
@@ -117,14 +144,19 @@ class DockerRuntime:
         docker = preflight.docker_binary()
         info = preflight.docker_daemon(docker)
         preflight.compose_plugin(docker)
+        if plan.gpu and plan.ollama_url is None:
+            preflight.nvidia_runtime(info)
+        if plan.ollama_url and compose.container_url(plan.ollama_url)[1]:
+            preflight.host_ollama_reachable(docker, plan.ollama_url)
         if not fresh:
-            _ports_free(plan, held={r.get("Service") for r in Compose(docker, plan.directory).running()})
+            _ports_free(plan, held={r.get("Service") for r in Compose(docker, plan.directory).running() if r.get("State") == "running"})
         preflight.disk(Path(info["root"]) if info["root"] else plan.directory)
 
     def up(self, plan: StackPlan, *, wait: float, reporter: Reporter) -> Started:
         """Render and start the stack. When Open WebUI's image changes, its data is backed up first (from the running
         container), and if the new image does not become healthy, the old one runs again on the data as it was."""
         runner = Compose(preflight.docker_binary(), plan.directory)
+        plan = local_images(plan, runner.docker, reporter)
         old_image, new_image = running_webui_image(plan.directory), plan.images["open-webui"] if plan.webui else None
         upgrade = old_image is not None and new_image is not None and old_image != new_image
         taken, why_not = None, "--no-backup" if not plan.backup else "there was no data yet"
@@ -163,8 +195,8 @@ class DockerRuntime:
         return ["the compose stack"]
 
     def status(self, directory: Path) -> list[ServiceState]:
-        return [ServiceState(r.get("Service", "?"), (r.get("State") or "unknown").lower(),
-                             " ".join(x for x in (r.get("Health"), r.get("Image")) if x))
+        return [ServiceState(r.get("Service", "?"), state_of(r),
+                             " ".join(x for x in (r.get("Status"), r.get("Image")) if x))
                 for r in self._compose(directory).running()]
 
     def logs(self, directory: Path, services: list[str] | None = None, *, follow: bool = False) -> Iterator[str]:
@@ -173,7 +205,7 @@ class DockerRuntime:
     data_in_stack = False
 
     def running(self, directory: Path) -> bool:
-        return bool(self._compose(directory).running())
+        return any(state_of(r) not in ("exited", "dead", "created") for r in self._compose(directory).running())
 
     @contextmanager
     def webui_data(self, directory: Path) -> Iterator[Path | None]:
@@ -184,7 +216,7 @@ class DockerRuntime:
         with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-copy-") as tmp:
             into = Path(tmp) / "data"
             into.mkdir(mode=0o700)
-            if "open-webui" in {r.get("Service") for r in c.running()}:
+            if "open-webui" in {r.get("Service") for r in c.running() if r.get("State") == "running"}:
                 c.run("exec", "-T", "open-webui", "python3", "-c", SNAPSHOT_SCRIPT)
                 try:
                     c.run("cp", f"open-webui:{WEBUI_DATA}/.", str(into))
@@ -203,7 +235,7 @@ class DockerRuntime:
         the same image mounts the volume and the backup, and swaps the volume's contents, the old ones kept aside
         until the new are all in."""
         c = self._compose(directory)
-        if "open-webui" in {r.get("Service") for r in c.running()}:
+        if "open-webui" in {r.get("Service") for r in c.running() if r.get("State") in ("running", "restarting")}:
             raise OrchError(f"the stack in {directory} is running: stop it first with orch down --dir {directory}, then restore")
         c.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "-v", f"{data}:/orch-restore:ro", "open-webui", "-c", PUT_SCRIPT)
 

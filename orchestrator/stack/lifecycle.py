@@ -25,7 +25,7 @@ from orchestrator.stack import backup, journal
 from orchestrator.stack.config import FIRST_START_ONLY, StackPlan, read_env
 from orchestrator.stack.runtime import Runtime, ServiceState, StackRecord, webui_release
 
-UP_STATES = ("running", "starting", "ready")  # supervisord's, Docker's and Kubernetes' words for a service that is up
+UP_STATES = ("running", "starting", "ready", "healthy")  # supervisord's, Docker's and Kubernetes' words for a service that is up
 DEFAULTS = {"port": 3000, "bind": "0.0.0.0", "ollama_port": 11434, "host": None, "model": None}
 
 
@@ -165,6 +165,8 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
     registered = [_register(mf, name, ollama, reporter) for mf, name in built_models() if name not in have]
     report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = read_env(started.env) if plan.webui else {}
+    if plan.webui and not report.failed:
+        report.checks.append(chat_models(plan.local_webui_url, env, plan.default_model))
     api, revoked = None, []
     if plan.webui and not report.failed:
         from orchestrator.stack import api_keys
@@ -177,6 +179,30 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
                     urls={"chat": plan.local_webui_url, "ollama": ollama, "openai": f"{ollama}/v1"},
                     admin={"email": env.get("WEBUI_ADMIN_EMAIL"), "password": env.get("WEBUI_ADMIN_PASSWORD") if started.created_secrets else None},
                     first_start_only=[k for k in started.changed if k in FIRST_START_ONLY], registered=registered)
+
+
+def chat_models(url: str, env: dict, model: str | None) -> probe.Check:
+    """What the browser chat offers, asked of Open WebUI as its admin: Ollama's models (the default one among them), or a
+    failure that says Open WebUI cannot reach Ollama."""
+    import time
+
+    from orchestrator import transport
+    from orchestrator.webui.client import Admin, served_by_ollama
+
+    t = time.monotonic()
+    try:
+        with Admin(url, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"]) as webui:
+            names = sorted(m["id"] for m in webui.models() if served_by_ollama(m))
+    except (OrchError, transport.TransportError, KeyError) as e:
+        return probe.Check("chat models", probe.FAIL, f"Open WebUI did not list its models ({e}): orch logs open-webui")
+    ms = round((time.monotonic() - t) * 1000, 1)
+    if not names:
+        return probe.Check("chat models", probe.FAIL, "Open WebUI lists no model from Ollama: it cannot reach Ollama, or Ollama has "
+                                                      "none (orch logs open-webui; orch register a build)", ms)
+    if model and model not in names:
+        return probe.Check("chat models", probe.FAIL, f"the default model {model} is not among the chat's ({', '.join(names)}): "
+                                                      "orch register its build, or orch up --model another", ms, {"models": names})
+    return probe.Check("chat models", probe.OK, f"the chat offers {', '.join(names)}", ms, {"models": names})
 
 
 # --- status ----------------------------------------------------------------------------------------------------------
@@ -204,6 +230,9 @@ class Status:
 def status(directory: Path, reporter: Reporter = SILENT) -> Status:
     runtime, record = opened(directory, reporter)
     states = runtime.status(directory)
+    expected = ["ollama"] * (record.host is None) + ["open-webui"] * bool(record.webui)
+    states += [ServiceState(name, "missing", "the runtime does not know it: orch up starts it again") for name in expected
+               if not any(s.name == name or s.name.startswith(name + "-") for s in states)]  # ollama-0, a StatefulSet's pod
     try:
         with Ollama(record.ollama_url) as server:
             loaded, unreachable = server.loaded(), None

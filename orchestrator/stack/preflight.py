@@ -24,7 +24,8 @@ def docker_binary() -> str:
 def docker_daemon(docker: str, timeout: float = 15.0) -> dict:
     """The daemon's root directory and version; an unreachable daemon is an error naming the usual fixes."""
     try:
-        proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}|{{.DockerRootDir}}"], capture_output=True, text=True,
+        proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}} {{end}}"],
+                              capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise OrchError(f"the Docker daemon did not answer within {timeout:g} s: check it with docker info") from None
@@ -33,8 +34,15 @@ def docker_daemon(docker: str, timeout: float = 15.0) -> dict:
         why = first_line(proc.stderr) or "no answer"
         raise OrchError(f"the Docker daemon is not reachable ({why}): start it (sudo systemctl start docker) "
                         "or add your user to the docker group")
-    version, _, root = out.partition("|")
-    return {"version": version, "root": root}
+    version, root, runtimes = (out.split("|") + ["", ""])[:3]
+    return {"version": version, "root": root, "runtimes": runtimes.split()}
+
+
+def nvidia_runtime(info: dict) -> None:
+    """--gpu with Docker needs the NVIDIA Container Toolkit's runtime; without it compose fails after pulling everything."""
+    if "nvidia" not in info.get("runtimes", []):
+        raise OrchError(f"--gpu, but Docker has no NVIDIA runtime (it has {', '.join(info.get('runtimes') or ['none'])}): install the "
+                        "NVIDIA Container Toolkit (nvidia-ctk runtime configure --runtime=docker, then restart Docker), or pass --no-gpu")
 
 
 def compose_plugin(docker: str) -> str:
@@ -79,3 +87,23 @@ def detect_gpu() -> tuple[bool, str]:
     if proc.returncode != 0 or not gpus:
         return False, "nvidia-smi found no GPU: CPU only"
     return True, f"{len(gpus)} NVIDIA GPU(s) found by nvidia-smi: reserved for Ollama (pass --no-gpu to skip)"
+
+
+def host_ollama_reachable(docker: str, url: str) -> None:
+    """An Ollama on this host, named by --host, must answer where containers reach the host (the bridge's gateway,
+    host.docker.internal to them); one bound to loopback, Ollama's default, cannot be reached from there."""
+    from urllib.parse import urlparse
+
+    port = urlparse(url if "://" in url else f"http://{url}").port or 11434
+    proc = subprocess.run([docker, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+                          capture_output=True, text=True, timeout=30)
+    gateway = next(iter(proc.stdout.split()), "")
+    if proc.returncode != 0 or not gateway:
+        return  # no default bridge to ask about: Docker's own error, if any, comes at start
+    try:
+        with socket.create_connection((gateway, port), timeout=2):
+            return
+    except OSError:
+        raise OrchError(f"the Ollama at {url} listens on loopback only, and containers reach this host at {gateway}: start it "
+                        f"with OLLAMA_HOST={gateway}:{port} (the Docker bridge alone, not your network), or let orch run Ollama "
+                        "(orch up without --host), or use --runtime native") from None
