@@ -12,17 +12,18 @@ import os
 from pathlib import Path
 
 # --- what orch runs and builds ----------------------------------------------------------------------------------------
-# Read 2026-11-23: Ollama v0.40.2 (2026-10-08) is its newest release on record and lies past every range in
-# ollama/vulns.py (a test holds it there); Open WebUI 0.12.4 is the newest on PyPI and ghcr.io, with no advisory on it.
-OLLAMA_VERSION = "0.40.2"  # the docker image
-# What `orch install-ollama` builds from the Go module proxy, and what the tests run. Read 2026-12-01: proxy.golang.org
-# serves github.com/ollama/ollama up to v0.34.4 and refuses v0.35.0 and later ("not available"); 0.34.2 to 0.34.4 carry
-# CVE-2026-103663 (ollama/vulns.py), so 0.34.1 is the newest it serves with no advisory on record.
+# What `orch install-ollama` builds from the Go module proxy, what `orch images build` puts in its image, what the
+# docker and Kubernetes stacks run (ollama/ollama at this tag), and what the tests run: one release, so that no image
+# runs a release the suite has not. Read 2026-12-01: proxy.golang.org serves github.com/ollama/ollama up to v0.34.4
+# and refuses v0.35.0 and later ("not available"); 0.34.2 to 0.34.4 carry CVE-2026-103663 (ollama/vulns.py), so
+# 0.34.1 is the newest it serves with no advisory on record.
 OLLAMA_SOURCE_VERSION = "0.34.1"
+OLLAMA_VERSION = OLLAMA_SOURCE_VERSION  # the docker image's tag
 OLLAMA_MODULE = "github.com/ollama/ollama"
 # The module's hash as Go's checksum database publishes it (sum.golang.org/lookup/github.com/ollama/ollama@v0.34.1,
 # read 2026-12-03): orch recomputes it over the source it builds, whatever GOSUMDB, GONOSUMDB or GOFLAGS say.
 OLLAMA_MODULE_H1 = {"0.34.1": "h1:Lvvxjznml8NJA9aDKZVNYHaZSL+7ji0RLkV+BTL1yvk="}
+# Open WebUI 0.12.4 (read 2026-11-23) is the newest on PyPI and ghcr.io, with no advisory on record against it.
 WEBUI_VERSION = "0.12.4"
 # llama.cpp's converter, quantizer and runtime: the tree vendored in this llama-cpp-python release (pyproject.toml pins
 # the same). The sdist's sha256 and size as PyPI's simple index lists them (read 2026-12-03).

@@ -45,6 +45,9 @@ def up(
     no_backup: bool = typer.Option(False, "--no-backup", help="No backup before Open WebUI changes (and so no data to roll back to)."),
     api: bool = typer.Option(False, "--api", help="Keyed API access through Open WebUI (Ollama stays on loopback): keys on, "
                              "a first key made and shown once; orch api-key makes more."),
+    registry: Optional[str] = typer.Option(None, "--registry", envvar="ORCH_REGISTRY", help="A registry mirror for the docker "
+                                           "images, e.g. docker.m.daocloud.io [default: the images orch images build made, "
+                                           "when there, else Docker Hub and ghcr.io]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (URLs, the admin account, registrations, health) as JSON."),
 ) -> None:
     """Start Ollama and Open WebUI (docker compose, or native processes); chat in the browser at http://localhost:3000.
@@ -66,6 +69,8 @@ def up(
       orch up --runtime native --no-webui          # a headless API box
 
       orch up --api                                # an API key for scripts and other machines
+
+      orch up --runtime docker --registry docker.m.daocloud.io   # images through a mirror
     """
     from orchestrator.stack import compose, lifecycle, preflight
 
@@ -74,7 +79,7 @@ def up(
     d = _stack_dir(directory)
     plan, changes = lifecycle.planned(d, {"port": port, "bind": bind, "ollama_port": ollama_port, "host": ollama_url, "model": model},
                                       webui=webui, expose_ollama=expose_ollama, gpu=chosen_gpu, offline=offline, backup=not no_backup,
-                                      api=api)
+                                      api=api, registry=registry)
     con, err = render.console(), render.console(stderr=True)
     chosen, why, moved = lifecycle.runtime_for(d, runtime)  # a dry run plans with the runtime a real run would take
     changes += moved

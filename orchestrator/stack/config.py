@@ -19,6 +19,32 @@ from orchestrator.settings import OLLAMA_VERSION, PYTHON_IMAGE, WEBUI_VERSION  #
 
 OLLAMA_IMAGE = f"ollama/ollama:{OLLAMA_VERSION}"
 WEBUI_IMAGE = f"ghcr.io/open-webui/open-webui:v{WEBUI_VERSION}"
+
+
+def webui_version() -> str:
+    """The pinned Open WebUI release, unless $ORCH_WEBUI_VERSION names another (held back, or tried ahead), for every
+    runtime: the native one installs it, the docker one runs its image."""
+    import re
+
+    from orchestrator import settings
+
+    version = settings.webui_version()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+){1,3}", version):
+        raise BadInput(f"{settings.WEBUI_VERSION_ENV}={version!r} is not an Open WebUI release such as {WEBUI_VERSION}")
+    return version
+
+
+def pinned_images(registry: str | None = None) -> dict:
+    """The pinned images (Open WebUI's release as webui_version says), from Docker Hub and ghcr.io, or by the same paths
+    through a registry mirror (--registry, e.g. docker.m.daocloud.io: REGISTRY/ollama/ollama and
+    REGISTRY/open-webui/open-webui)."""
+    webui = f"ghcr.io/open-webui/open-webui:v{webui_version()}"
+    if not registry:
+        return {"ollama": OLLAMA_IMAGE, "open-webui": webui}
+    mirror = registry.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not mirror or any(c in mirror for c in " :@") and not mirror.rsplit(":", 1)[-1].isdigit():
+        raise BadInput(f"--registry {registry!r}: name a registry host, e.g. docker.m.daocloud.io or mirror.example.com:5000")
+    return {"ollama": f"{mirror}/{OLLAMA_IMAGE}", "open-webui": f"{mirror}/{webui.removeprefix('ghcr.io/')}"}
 SERVICES = ("ollama", "open-webui")  # what orch logs SERVICE names on one box
 
 
@@ -49,9 +75,12 @@ class StackPlan:
     webui: bool = True  # False: Ollama alone, a headless API box
     backup: bool = True  # a backup before Open WebUI changes (its release or install), rolled back to when it fails
     api: bool = False  # Open WebUI's API keys on, and a key for a service user (stack/api_keys.py)
-    images: dict = field(default_factory=lambda: {"ollama": OLLAMA_IMAGE, "open-webui": WEBUI_IMAGE})
+    images: dict = field(default_factory=lambda: pinned_images())
+    registry: str | None = None  # a registry mirror the images come through (--registry); None: Docker Hub and ghcr.io
 
     def __post_init__(self):
+        if self.registry is not None:
+            object.__setattr__(self, "images", pinned_images(self.registry))
         validate_port(self.port, "--port")
         validate_port(self.ollama_port, "--ollama-port")
         if not self.webui and self.ollama_url:

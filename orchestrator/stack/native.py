@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,25 +26,17 @@ from typing import Iterator
 import psutil
 
 from orchestrator import paths
-from orchestrator.errors import BadInput, OrchError
+from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
 from orchestrator import settings, transport
 from orchestrator.builder import ollama_source
 from orchestrator.stack import backup, compose, preflight
-from orchestrator.stack.config import SECRET_KEYS, WEBUI_VERSION, StackPlan, changed_settings, write_env
+from orchestrator.stack.config import SECRET_KEYS, StackPlan, changed_settings, webui_version, write_env
 from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
 VERSION_ENV, VENV_ENV, PREINSTALL_ENV = settings.WEBUI_VERSION_ENV, settings.WEBUI_VENV_ENV, settings.WEBUI_PREINSTALL_ENV
-
-
-def webui_version() -> str:
-    """The pinned release, unless $ORCH_WEBUI_VERSION names another (orch's tests run the pinned one)."""
-    version = settings.webui_version()
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+){1,3}", version):
-        raise BadInput(f"{VERSION_ENV}={version!r} is not an Open WebUI release such as {WEBUI_VERSION}")
-    return version
 
 
 def webui_package() -> str:
