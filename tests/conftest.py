@@ -201,3 +201,31 @@ def webui_env(monkeypatch):
     monkeypatch.setenv(native.VENV_ENV, str(venv))
     monkeypatch.setenv(native.PREINSTALL_ENV, "torch==2.13.0")  # the CPU wheel: no multi-gigabyte CUDA build
     return venv
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A real dockerd (Debian's), started for the session with its own data root and socket, and stopped after it with
+    the kernel put back as it was (tests/engines.py). Yields the environment that points docker, and orch, at it."""
+    import engines
+
+    env = engines.start()
+    try:
+        yield env
+    finally:
+        engines.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine):
+    """orch images build, run as a user would on that engine: the tags it made (cached in the engine's data root)."""
+    import json
+    import time
+
+    t = time.monotonic()
+    proc = orch("images", "build", "--json", env=os.environ | docker_engine | {"ORCH_WEBUI_PREINSTALL": "torch==2.13.0"}, timeout=1800)
+    made = json.loads(proc.stdout)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "images-build.json").write_text(json.dumps({"seconds": round(time.monotonic() - t, 1),
+                                                             "bytes": made["sizes"]}) + "\n")
+    return made["images"]

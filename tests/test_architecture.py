@@ -72,6 +72,11 @@ def test_the_clients_stand_below_the_stack():
     assert importing({"orchestrator.ollama", "orchestrator.stack", "orchestrator.builder"}, lambda m: m.startswith("webui/")) == {}
 
 
+def test_shipping_needs_no_running_stack():
+    """ship/ (images, and what carries a build elsewhere) takes the Ollama build and the GGUFs: it imports no stack."""
+    assert importing({"orchestrator.stack", "orchestrator.ollama"}, lambda m: m.startswith("ship/")) == {}
+
+
 def test_only_settings_reads_the_environment():
     """settings.py owns the environment (and the pins): no other module reads os.environ or os.getenv."""
     found = set()

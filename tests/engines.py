@@ -1,0 +1,115 @@
+"""A real Docker engine for the suite: Debian's dockerd, started once per session with its own data root and socket.
+
+The data root is cached outside the clone (~/.cache/orch/test-docker), so the images `orch images build` made stay
+for the next run. What dockerd changes in the kernel (iptables chains and rules, the docker0 and compose bridges,
+veth pairs, net.ipv4.ip_forward) is recorded before it starts and put back when it stops; a run that crashed
+before putting it back leaves its record, and the next start puts that back first.
+
+    python tests/engines.py cleanup     # what a crashed run left: dockerd stopped, the kernel as it was
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STATE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orch" / "test-docker"
+DATA, RECORD, PIDFILE = STATE / "data", STATE / "before.json", STATE / "dockerd.pid"
+EXEC_ROOT = Path("/run/orch-test-docker")
+SOCKET = Path("/run/orch-test-docker.sock")
+HOST = f"unix://{SOCKET}"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+TABLES = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}  # dockerd's
+
+
+def _links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return sorted({line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line})
+
+
+def snapshot() -> dict:
+    """The kernel state dockerd changes, as it is now."""
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return {"iptables": saved, "ip_forward": IP_FORWARD.read_text().strip(), "links": _links()}
+
+
+def put_back(before: dict) -> None:
+    """dockerd gone, and every chain, rule, bridge and veth it made, and ip_forward, as `before` recorded them."""
+    _stop_dockerd()
+    for link in set(_links()) - set(before["links"]):
+        if link == "docker0" or link.startswith(("br-", "veth")):
+            subprocess.run(["ip", "link", "delete", link], capture_output=True)
+    subprocess.run(["iptables-restore"], input=before["iptables"], text=True, check=True)  # the tables that were in use
+    for table, chains in TABLES.items():  # iptables-restore leaves alone a table its input lacks: one unused before is emptied
+        if f"*{table}\n" not in before["iptables"]:
+            for args in (["-F"], ["-X"], *(["-P", chain, "ACCEPT"] for chain in chains)):
+                subprocess.run(["iptables", "-t", table, *args], capture_output=True)
+    IP_FORWARD.write_text(before["ip_forward"] + "\n")
+    shutil.rmtree(EXEC_ROOT, ignore_errors=True)
+    SOCKET.unlink(missing_ok=True)
+    RECORD.unlink(missing_ok=True)
+
+
+def _stop_dockerd(timeout: float = 60) -> None:
+    try:
+        pid = int(PIDFILE.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    PIDFILE.unlink(missing_ok=True)
+
+
+def cleanup() -> None:
+    """Put back what a run that never finished left behind (its record says what was there before)."""
+    if RECORD.is_file():
+        put_back(json.loads(RECORD.read_text()))
+
+
+def start(timeout: float = 60) -> dict:
+    """dockerd up and answering: the environment that points the docker CLI (and so orch) at it."""
+    for tool in ("dockerd", "iptables-save", "ip"):
+        if not shutil.which(tool):
+            raise RuntimeError(f"{tool} is missing: scripts/test installs docker.io, iptables and iproute2")
+    cleanup()
+    STATE.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(snapshot()))
+    log = open(STATE / "dockerd.log", "ab")
+    proc = subprocess.Popen(["dockerd", "--data-root", str(DATA), "--exec-root", str(EXEC_ROOT), "--pidfile", str(PIDFILE),
+                             "-H", HOST, "--storage-driver", "overlay2"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    env = {"DOCKER_HOST": HOST}
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["docker", "info"], capture_output=True, env=os.environ | env).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            cleanup()
+            raise RuntimeError(f"dockerd did not start: see {STATE / 'dockerd.log'}")
+        time.sleep(0.2)
+    return env
+
+
+def stop() -> None:
+    cleanup()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["cleanup"]:
+        cleanup()
+    else:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        sys.exit(2)
