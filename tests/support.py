@@ -302,3 +302,41 @@ def read_json_lines(proc: subprocess.Popen, predicate, timeout: float = 60) -> l
         if predicate(seen[-1]):
             return seen
     raise AssertionError(f"not seen within {timeout} s: {seen[-3:]}")
+
+
+def browser_chat(webui: str, email: str, password: str, message: str, screenshot: Path, *, model: str | None = None,
+                 finished=lambda: None) -> str:
+    """Sign in to Open WebUI and send `message` in headless Chromium, as a user does: the reply's text once `finished()`
+    returns (the page shows a reply before it is complete), with the screenshot kept. `model`: the one the chat must
+    have chosen by itself."""
+    import re
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed: apt-get install chromium (scripts/test does it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{webui}/auth", wait_until="networkidle")
+        page.fill("input[name=email]", email)
+        page.fill("input[name=password]", password)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_selector("#chat-input", timeout=60_000)
+        notes = page.get_by_role("button", name=re.compile("Okay, Let's Go", re.I))
+        if notes.count():
+            notes.first.click()
+        if model is not None:
+            assert page.locator("#model-selector-model-button").inner_text().strip() == model
+        page.locator("#chat-input").click()
+        page.keyboard.type(message)
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => (document.querySelector('#response-content-container')?.innerText || '').trim().length > 0",
+                               timeout=180_000)
+        finished()
+        page.screenshot(path=str(screenshot))
+        text = page.locator("#response-content-container").first.inner_text().strip()
+        browser.close()
+    assert text, "no reply reached the page"
+    return text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import free_port, orch, wait_until
+from support import browser_chat, free_port, orch, wait_until
 
 def docker(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, env=os.environ | env, timeout=300)
@@ -112,7 +111,8 @@ def test_the_default_path_on_a_real_engine(stack, docker_images, docker_engine, 
     assert "kept through a restore" in chat_titles(webui, auth)
 
     # the browser chat, through the containers
-    browser_chat(webui, d / ".env", artifacts_dir / "open-webui-docker-chat.png")
+    values = dict(line.split("=", 1) for line in (d / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    browser_chat(webui, values["WEBUI_ADMIN_EMAIL"], values["WEBUI_ADMIN_PASSWORD"], "你好", artifacts_dir / "open-webui-docker-chat.png")
 
     # an Open WebUI image that crash-loops: seen at once (not after --wait), and the one before runs again on the data
     broken = crash_looping_image(docker_engine, docker_images["open-webui"])
@@ -139,35 +139,6 @@ def crash_looping_image(env: dict, good: str) -> str:
                            capture_output=True, text=True, env=os.environ | env | {"DOCKER_BUILDKIT": "0"}, timeout=300)
     assert build.returncode == 0, build.stderr
     return tag
-
-
-def browser_chat(webui: str, env_file: Path, screenshot: Path) -> None:
-    """Sign in and chat in headless Chromium, as a user does; the screenshot is kept."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "headless Chromium is needed: apt-get install chromium (scripts/test does it)"
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{webui}/auth", wait_until="networkidle")
-        page.fill("input[name=email]", values["WEBUI_ADMIN_EMAIL"])
-        page.fill("input[name=password]", values["WEBUI_ADMIN_PASSWORD"])
-        page.click("button:has-text('Sign in')")
-        page.wait_for_selector("#chat-input", timeout=60_000)
-        notes = page.get_by_role("button", name=re.compile("Okay, Let's Go", re.I))
-        if notes.count():
-            notes.first.click()
-        page.locator("#chat-input").click()
-        page.keyboard.type("你好")
-        page.keyboard.press("Enter")
-        page.wait_for_function("() => (document.querySelector('#response-content-container')?.innerText || '').trim().length > 0",
-                               timeout=180_000)
-        page.screenshot(path=str(screenshot))
-        text = page.locator("#response-content-container").first.inner_text().strip()
-        browser.close()
-    assert text, "no reply reached the page"
 
 
 def test_gpu_without_an_nvidia_runtime_is_one_line(docker_engine, tmp_path):

@@ -25,9 +25,8 @@ import pytest
 
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
-from support import ORCH, answered, cli, free_port, orch, read_json_lines
+from support import ORCH, answered, browser_chat, cli, free_port, orch, read_json_lines
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def pid_of(stack: Path, name: str) -> int | None:
@@ -111,9 +110,6 @@ def chats_answered(stack: Path) -> int:
 def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_on_path, tiny_build, webui_env, tmp_path,
                                                                     isolated_home, artifacts_dir):
     """Real Ollama (built from source, started by orch up under supervisord) and real Open WebUI, driven in Chromium."""
-    assert CHROMIUM, "headless Chromium is needed: apt-get install chromium (scripts/test does it)"
-    from playwright.sync_api import sync_playwright
-
     shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")  # orch up registers what was built
     model = json.loads((tiny_build / "build.json").read_text())["artifacts"][0]["ollama_name"]
     stack, port, ollama_port = tmp_path / "stack", free_port(), free_port()
@@ -156,29 +152,10 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         webui = f"http://127.0.0.1:{port}"
         quiet_background_generation(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"])
         before = chats_answered(stack)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(f"{webui}/auth", wait_until="networkidle")
-            page.fill("input[name=email]", env["WEBUI_ADMIN_EMAIL"])
-            page.fill("input[name=password]", env["WEBUI_ADMIN_PASSWORD"])
-            page.click("button:has-text('Sign in')")
-            page.wait_for_selector("#chat-input", timeout=60_000)
-            notes = page.get_by_role("button", name=re.compile("Okay, Let's Go", re.I))
-            if notes.count():
-                notes.first.click()
-            assert page.locator("#model-selector-model-button").inner_text().strip() == model
-            page.locator("#chat-input").click()
-            page.keyboard.type("你好，请介绍一下你自己。")
-            page.keyboard.press("Enter")
-            reply = page.locator("#response-content-container").first
-            page.wait_for_function("() => (document.querySelector('#response-content-container')?.innerText || '').trim().length > 0",
-                                   timeout=120_000)
-            wait_for(lambda: chats_answered(stack) > before, 300)  # the reply is complete once Ollama logs the request as answered
-            page.screenshot(path=str(artifacts_dir / "open-webui-chat.png"))
-            text = reply.inner_text().strip()
-            browser.close()
-        assert text, "no reply reached the page"
+        text = browser_chat(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"], "你好，请介绍一下你自己。",
+                            artifacts_dir / "open-webui-chat.png", model=model,
+                            # the reply is complete once Ollama logs the request as answered
+                            finished=lambda: wait_for(lambda: chats_answered(stack) > before, 300))
         refused = answered(stack / "logs" / "ollama.log", "POST", "/api/chat", status="4..")
         assert refused == 0, f"Ollama refused {refused} of Open WebUI's chats: {text}"
 
