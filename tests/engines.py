@@ -2,7 +2,7 @@
 
 The data root is cached outside the clone (~/.cache/orch/test-docker), so the images `orch images build` made stay
 for the next run. What dockerd changes in the kernel (iptables chains and rules, the docker0 and compose bridges,
-veth pairs, net.ipv4.ip_forward) is recorded before it starts and put back when it stops; a run that crashed
+veth pairs, net.ipv4.ip_forward) and under /run is recorded before it starts and put back when it stops; a run that crashed
 before putting it back leaves its record, and the next start puts that back first.
 
     python tests/engines.py cleanup     # what a crashed run left: dockerd stopped, the kernel as it was
@@ -25,6 +25,7 @@ EXEC_ROOT = Path("/run/orch-test-docker")
 SOCKET = Path("/run/orch-test-docker.sock")
 HOST = f"unix://{SOCKET}"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+RUN_DIRS = (Path("/run/docker"), Path("/run/containerd"))
 TABLES = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}  # dockerd's
 
 
@@ -36,7 +37,8 @@ def _links() -> list[str]:
 def snapshot() -> dict:
     """The kernel state dockerd changes, as it is now."""
     saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    return {"iptables": saved, "ip_forward": IP_FORWARD.read_text().strip(), "links": _links()}
+    return {"iptables": saved, "ip_forward": IP_FORWARD.read_text().strip(), "links": _links(),
+            "run_dirs": [str(d) for d in RUN_DIRS if d.exists()]}
 
 
 def put_back(before: dict) -> None:
@@ -52,6 +54,8 @@ def put_back(before: dict) -> None:
                 subprocess.run(["iptables", "-t", table, *args], capture_output=True)
     IP_FORWARD.write_text(before["ip_forward"] + "\n")
     shutil.rmtree(EXEC_ROOT, ignore_errors=True)
+    for made in set(map(str, RUN_DIRS)) - set(before.get("run_dirs", [])):  # dockerd makes these whatever its exec root
+        shutil.rmtree(made, ignore_errors=True)
     SOCKET.unlink(missing_ok=True)
     RECORD.unlink(missing_ok=True)
 
