@@ -153,3 +153,16 @@ def test_nothing_outside_the_runtimes_asks_which_runtime_it_is():
     places = [p for p in PACKAGE.rglob("*.py") if p.parent.name in ("cli", "stack")]
     found = {f"{p.relative_to(PACKAGE)}: {line.strip()}" for p in places for line in p.read_text().splitlines() if asking.search(line)}
     assert found == {'cli/stack.py: if chosen.name == "native":'}, "only the dry run's choice of what to print"
+
+
+def test_the_pins_pip_reads_are_the_pins_orch_checks():
+    """pyproject.toml installs llama-cpp-python (whose llama.cpp builds every GGUF); settings.py pins the sdist orch
+    fetches the converter from and checks by hash: the same release, or the converter and the runtime disagree."""
+    import tomllib
+
+    from orchestrator import settings
+
+    deps = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"llama-cpp-python=={settings.LLAMA_CPP_PYTHON_VERSION}" in deps
+    assert set(settings.OLLAMA_MODULE_H1) == {settings.OLLAMA_SOURCE_VERSION}, "the release orch builds has its hash pinned"
+    assert settings.OLLAMA_VERSION == settings.OLLAMA_SOURCE_VERSION, "the image runs the release the tests run"
