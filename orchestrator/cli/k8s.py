@@ -35,6 +35,8 @@ def render_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="The model's name in Ollama [default: the one build.json records]."),
     model_volume: str = typer.Option("pvc", "--model-volume", help="pvc (a ReadWriteMany claim) or hostpath (one node's directory)."),
     host_path: Optional[str] = typer.Option(None, "--host-path", help="The node directory, with --model-volume hostpath."),
+    model_url: Optional[str] = typer.Option(None, "--model-url", help="Where the Ollama pods fetch the GGUF from (an object store, "
+                                            "a mirror; checked by sha256), instead of orch k8s apply copying it through the API server."),
     storage_class: Optional[str] = typer.Option(None, "--storage-class", help="StorageClass for every claim [default: the cluster's]."),
     host: Optional[str] = typer.Option(None, "--ingress-host", help="An Ingress for the browser chat on this DNS name, e.g. chat.example.com."),
     tls_secret: Optional[str] = typer.Option(None, "--tls-secret", help="The TLS Secret for --ingress-host."),
@@ -61,7 +63,7 @@ def render_cmd(
         raise BadInput(f"--model-volume {model_volume!r} is not pvc or hostpath")
     plan = planning.make_plan(build, out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
                               node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
-                              model_volume=model_volume, host_path=host_path, storage_class=storage_class, host=host,
+                              model_volume=model_volume, host_path=host_path, model_url=model_url, storage_class=storage_class, host=host,
                               tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,
                               pip_index_url=pip_index_url, ollama_memory=ollama_memory, ollama_cpu=ollama_cpu,
                               backup_schedule=backup_schedule, backup_keep=backup_keep, backup_size=backup_size)
@@ -70,8 +72,8 @@ def render_cmd(
     con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"
               f"{f', {plan.gpu_count} GPU each' if plan.gpu else ''} into {plan.out}", soft_wrap=True)
     con.print(f"  the Open WebUI Secret: {plan.out / manifests.SECRET_FILE} (0600, kept across renders)", soft_wrap=True)
-    con.print(f"  apply it: orch k8s apply --dir {plan.out}   (or kubectl apply -k {plan.out}, then put the build on the model volume)",
-              soft_wrap=True)
+    by_hand = "the pods fetch the build from --model-url" if plan.model_url else "then put the build on the model volume"
+    con.print(f"  apply it: orch k8s apply --dir {plan.out}   (or kubectl apply -k {plan.out}: {by_hand})", soft_wrap=True)
 
 
 def _dir(directory: Optional[Path], positional: Optional[Path] = None) -> Path:
@@ -86,7 +88,12 @@ def apply_cmd(
     positional: Optional[Path] = typer.Argument(None, hidden=True),
     wait: float = typer.Option(1800, "--wait", help="Seconds to wait for the rollouts and readiness."),
 ) -> None:
-    """kubectl apply -k DIR, put the GGUF and Modelfile on the model volume, wait for the rollouts and readiness.
+    """Check the cluster can run DIR, apply it server-side, put the build on the model volume, and follow it to ready.
+
+    Before applying, the cluster itself is asked: room for the Ollama pods (GPUs across replicas, CPU, memory), a
+    StorageClass or volumes for every claim, and the namespace's PodSecurity level. After, claims bound, pods
+    scheduled and ready show as bars; what the cluster says stands in the way (an unbound claim, an unschedulable
+    pod, a PodSecurity refusal, an image that cannot be pulled) ends it in one line with the fix.
 
     Example: orch k8s apply --dir ./k8s
     """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from orchestrator import __version__, paths
@@ -36,9 +37,11 @@ UID = 10001  # above the host's own users (1000 is often the first login account
 MODELS_MOUNT = "/models"
 SECRET_FILE = "secrets/open-webui.env"
 BACKUP_SECRET_FILE = "secrets/backup.env"  # the backup Job's signing key and stack id, derived from the Open WebUI Secret
+MODELFILE_KEY = "Modelfile"  # the build's Modelfile in ConfigMap orch-modelfile, with --model-url
 PIP_SECRET_FILE = "secrets/pip.env"  # --pip-index-url, which may carry a token, as a Secret rather than in the Deployment
 MONITOR_DEPENDENCIES = ("typer>=0.12", "rich>=13", "httpx>=0.27", "ollama>=0.4", "prometheus_client>=0.20", "psutil>=5.9")
 REQUIREMENTS = "monitor-requirements.txt"  # MONITOR_DEPENDENCIES resolved and hashed by scripts/monitor-requirements
+OLLAMA_SCRIPTS = ("entrypoint.sh", "create-model.sh", "fetch-model.py")
 SOURCE_PACKAGES = ("", "cli", "ollama", "stack", "webui")  # what `orch health` and `orch backup` import (stack/: not its subpackages)
 
 
@@ -55,6 +58,9 @@ def meta(name: str, component: str, **extra) -> dict:
     return {"name": name, "labels": labels(name if component != "model" else "orch-models", component), **extra}
 
 
+# every pod orch renders meets the restricted Pod Security Standard, and its namespace enforces it (the highest level,
+# so applying it never lowers what a namespace enforced before)
+POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
 RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
@@ -62,9 +68,10 @@ def non_root(read_only: bool = True) -> dict:
     return RESTRICTED | {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": read_only}
 
 
-def pod_security(non_root_pod: bool = True) -> dict:
-    base = {"seccompProfile": {"type": "RuntimeDefault"}}
-    return base | ({"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID} if non_root_pod else {})
+def pod_security() -> dict:
+    """Every pod: orch's user, and its volumes' files given to orch's group (fsGroup), so that data an older orch wrote as
+    root stays readable and writable (Kubernetes changes the group of a volume's files when it mounts it)."""
+    return {"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
 
 
 def resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict:
@@ -83,9 +90,30 @@ def replica_hosts(plan: K8sPlan) -> list[str]:
 
 
 def model_volume(plan: K8sPlan) -> dict:
-    if plan.model_volume == "hostpath":
-        return {"name": "models", "hostPath": {"path": plan.host_path, "type": "DirectoryOrCreate"}}
+    """Always the claim orch-models: with --model-volume hostpath it is bound to a hostPath PersistentVolume of its own,
+    since PodSecurity (baseline and restricted alike) refuses a pod that mounts a hostPath itself."""
     return {"name": "models", "persistentVolumeClaim": {"claimName": "orch-models"}}
+
+
+def host_path_volume(plan: K8sPlan) -> str:
+    return f"orch-models-{plan.namespace}"
+
+
+def model_claim(plan: K8sPlan) -> list[dict]:
+    """The claim the model volume is mounted by, and with --model-volume hostpath the node directory's volume it binds to."""
+    spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": plan.model_volume_size}}}
+    if plan.model_volume != "hostpath":
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-models", "model"),
+                 "spec": spec | ({"storageClassName": plan.storage_class} if plan.storage_class else {})}
+        return [claim]
+    volume = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": meta(host_path_volume(plan), "model"),
+              "spec": {"capacity": {"storage": plan.model_volume_size}, "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                       "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                       "claimRef": {"namespace": plan.namespace, "name": "orch-models"},
+                       "hostPath": {"path": plan.host_path, "type": "DirectoryOrCreate"}}}
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-models", "model"),
+             "spec": spec | {"storageClassName": "", "volumeName": host_path_volume(plan)}}
+    return [volume, claim]
 
 
 def ollama_docs(plan: K8sPlan) -> list[dict]:
@@ -125,6 +153,9 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
            "terminationGracePeriodSeconds": 30,
            "volumes": [model_volume(plan), {"name": "scripts", "configMap": {"name": "ollama-scripts", "defaultMode": 0o555}},
                        {"name": "tmp", "emptyDir": {}}]}
+    if plan.model_url:
+        pod["initContainers"] = [fetch_model(plan)]
+        pod["volumes"].append({"name": "modelfile", "configMap": {"name": "orch-modelfile"}})
     if plan.node_selector:
         pod["nodeSelector"] = dict(plan.node_selector)
     if plan.tolerations:
@@ -150,11 +181,21 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
                        "ingress": [{"from": [{"podSelector": {"matchLabels": selector(client)}} for client in ("open-webui", "orch-health")],
                                     "ports": [{"port": OLLAMA_PORT, "protocol": "TCP"}]}]}}
     docs = [statefulset, service, headless, policy]
-    if plan.model_volume == "pvc":
-        docs.insert(0, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-models", "model"),
-                        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": plan.model_volume_size}},
-                                 **({"storageClassName": plan.storage_class} if plan.storage_class else {})}})
+    docs[:0] = model_claim(plan)
     return docs
+
+
+def fetch_model(plan: K8sPlan) -> dict:
+    """With --model-url: each Ollama pod's init container puts the build on the model volume from that URL, checked by
+    sha256 (scripts/fetch-model.py), so that gigabytes never stream through the API server as kubectl cp does."""
+    m = plan.model
+    env = {"MODEL_URL": plan.model_url, "MODEL_SHA256": m.sha256, "MODEL_SIZE": str(m.size), "GGUF": m.gguf,
+           "MODELFILE": f"{MODELS_MOUNT}/{m.slug}/{m.modelfile}", "MODELFILE_SOURCE": f"/orch-model/{MODELFILE_KEY}"}
+    return {"name": "fetch-model", "image": PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["python", "/orch/fetch-model.py"], "env": [{"name": k, "value": v} for k, v in env.items()],
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "scripts", "mountPath": "/orch", "readOnly": True},
+                             {"name": "modelfile", "mountPath": "/orch-model", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+            "securityContext": non_root(), "resources": resources("100m", "128Mi", "1", "512Mi")}
 
 
 def webui_docs(plan: K8sPlan) -> list[dict]:
@@ -173,15 +214,16 @@ def webui_docs(plan: K8sPlan) -> list[dict]:
         "readinessProbe": health | {"periodSeconds": 10, "failureThreshold": 3},
         "livenessProbe": health | {"periodSeconds": 20, "failureThreshold": 6},
         "volumeMounts": [{"name": "data", "mountPath": "/app/backend/data"}],
-        # the image runs as root by default (it writes into its own tree at start): restricted otherwise
-        "securityContext": RESTRICTED,
+        # orch's user, not the image's root: its data is on the volume (fsGroup), its secret key comes from the Secret;
+        # copying its static files into its own tree at start may log permission errors, harmlessly
+        "securityContext": non_root(read_only=False),
         "resources": resources("500m", "1Gi", "2", "4Gi"),  # its embedding model and the chat history in SQLite
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("open-webui", "open-webui"),
         "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector("open-webui")},
                  "template": {"metadata": {"labels": labels("open-webui", "open-webui")},
-                              "spec": {"securityContext": pod_security(non_root_pod=False), "automountServiceAccountToken": False,
+                              "spec": {"securityContext": pod_security(), "automountServiceAccountToken": False,
                                        "containers": [container],
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "open-webui"}}]}}},
     }
@@ -264,9 +306,8 @@ def backup_docs(plan: K8sPlan) -> list[dict]:
     """A CronJob running `orch backup --webui-data` on Open WebUI's volume, into a volume of its own (--backup-schedule).
 
     Open WebUI's claim is ReadWriteOnce, so the job runs on the node where Open
-    WebUI runs (pod affinity). It runs as root, as Open WebUI does, because the
-    files it reads are root's; every capability is dropped, so root here reads
-    only what root owns.
+    WebUI runs (pod affinity). It runs as orch's user, as Open WebUI does, so
+    it reads the files Open WebUI wrote and nothing more.
     """
     folder = "/backups"
     runs, volumes, init = orch_pod_parts(plan, ["backup", "--webui-data", "/data", "--out", folder, "--keep", str(plan.backup_keep)])
@@ -274,12 +315,12 @@ def backup_docs(plan: K8sPlan) -> list[dict]:
     container = {"name": "backup", "imagePullPolicy": "IfNotPresent", **runs, "envFrom": [{"secretRef": {"name": "orch-backup"}}],
                  "volumeMounts": runs["volumeMounts"] + [{"name": "data", "mountPath": "/data"},
                                                          {"name": "backups", "mountPath": folder}],
-                 "securityContext": RESTRICTED | {"readOnlyRootFilesystem": True},
+                 "securityContext": non_root(),
                  "resources": resources("100m", "256Mi", "1", "1Gi")}
     volumes = volumes + [{"name": "data", "persistentVolumeClaim": {"claimName": "open-webui"}},
                          {"name": "backups", "persistentVolumeClaim": {"claimName": "orch-backups"}}]
     same_node = {"labelSelector": {"matchLabels": selector("open-webui")}, "topologyKey": "kubernetes.io/hostname"}
-    pod = {"restartPolicy": "OnFailure", "securityContext": pod_security(non_root_pod=False), "automountServiceAccountToken": False,
+    pod = {"restartPolicy": "OnFailure", "securityContext": pod_security(), "automountServiceAccountToken": False,
            "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [same_node]}},
            "containers": [container], "volumes": volumes, **({"initContainers": init} if init else {})}
     cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta("orch-backup", "backup"),
@@ -290,8 +331,10 @@ def backup_docs(plan: K8sPlan) -> list[dict]:
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("orch-backups", "backup"),
              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": plan.backup_size}},
                       **({"storageClassName": plan.storage_class} if plan.storage_class else {})}}
+    # no ingress rule: nothing gets in (an empty list says the same, but the API server drops it, so that every
+    # server-side apply would write the object again)
     nothing_in = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("orch-backup", "backup"),
-                  "spec": {"podSelector": {"matchLabels": selector("orch-backup")}, "policyTypes": ["Ingress"], "ingress": []}}
+                  "spec": {"podSelector": {"matchLabels": selector("orch-backup")}, "policyTypes": ["Ingress"]}}
     return [claim, cronjob, nothing_in]
 
 
@@ -299,7 +342,7 @@ def loader_policy(plan: K8sPlan) -> dict:
     """The loader pod serves nothing: no traffic reaches it (kubectl exec and cp go through the API server)."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": meta("orch-model-loader", "model") | {"namespace": plan.namespace},
-            "spec": {"podSelector": {"matchLabels": selector("orch-models")}, "policyTypes": ["Ingress"], "ingress": []}}
+            "spec": {"podSelector": {"matchLabels": selector("orch-models")}, "policyTypes": ["Ingress"]}}
 
 
 def loader_pod(plan: K8sPlan) -> dict:
@@ -330,9 +373,11 @@ def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
     doc = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": plan.namespace,
         "resources": resources,
-        "configMapGenerator": [{"name": "ollama-scripts", "files": ["scripts/entrypoint.sh", "scripts/create-model.sh"]}],
+        "configMapGenerator": [{"name": "ollama-scripts", "files": [f"scripts/{s}" for s in OLLAMA_SCRIPTS]}],
         "secretGenerator": [{"name": "open-webui", "envs": [SECRET_FILE]}],
     }
+    if plan.model_url:
+        doc["configMapGenerator"].append({"name": "orch-modelfile", "files": [f"{MODELFILE_KEY}=model/{plan.model.modelfile}"]})
     if plan.backup_schedule:
         doc["secretGenerator"].append({"name": "orch-backup", "envs": [BACKUP_SECRET_FILE]})
     if not plan.monitor_image:
@@ -346,7 +391,7 @@ def kustomization(plan: K8sPlan, resources: list[str]) -> dict:
 def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
     """File name -> the documents it holds (YAML), for every manifest of the directory."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": plan.namespace, "labels": {
-        "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch"}}}
+        "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch", **POD_SECURITY}}}
     files = {"namespace.yaml": [namespace], "ollama.yaml": ollama_docs(plan), "open-webui.yaml": webui_docs(plan),
              "monitor.yaml": monitor_docs(plan)} | ({"backup.yaml": backup_docs(plan)} if plan.backup_schedule else {})
     return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_policy(plan), loader_pod(plan)]}
@@ -394,10 +439,14 @@ def write(plan: K8sPlan) -> list[Path]:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         write_text(out / name, dump(docs))
         written.append(out / name)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    if plan.model_url:
+        (out / "model").mkdir()
+        write_text(out / "model" / plan.model.modelfile, (plan.model.directory / plan.model.modelfile).read_text())
     write_text(out / "source.json", json.dumps({"build": str(plan.model.directory), "model": plan.model.name,
-                                                "sha256": plan.model.sha256}, indent=2) + "\n")
+                                                "sha256": plan.model.sha256, "model_url": plan.model_url}, indent=2) + "\n")
     scripts = paths.resource_dir("k8s", "k8s_files")
-    for script in ("entrypoint.sh", "create-model.sh", REQUIREMENTS):
+    for script in (*OLLAMA_SCRIPTS, REQUIREMENTS):
         (out / "scripts").mkdir(exist_ok=True)
         write_text(out / "scripts" / script, (scripts / script).read_text())
         written.append(out / "scripts" / script)

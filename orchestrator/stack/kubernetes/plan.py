@@ -47,6 +47,7 @@ class K8sPlan:
     num_parallel: int | None = None
     model_volume: str = "pvc"  # pvc (ReadWriteMany) | hostpath (a single node)
     host_path: str | None = None
+    model_url: str | None = None  # where the Ollama pods fetch the GGUF from (checked by sha256), instead of kubectl cp
     storage_class: str | None = None
     host: str | None = None  # an Ingress for Open WebUI on this host name
     tls_secret: str | None = None
@@ -155,6 +156,10 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
             raise BadInput(f"--host-path {hp!r} must be an absolute directory on the node other than / (the pods write models there)")
     if kw.get("model_volume", "pvc") == "hostpath" and replicas > 1 and not node_selector:
         raise BadInput("a hostPath model volume is on one node: with --replicas above 1 pin the pods there with --node-selector")
+    url = kw.get("model_url")
+    if url is not None and (not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url) or "@" in url.split("/")[2]):
+        raise BadInput(f"--model-url {url!r} is not an http(s) URL without a password in it, such as "
+                       "https://models.example.com/baichuan2-7b-chat.Q4_K_M.gguf (the GGUF itself, checked by its sha256)")
     if kw.get("tls_secret") and not kw.get("host"):
         raise BadInput("--tls-secret needs --ingress-host (the Ingress host name it is for)")
     if kw.get("host") is not None and not _ingress_host(kw["host"]):
