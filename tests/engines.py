@@ -5,7 +5,8 @@ for the next run. What dockerd changes in the kernel (iptables chains and rules,
 veth pairs, net.ipv4.ip_forward) and under /run is recorded before it starts and put back when it stops; a run that crashed
 before putting it back leaves its record, and the next start puts that back first.
 
-    python tests/engines.py cleanup     # what a crashed run left: dockerd stopped, the kernel as it was
+    python tests/engines.py cleanup     # what a crashed run left: dockerd stopped, the kernel as it was, and the
+                                        # Kubernetes control plane's processes stopped (tests/control_plane.py)
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def stop() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["cleanup"]:
+        import control_plane
+
         cleanup()
+        control_plane.cleanup()
     else:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         sys.exit(2)

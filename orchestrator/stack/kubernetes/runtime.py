@@ -26,11 +26,14 @@ from orchestrator.files import sha256_file
 from orchestrator.stack.config import known_services
 from orchestrator.stack.process import stream
 from orchestrator.stack.runtime import ServiceState, Started
+from orchestrator.stack.kubernetes import checks
 from orchestrator.stack.kubernetes.manifests import MODELS_MOUNT, SECRET_FILE
 
 KUBECTL_ENV = settings.KUBECTL_ENV
 LOADER = "orch-model-loader"
 PART_OF = "app.kubernetes.io/part-of=orch"
+SETTLE = 10.0  # seconds the cluster must keep saying a thing stands in the way before orch k8s apply gives up on it
+POLL = 2.0
 
 
 def kubectl_binary() -> str:
@@ -45,15 +48,26 @@ class Kubectl:
     def __init__(self, namespace: str | None = None):
         self.binary, self.namespace = kubectl_binary(), namespace
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120, namespaced: bool = True):
+    def run(self, *args: str, check: bool = True, timeout: float = 120, namespaced: bool = True, input: str | None = None):
         cmd = [self.binary, *(["-n", self.namespace] if namespaced and self.namespace else []), *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
+                                  stdin=subprocess.DEVNULL if input is None else None)
         except subprocess.TimeoutExpired:
             raise OrchError(f"kubectl {args[0]} did not finish within {timeout:g} s: check the cluster with kubectl get pods") from None
         if check and proc.returncode != 0:
             raise OrchError(f"kubectl {' '.join(args[:2])} failed: {_first(proc.stderr)}")
         return proc
+
+    def items(self, kind: str, reporter: Reporter) -> list[dict] | None:
+        """The objects of a kind (cluster-wide ones included), or None with a note when this user may not list them."""
+        proc = self.run("get", kind, "-o", "json", check=False, namespaced=kind == "pvc")
+        if proc.returncode != 0:
+            if "forbidden" in proc.stderr.lower():
+                reporter.note(f"may not list {kind} here, so that check is skipped: {_first(proc.stderr)}", "warning")
+                return None
+            raise OrchError(f"kubectl get {kind} failed: {_first(proc.stderr)}")
+        return json.loads(proc.stdout).get("items", [])
 
     def context(self) -> str:
         """The kube context in use, after checking a cluster answers there; one line naming the problem when none does."""
@@ -79,6 +93,31 @@ def namespace_of(directory: Path) -> str:
         return yaml.safe_load((directory / "kustomization.yaml").read_text())["namespace"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         raise OrchError(f"{directory} holds no kustomization.yaml from orch k8s render: render one first") from None
+
+
+def _events(k: Kubectl) -> list[dict]:
+    return json.loads(k.run("get", "events", "-o", "json").stdout).get("items", [])
+
+
+def _mark(event: dict) -> tuple:
+    """An event as it stands: one the cluster repeats gets a new count and time, so it counts again."""
+    series = event.get("series") or {}
+    return (event["metadata"].get("uid"), event.get("count"), series.get("count"), event.get("lastTimestamp"))
+
+
+def _event_marks(k: Kubectl) -> set:
+    return {_mark(e) for e in _events(k)}
+
+
+def rendered_docs(directory: Path, k: Kubectl) -> list[dict]:
+    """The objects the directory applies, as kustomize builds them (names with their generated suffixes)."""
+    return [d for d in yaml.safe_load_all(k.run("kustomize", str(directory), namespaced=False).stdout) if d]
+
+
+def _prebound(claim, docs: list[dict]) -> bool:
+    """A claim this render binds to a volume of its own (--model-volume hostpath)."""
+    return any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim.name and d["spec"].get("volumeName")
+               for d in docs)
 
 
 def model_of(directory: Path) -> dict:
@@ -108,18 +147,90 @@ class KubernetesRuntime:
         Kubectl().context()
 
     def up(self, plan: Rendered, *, wait: float, reporter: Reporter) -> Started:
-        """kubectl apply -k, the build onto the model volume (checked by sha256), then wait for the rollouts and readiness."""
+        """Check the cluster can run the manifests, apply them server-side, put the build on the model volume (unless the
+        pods fetch it from --model-url), then follow claims, scheduling and readiness until done or blocked."""
         directory = plan.directory
         k = Kubectl(namespace_of(directory))
-        with reporter.task("kubectl apply -k"):
-            k.run("apply", "-k", str(directory), namespaced=False, timeout=300)
-        self.load_model(directory, k, _source_of(directory), reporter)
+        docs = rendered_docs(directory, k)
+        with reporter.task("check the cluster can run them"):
+            problems = self.problems(docs, k, reporter)
+        if problems:
+            raise OrchError(f"the cluster cannot run these manifests, nothing was applied: {'; '.join(problems)}")
+        seen_before = _event_marks(k)  # what the cluster said before this apply is not what stands in its way now
+        with reporter.task("kubectl apply --server-side"):
+            k.run("apply", "--server-side", "--field-manager=orch", "--force-conflicts", "-k", str(directory), namespaced=False,
+                  timeout=300)
         deadline = time.monotonic() + wait
-        for kind_name in ("statefulset/ollama", "deployment/open-webui", "deployment/orch-health"):
-            left = max(10, int(deadline - time.monotonic()))
-            with reporter.task(f"rollout of {kind_name}"):
-                k.run("rollout", "status", kind_name, f"--timeout={left}s", timeout=left + 30)
+        if not _source(directory).get("model_url"):
+            self.follow(k, docs, reporter, deadline, seen_before, until="claims")
+            self.load_model(directory, k, _source_of(directory), reporter)
+        self.follow(k, docs, reporter, deadline, seen_before)
         return Started(directory / SECRET_FILE, created_secrets=False, changed=[])
+
+    def problems(self, docs: list[dict], k: Kubectl, reporter: Reporter) -> list[str]:
+        """What the cluster itself says before anything is applied: room on the nodes, claims that could bind, and
+        whether an existing namespace's PodSecurity level admits the pods."""
+        out = []
+        nodes = k.items("nodes", reporter)
+        if nodes is not None:
+            out += checks.capacity_problems(docs, nodes)
+        classes, volumes = k.items("storageclasses", reporter), k.items("persistentvolumes", reporter)
+        claims = k.items("pvc", reporter)
+        if classes is not None and volumes is not None:
+            bound = {c["metadata"]["name"] for c in claims or [] if c.get("status", {}).get("phase") == "Bound"}
+            # a volume this render makes itself (--model-volume hostpath) is there for its claim
+            volumes = volumes + [dict(d, status={"phase": "Available"}) for d in docs if d["kind"] == "PersistentVolume"]
+            bound |= {c.name for c in checks.claims(docs) if _prebound(c, docs)}
+            out += checks.storage_problems(docs, classes, volumes, bound)
+        if k.run("get", "namespace", k.namespace, check=False, namespaced=False).returncode == 0:
+            out += self.admission_problems(docs, k)
+        return out
+
+    def admission_problems(self, docs: list[dict], k: Kubectl) -> list[str]:
+        """Each pod orch renders, created with --dry-run=server in the existing namespace: PodSecurity judges it there."""
+        pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"orch-check-{d['metadata']['name']}"[:63]},
+                 "spec": checks.pod_template(d)["spec"]} for d in docs if checks.pod_template(d) is not None]
+        proc = k.run("create", "--dry-run=server", "-o", "name", "-f", "-", check=False,
+                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}))
+        refused = [ln.strip() for ln in proc.stderr.splitlines() if "violates PodSecurity" in ln]
+        return [f"namespace {k.namespace} refuses orch's pods: {refused[0][:300]} (its pod-security.kubernetes.io/enforce "
+                "label; orch's own pods meet restricted, so an overlay changed them)"] if refused else []
+
+    def follow(self, k: Kubectl, docs: list[dict], reporter: Reporter, deadline: float, seen_before: set, *,
+               until: str = "ready", settle: float = SETTLE) -> None:
+        """Claims bound, pods scheduled, pods ready, as bars; what the cluster says stands in the way ends it in one line
+        once it has said so for `settle` seconds."""
+        workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+        seen: dict[str, float] = {}
+        with reporter.task("claims bound", total=None, unit="claims") as bound, \
+                reporter.task("pods scheduled", total=None, unit="pods") as placed, \
+                reporter.task("pods ready", total=None, unit="pods") as ready:
+            while True:
+                state = json.loads(k.run("get", "statefulsets,deployments,pods,persistentvolumeclaims", "-l", PART_OF,
+                                         "-o", "json").stdout)
+                events = [e for e in _events(k) if _mark(e) not in seen_before]
+                items = state.get("items", [])
+                now = [i for i in items if i["kind"] in ("StatefulSet", "Deployment")
+                       and any(i["metadata"]["name"] == w["metadata"]["name"] and i["kind"] == w["kind"] for w in workloads)]
+                names = {w["metadata"]["name"] for w in workloads}  # not the loader's pod, nor the backup Jobs'
+                pods = [i for i in items if i["kind"] == "Pod" and i["metadata"].get("labels", {}).get("app.kubernetes.io/name") in names]
+                p = checks.progress(now, pods, [i for i in items if i["kind"] == "PersistentVolumeClaim"], events)
+                bound.update(completed=p.claims[0], total=p.claims[1])
+                placed.update(completed=p.scheduled[0], total=p.scheduled[1])
+                ready.update(completed=p.ready[0], total=p.ready[1])
+                if (until == "claims" and p.claims[0] == p.claims[1] and p.claims[1]) or (until == "ready" and p.done
+                                                                                         and checks.rolled_out(now)):
+                    return
+                t = time.monotonic()
+                seen = {b: seen.get(b, t) for b in p.blockers}
+                lasting = [b for b, since in seen.items() if t - since >= settle]
+                if lasting:
+                    raise OrchError(f"the stack cannot come up: {'; '.join(lasting)}")
+                if t > deadline:
+                    raise OrchError(f"the stack was not ready in time ({p.claims[0]}/{p.claims[1]} claims bound, {p.scheduled[0]}/"
+                                    f"{p.scheduled[1]} pods scheduled, {p.ready[0]}/{p.ready[1]} ready): orch k8s status, "
+                                    "kubectl describe pods -n " + str(k.namespace))
+                time.sleep(POLL)
 
     def load_model(self, directory: Path, k: Kubectl, source: Path, reporter: Reporter) -> None:
         """Copy the GGUF and Modelfile onto the model volume through a short-lived pod, unless the same bytes are there."""
@@ -146,14 +257,24 @@ class KubernetesRuntime:
             k.run("delete", "pod", LOADER, "--ignore-not-found", "--wait=false", check=False)
 
     def down(self, directory: Path, *, volumes: bool = False) -> list[str]:
+        """Delete what apply made, as the directory names it (the CronJob's Jobs go with it); the namespace stays, and the
+        claims (with them models and chats) and a hostPath volume go only with --volumes."""
         k = Kubectl(namespace_of(directory))
         k.context()
-        kinds = "statefulset,deployment,service,networkpolicy,ingress,configmap,secret,pod"
-        if volumes:
-            kinds += ",persistentvolumeclaim"
-        out = k.run("delete", kinds, "-l", PART_OF, "--ignore-not-found", "--wait=true", timeout=600).stdout
-        k.run("delete", "servicemonitor", "-l", PART_OF, "--ignore-not-found", check=False)
-        return [line.split()[0] for line in out.splitlines() if line.strip()]
+        keep = {"Namespace"} | (set() if volumes else {"PersistentVolumeClaim", "PersistentVolume"})
+        docs = [d for d in rendered_docs(directory, k) if d["kind"] not in keep]
+        docs += [d for d in yaml.safe_load_all((directory / "loader" / "model-loader.yaml").read_text()) if d]
+        out = []
+        for core in (True, False):  # a ServiceMonitor's kind may be unknown to the cluster: that delete may fail alone
+            some = [d for d in docs if (d["kind"] != "ServiceMonitor") == core]
+            if some:
+                proc = k.run("delete", "-f", "-", "--ignore-not-found", "--wait=true", "--cascade=foreground", "-o", "name",
+                             timeout=600, check=core, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": some}))
+                out += proc.stdout.split()
+        if volumes:  # the replicas' stores, made from the StatefulSet's claim template
+            out += k.run("delete", "pvc", "-l", "app.kubernetes.io/name=ollama", "--ignore-not-found", "--wait=true", "-o", "name",
+                         timeout=600).stdout.split()
+        return out
 
     def status(self, directory: Path) -> list[ServiceState]:
         k = Kubectl(namespace_of(directory))
@@ -215,8 +336,14 @@ def install_script(incoming: str, gguf_name: str, target: str, sha256: str) -> s
             f"rm -rf {q(target)}; mv {q(incoming)} {q(target)}; echo {sha} > {q(target + '/.complete')}")
 
 
-def _source_of(directory: Path) -> Path:
+def _source(directory: Path) -> dict:
     try:
-        return Path(json.loads((directory / "source.json").read_text())["build"])
-    except (OSError, ValueError, KeyError):
+        source = json.loads((directory / "source.json").read_text())
+        source["build"]
+        return source
+    except (OSError, ValueError, KeyError, TypeError):
         raise OrchError(f"{directory} does not say which build it was rendered from: render it again with orch k8s render") from None
+
+
+def _source_of(directory: Path) -> Path:
+    return Path(_source(directory)["build"])
