@@ -642,3 +642,27 @@ def test_an_image_the_node_cannot_pull_is_what_stands_in_the_way(reason):
     assert p.scheduled == (1, 1) and p.ready == (0, 1) and not p.done
     assert p.blockers == (f"pod ollama-0 cannot pull image {OLLAMA_IMAGE}: {reason} (push it to a registry the nodes reach "
                           "and name it in a kustomize images: entry, or load it on the nodes)",)
+
+
+@pytest.mark.parametrize("label", OPTIONS)
+def test_the_manifests_are_plain_yaml_with_no_anchor_or_alias(rendered, label):
+    """What a platform team reads and diffs: every shared part written out where it is used."""
+    for f in rendered[label].rglob("*.yaml"):
+        text = f.read_text()
+        assert not re.search(r"[&*]id\d+", text), f"{f.name} holds a YAML anchor or alias"
+
+
+@pytest.mark.parametrize("args, reach", [
+    ([], "the chat: kubectl -n chat port-forward svc/open-webui 3000:80, then http://localhost:3000"),
+    (["--ingress-host", "chat.example.com", "--tls-secret", "chat-tls"], "the chat: https://chat.example.com"),
+])
+def test_render_says_how_to_reach_the_chat(tiny_build, tmp_path, args, reach):
+    proc = render(tiny_build, tmp_path / "k8s", *args)
+    assert reach in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("command", ["apply", "status", "down"])
+def test_the_usage_line_shows_only_what_to_write(command):
+    """The directory once taken as an argument still works, but the usage line names only --dir."""
+    usage = cli("k8s", command, "--help").stdout.splitlines()[0]
+    assert usage.endswith(f"k8s {command} [OPTIONS]"), usage

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from orchestrator.errors import OrchError
 
@@ -34,6 +34,17 @@ class OrchGroup(TyperGroup):
         return super().parse_args(ctx, with_optional_values(args))
 
 
+class OrchCommand(TyperCommand):
+    """A command whose usage line leaves out the hidden arguments older spellings still take."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
 class OrchTyper(typer.Typer):
     """A Typer whose commands turn OrchError into one line and an exit code, and Ctrl-C into a quiet exit 130."""
 
@@ -42,7 +53,7 @@ class OrchTyper(typer.Typer):
                             "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}} | kw)
 
     def command(self, *args, **kwargs):
-        register = super().command(*args, **kwargs)
+        register = super().command(*args, **{"cls": OrchCommand} | kwargs)
 
         def decorator(fn):
             @functools.wraps(fn)
@@ -84,7 +95,8 @@ def renamed(new_value, old_value, *, new: str, old: str):
         raise BadInput(f"{old} and {new} name the same thing: pass only {new}")
     from orchestrator.cli import render
 
-    render.console(stderr=True).print(f"[yellow]note:[/] {old} is now spelled {new}; the old spelling still works", soft_wrap=True)
+    render.console(stderr=True).print(f"[yellow]note:[/] {old} is now spelled {new} (write {new} from now on; {old} still works)",
+                                      soft_wrap=True)
     return old_value
 
 

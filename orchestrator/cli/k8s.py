@@ -74,6 +74,9 @@ def render_cmd(
     con.print(f"  the Open WebUI Secret: {plan.out / manifests.SECRET_FILE} (0600, kept across renders)", soft_wrap=True)
     by_hand = "the pods fetch the build from --model-url" if plan.model_url else "then put the build on the model volume"
     con.print(f"  apply it: orch k8s apply --dir {plan.out}   (or kubectl apply -k {plan.out}: {by_hand})", soft_wrap=True)
+    reach = (f"https://{plan.host}" if plan.tls_secret else f"http://{plan.host}") if plan.host else \
+        f"kubectl -n {plan.namespace} port-forward svc/open-webui 3000:80, then http://localhost:3000"
+    con.print(f"  the chat: {reach}", soft_wrap=True)
 
 
 def _dir(directory: Optional[Path], positional: Optional[Path] = None) -> Path:

@@ -398,12 +398,17 @@ def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
 
 
 def dump(docs) -> str:
+    """Plain YAML: a part two objects share (a securityContext) is written out twice, never as an anchor and alias."""
     import yaml
+
+    class Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:
+            return True
 
     header = "# rendered by orch k8s render; patch it with a kustomize overlay rather than by hand\n"
     if isinstance(docs, dict):
-        return header + yaml.safe_dump(docs, sort_keys=False)
-    return header + "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+        return header + yaml.dump(docs, Dumper=Plain, sort_keys=False)
+    return header + "---\n".join(yaml.dump(d, Dumper=Plain, sort_keys=False) for d in docs)
 
 
 def write(plan: K8sPlan) -> list[Path]:
