@@ -1,5 +1,5 @@
 """A real Kubernetes control plane for the suite, on loopback: Debian's etcd, kube-apiserver, kube-controller-manager and
-kube-scheduler built from k8s.io/kubernetes (scripts/kube-engines), and kwok simulating the nodes and their pods.
+kube-scheduler built from k8s.io/kubernetes (scripts/engines), and kwok simulating the nodes and their pods.
 
 Admission (PodSecurity included), defaulting, RBAC, scheduling, claim binding and the CronJob, Job, StatefulSet and
 Deployment controllers are the real ones; nothing runs inside the pods. It changes nothing in the kernel: no kubelet,
@@ -39,12 +39,12 @@ class ControlPlane:
 
 
 def binaries() -> tuple[Path, Path]:
-    """(the control plane's directory, kwok's) as scripts/kube-engines built them."""
-    proc = subprocess.run([str(ROOT / "scripts" / "kube-engines")], capture_output=True, text=True)
+    """(the control plane's directory, kwok's) as scripts/engines built them (scripts/test runs it first)."""
+    proc = subprocess.run([str(ROOT / "scripts" / "engines")], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"scripts/kube-engines failed: {proc.stderr.strip()[-2000:]}")
-    kube, kwok = proc.stdout.split()
-    return Path(kube), Path(kwok)
+        raise RuntimeError(f"scripts/engines failed: {proc.stderr.strip()[-2000:]}")
+    built = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    return Path(built["kubernetes"]), Path(built["kwok"])
 
 
 def _free_port() -> int:

@@ -6,9 +6,11 @@ Real servers: the real Ollama (built from source) and the real Open WebUI from P
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import stat
+import subprocess
 
 import httpx
 import psutil
@@ -108,7 +110,16 @@ def test_a_key_reaches_the_model_through_open_webui_and_nothing_else(real_ollama
         assert status("/api/chat/completions", made["key"], "POST") == 401, "a key revoked after the backup came back"
         listed = json.loads(orch("api-key", "list", "--dir", str(stack), "--json").stdout)
         assert [k["name"] for k in listed] == [api_keys.DEFAULT_NAME]
-        assert "API key (shown once" not in rerun.stdout and status("/api/chat/completions", key, "POST") == 200
+        assert "API key (shown once" not in rerun.stdout
+
+        # what orch api-key create prints, pasted into a shell as it is, gets an answer
+        printed = orch("api-key", "create", "paste-bot", "--dir", str(stack)).stdout.splitlines()
+        pasted = [ln for ln in printed if ln.startswith(("export ORCH_API_KEY=", "curl "))]
+        assert len(pasted) == 2 and f'"model": "{model}"' in pasted[1], printed
+        answer = subprocess.run(["bash", "-c", "\n".join(pasted)], capture_output=True, text=True, timeout=300,
+                                env={k: v for k, v in os.environ.items() if k != "ORCH_API_KEY"})
+        assert json.loads(answer.stdout)["choices"][0]["message"]["content"], answer.stdout + answer.stderr
+        orch("api-key", "revoke", "paste-bot", "--dir", str(stack)) and status("/api/chat/completions", key, "POST") == 200
 
         # and Ollama itself answered only on loopback all along
         ollama_pid = pid_of(stack, "ollama")

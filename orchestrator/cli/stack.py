@@ -200,6 +200,7 @@ def _print_api(con, url: str, model: str, key: str | None, keys_file: str) -> No
     con.print(f"\n[bold green]Keyed API (through Open WebUI):[/] {url}", soft_wrap=True)
     if key:
         con.print(f"[bold]API key (shown once, kept in {keys_file}):[/] {render.escape(key)}", soft_wrap=True)
+        con.print(f"export ORCH_API_KEY={key}", markup=False, highlight=False, soft_wrap=True)  # the lines below, pasted, work
     con.print(f"curl {url}/chat/completions -H \"Authorization: Bearer $ORCH_API_KEY\" -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'",
               markup=False, highlight=False, soft_wrap=True)
@@ -239,7 +240,10 @@ def api_key_create(
     if as_json:
         render.print_json({"name": name, "key": key, "url": f"{url}/api", "keys_file": str(d / api_keys.KEYS_FILE)})
         return
-    _print_api(render.console(), f"{url}/api", "MODEL", key, str(d / api_keys.KEYS_FILE))
+    from orchestrator.stack import choice as runtime
+
+    _, record = runtime.load(d)
+    _print_api(render.console(), f"{url}/api", record.model or "MODEL", key, str(d / api_keys.KEYS_FILE))
 
 
 @api_key_app.command("list")
