@@ -105,7 +105,18 @@ def start(timeout: float = 60) -> dict:
             cleanup()
             raise RuntimeError(f"dockerd did not start: see {STATE / 'dockerd.log'}")
         time.sleep(0.2)
+    forget_stacks(os.environ | env)
     return env
+
+
+def forget_stacks(env: dict) -> None:
+    """Containers, networks and volumes a crashed run left in the cached data root would start again with the engine
+    (restart: unless-stopped) and hold ports: each run starts from none. The images stay: they are the cache."""
+    left = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True, env=env).stdout.split()
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, env=env)
+    for kind in ("network", "volume"):
+        subprocess.run(["docker", kind, "prune", "-f"], capture_output=True, env=env)
 
 
 def stop() -> None:

@@ -152,8 +152,15 @@ def test_gpu_without_an_nvidia_runtime_is_one_line(docker_engine, tmp_path):
 def test_an_ollama_on_loopback_is_refused_in_one_line_that_says_how(docker_engine, real_ollama, tmp_path):
     """The real Ollama on 127.0.0.1, as it binds by default: containers cannot reach it."""
     server = real_ollama()
-    proc = orch("up", "--runtime", "docker", "--host", server.url, "--bind", "127.0.0.1", "--port", str(free_port()),
-                "--dir", str(tmp_path / "stack"), env=os.environ | docker_engine, check=False)
+    stack = tmp_path / "stack"
+    try:
+        proc = orch("up", "--runtime", "docker", "--host", server.url, "--bind", "127.0.0.1", "--port", str(free_port()),
+                    "--dir", str(stack), env=os.environ | docker_engine, check=False)
+        listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout  # who answered, if anything did
+    finally:
+        if (stack / "compose.yaml").is_file():  # a stack that should never have started must not outlive the test
+            orch("down", "--volumes", "--dir", str(stack), env=os.environ | docker_engine, check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr + "\n" + "\n".join(
+        ln for ln in listening.splitlines() if f":{server.port} " in ln)
     assert f"the Ollama at {server.url} listens on loopback only" in lines[0] and "OLLAMA_HOST=" in lines[0]
