@@ -22,7 +22,6 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orch"
 RECORD = CACHE / "test-kube" / "pids.json"
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN, USER_TOKEN = "orch-test-admin-token", "orch-test-platform-token"
 USER = "platform"  # the user orch runs as: RBAC grants it cluster-admin by a binding (not system:masters, which skips RBAC)
 
@@ -39,12 +38,10 @@ class ControlPlane:
 
 
 def binaries() -> tuple[Path, Path]:
-    """(the control plane's directory, kwok's) as scripts/engines built them (scripts/test runs it first)."""
-    proc = subprocess.run([str(ROOT / "scripts" / "engines")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scripts/engines failed: {proc.stderr.strip()[-2000:]}")
-    built = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    return Path(built["kubernetes"]), Path(built["kwok"])
+    """(the control plane's directory, kwok's) as scripts/engines built them."""
+    from engines import built
+
+    return built("kubernetes"), built("kwok")
 
 
 def _free_port() -> int:

@@ -64,6 +64,9 @@ def put_back(before: dict) -> None:
 def _stop_dockerd(timeout: float = 60) -> None:
     try:
         pid = int(PIDFILE.read_text())
+        if not Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"dockerd"):
+            PIDFILE.unlink()  # a stale file: that pid is another program's now
+            return
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         return
@@ -90,6 +93,7 @@ def start(timeout: float = 60) -> dict:
     for tool in ("dockerd", "iptables-save", "ip"):
         if not shutil.which(tool):
             raise RuntimeError(f"{tool} is missing: scripts/test installs docker.io, iptables and iproute2")
+    config = docker_config()
     cleanup()
     STATE.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(snapshot()))
@@ -97,7 +101,7 @@ def start(timeout: float = 60) -> dict:
     proc = subprocess.Popen(["dockerd", "--data-root", str(DATA), "--exec-root", str(EXEC_ROOT), "--pidfile", str(PIDFILE),
                              "-H", HOST, "--storage-driver", "overlay2"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    env = {"DOCKER_HOST": HOST}
+    env = {"DOCKER_HOST": HOST, "DOCKER_CONFIG": str(config)}
     deadline = time.monotonic() + timeout
     while subprocess.run(["docker", "info"], capture_output=True, env=os.environ | env).returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -107,6 +111,27 @@ def start(timeout: float = 60) -> dict:
         time.sleep(0.2)
     forget_stacks(os.environ | env)
     return env
+
+
+def built(engine: str) -> Path:
+    """Where scripts/engines put an engine (waiting for the build scripts/test started in the background, if it runs)."""
+    proc = subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts" / "engines")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/engines failed: {proc.stderr.strip()[-2000:]}")
+    return Path(dict(line.split(" ", 1) for line in proc.stdout.splitlines())[engine])
+
+
+def docker_config() -> Path:
+    """A docker CLI configuration of the suite's own, whose plugin folder holds the compose v2 scripts/engines built
+    (so nothing is written where the machine's own docker looks)."""
+    config = STATE / "docker-config"
+    plugin = config / "cli-plugins" / "docker-compose"
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    target = built("compose")
+    if not plugin.is_symlink() or Path(os.readlink(plugin)) != target:
+        plugin.unlink(missing_ok=True)
+        plugin.symlink_to(target)
+    return config
 
 
 def forget_stacks(env: dict) -> None:
