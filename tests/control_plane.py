@@ -181,23 +181,14 @@ def cleanup() -> None:
             pids.append(pid)
         except (OSError, UnicodeDecodeError):
             continue
+    from engines import alive
+
     deadline = time.monotonic() + 5
     for pid in pids:
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)  # the API server may not stop on SIGTERM within seconds
     shutil.rmtree(record["work"], ignore_errors=True)
     RECORD.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
