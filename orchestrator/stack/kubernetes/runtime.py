@@ -178,9 +178,7 @@ class KubernetesRuntime:
         claims = k.items("pvc", reporter)
         if classes is not None and volumes is not None:
             bound = {c["metadata"]["name"] for c in claims or [] if c.get("status", {}).get("phase") == "Bound"}
-            # a volume this render makes itself (--model-volume hostpath) is there for its claim
-            volumes = volumes + [dict(d, status={"phase": "Available"}) for d in docs if d["kind"] == "PersistentVolume"]
-            bound |= {c.name for c in checks.claims(docs) if _prebound(c, docs)}
+            bound |= {c.name for c in checks.claims(docs) if _prebound(c, docs)}  # its own hostPath volume waits for it
             out += checks.storage_problems(docs, classes, volumes, bound)
         if k.run("get", "namespace", k.namespace, check=False, namespaced=False).returncode == 0:
             out += self.admission_problems(docs, k)
