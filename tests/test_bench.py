@@ -38,6 +38,9 @@ def test_levels_of_concurrent_multi_turn_chats_are_measured(real_served):
     assert result["holds_users"] == 3 and "OLLAMA_NUM_PARALLEL=3" in result["recommendation"]
     # one slot answers in turn: the first token waits longer with more users at once
     assert levels[3]["ttft_p95"] > levels[1]["ttft_p50"]
+    # one user alone gets the whole server: what they see per reply is what the server gives in total
+    one = levels[1]
+    assert 0.5 <= one["tokens_per_s_per_user"] / one["tokens_per_s_total"] <= 2, one
 
 
 def test_a_target_no_level_meets_says_so(served):
@@ -64,7 +67,7 @@ def test_a_reply_cut_mid_level_is_an_error_of_that_level(served):
 
 def test_the_table_and_bad_levels(served):
     proc, _ = bench(served, "--users", "1", "--turns", "1", "--ttft-target", "120")
-    assert "ttft p95" in proc.stdout and "holds 1 concurrent users" in proc.stdout
+    assert "ttft p95" in proc.stdout and "holds 1 concurrent user with" in proc.stdout
     assert cli("bench", MODEL, "--users", "0,2", check=False).returncode == 2
     assert cli("bench", MODEL, "--users", "two", check=False).returncode == 2
 
@@ -113,3 +116,13 @@ def test_every_simulated_user_has_a_connection_of_its_own_above_a_hundred():
         server.shutdown()
     (level,) = json.loads(proc.stdout)["levels"]
     assert (level["requests"], level["errors"]) == (users, 0), level
+
+
+def test_a_model_the_server_lacks_is_named_with_what_it_has(real_served):
+    """The real Ollama, with the tiny build registered: a tag left out or mistyped is answered with the name it has."""
+    server = real_served()
+    base = MODEL.split(":")[0]
+    for asked in (base, MODEL[:-2]):
+        proc = cli("bench", asked, "--host", server.url, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [f"error: {asked} is not on the server at {server.url}: did you mean {MODEL}?"]

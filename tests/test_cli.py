@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ def test_models_lists_the_catalog_with_both_hubs():
     assert "tiny" in rows
     table = cli("models").stdout
     assert "baichuan2-13b-chat" in table and "tiny" in table
+    for columns in (80, 160):  # a terminal of 80 columns gets every column too, the repos under the sizes
+        table = cli("models", env={"COLUMNS": str(columns)}).stdout
+        assert max(len(line.rstrip()) for line in table.splitlines()) <= columns
+        assert all(row["huggingface"] in table for row in rows.values() if row["huggingface"]) and "28.6 GB" in table
 
 
 def test_build_tiny_end_to_end(isolated_home):
@@ -58,6 +63,11 @@ def test_build_tiny_end_to_end(isolated_home):
     out = isolated_home / "data" / "orch" / "builds" / "tiny"
     assert "skipped" in proc.stdout and "no Ollama" in proc.stdout
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["build.json", "tiny.Q4_K_M.Modelfile", "tiny.Q4_K_M.gguf"]
+    # the demo says it is one, and its replies of noise stop soon
+    assert "tiny is a random model that proves the path" in " ".join(proc.stdout.split())
+    modelfile = (out / "tiny.Q4_K_M.Modelfile").read_text()
+    assert int(re.search(r"^PARAMETER num_predict (\d+)$", modelfile, re.M)[1]) <= 128, "not the 2048 of the real models"
+    assert "a random model" in modelfile.splitlines()[0]
 
     record = build_record(out)
     art = record["artifacts"][0]

@@ -78,12 +78,12 @@ def test_osv_answers_in_its_documented_shape_are_read_and_cached(osv):
     assert double.asked == [{"version": "0.34.1", "package": {"name": "github.com/ollama/ollama", "ecosystem": "Go"}}]
     assert [(a.cve, a.fixed, a.unpatched) for a in found.advisories] == [("CVE-2026-5757", None, True), ("CVE-2026-65315", None, True),
                                                                          ("CVE-2026-90001", "0.35.1", False)]
-    assert found.source.startswith(f"OSV ({double.url}") and not found.fallback
+    assert found.source.startswith(f"OSV at {double.url}") and not found.fallback
     again = cve_feed.findings("0.34.1", "osv")
-    assert len(double.asked) == 1 and again.source.startswith("OSV (cached answer from ")
+    assert len(double.asked) == 1 and again.source.startswith("OSV's answer cached ")
     assert [a.cve for a in again.advisories] == [*UNPATCHED, "CVE-2026-90001"]
     later = cve_feed.findings("0.34.1", "osv", now=__import__("time").time() + cve_feed.TTL + 1)
-    assert len(double.asked) == 2 and later.source.startswith("OSV (")
+    assert len(double.asked) == 2 and later.source.startswith("OSV at ")
 
 
 @pytest.mark.parametrize("case, says", [
@@ -106,7 +106,7 @@ def test_when_osv_cannot_answer_the_built_in_table_does_and_says_why(osv, monkey
 def test_the_built_in_table_is_the_default_and_osv_is_not_asked(osv):
     double = osv()
     found = cve_feed.findings("0.34.1")
-    assert double.asked == [] and found.source.startswith("orch's built-in table (checked ")
+    assert double.asked == [] and found.source.startswith("orch's built-in table, checked ") and "(" not in found.source, "it is put in parentheses"
 
 
 def version_check(url: str, *args: str) -> tuple[int, dict]:
@@ -137,7 +137,7 @@ def test_health_with_the_osv_feed_says_which_source_it_used(real_served, osv):
     code, version = version_check(server.url, "--cve-feed", "osv")
     assert double.asked[0]["version"] == version["data"]["version"]
     assert version["status"] == "degraded" and "CVE-2026-90001" in version["reason"] and "fixed in 0.35.1" in version["reason"]
-    assert version["data"]["source"].startswith("OSV (")
+    assert version["data"]["source"].startswith("OSV at ")
 
 
 def record(**changes) -> dict:
@@ -166,7 +166,7 @@ def test_what_osv_finds_is_added_to_the_table_never_put_in_its_place(osv, answer
     osv(answer)
     found = cve_feed.findings("0.34.2", "osv", timeout=2)
     assert [a.cve for a in found.advisories][:3] == ["CVE-2026-103663", *UNPATCHED], "an empty answer cannot hide the table's"
-    assert found.source.startswith("OSV (") and "and orch's built-in table" in found.source and not found.fallback
+    assert found.source.startswith("OSV at ") and "and orch's built-in table" in found.source and not found.fallback
     if answer.get("vulns"):
         assert found.advisories[-1].cve == "CVE-2026-90001" and found.advisories[-1].summary == "GO-2026-4711"
 

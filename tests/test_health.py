@@ -134,7 +134,9 @@ def test_a_model_the_server_lacks_is_a_404_named_in_plain_words(served):
     double = served()
     proc, report, _ = health(double.url, "--model", "nosuch:latest")
     assert proc.returncode == 1
-    assert "model nosuch:latest is not on the server (it has: tiny:q4_K_M)" in check(report, "model")["reason"]
+    assert f"nosuch:latest is not on the server at {double.url}, which has tiny:q4_K_M" in check(report, "model")["reason"]
+    proc, report, _ = health(double.url, "--model", "tiny:q4_k_m")
+    assert check(report, "model")["reason"].endswith("did you mean tiny:q4_K_M?"), "a tag's case mistyped"
 
 
 def test_a_slow_first_token_within_the_timeout_is_degraded_not_failed(served):

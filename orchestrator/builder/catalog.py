@@ -54,9 +54,13 @@ CATALOG: dict[str, CatalogEntry] = {
         CatalogEntry("baichuan2-13b-chat", 13.9, 40, 4096, True, "baichuan-inc/Baichuan2-13B-Chat",
                      "baichuan-inc/Baichuan2-13B-Chat", 27.8, "Baichuan2 13B chat model (ALiBi)"),
         CatalogEntry("tiny", 0.022, 32, 4096, True, None, None, 0.0,
-                     "a tiny Baichuan2-shaped chat model made locally, offline, in seconds (for trying orch out)"),
+                     "a tiny Baichuan2-shaped chat model with random weights, made locally, offline, in seconds: "
+                     "it proves the path (build, Ollama, chat), not the answers"),
     )
 }
+
+TINY_IS_A_DEMO = "a random model that proves the path (build, Ollama, chat), not the answers: its replies are noise"
+TINY_NUM_PREDICT = 48  # replies of noise, cut short (the real models' generation_config allows 2048)
 
 HUBS = ("hf", "modelscope")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -36,18 +36,29 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the catalog
     from rich import box
     from rich.table import Table
 
+    con = render.console()
+    wide = con.width >= 112  # the repo column beside the sizes; on a narrower terminal, under the table
     table = Table(title="orch models  (GGUF sizes are estimates)", title_justify="left", box=box.SIMPLE_HEAD)
     for col, just in (("name", "left"), ("params", "right"), ("kind", "left"), ("graph", "left"), ("q4_K_M", "right"),
                       ("q8_0", "right"), ("f16", "right")):
         table.add_column(col, justify=just, no_wrap=True, min_width=len("28.6 GB") if just == "right" else None)
-    table.add_column("repo (Hugging Face, ModelScope)", overflow="fold", min_width=12)
+    repo_head = "repo (Hugging Face, ModelScope)"
+    if wide:
+        table.add_column(repo_head, overflow="fold", min_width=12)
+    repos = {}
     for r in rows:
         sizes = ["<0.1 GB" if r[k] < 0.1 else f"{r[k]} GB" for k in ("q4_K_M_gb", "q8_0_gb", "f16_gb")]
-        repos = {r["huggingface"], r["modelscope"]} - {None}
+        repos[r["name"]] = " / ".join(sorted({r["huggingface"], r["modelscope"]} - {None})) or "generated locally"
         params = f"{r['params_b']}B" if r["params_b"] >= 1 else f"{r['params_b'] * 1000:.0f}M"
-        table.add_row(r["name"], params, r["kind"], f"{r['layers']}L {r['positions']}",
-                      *sizes, " / ".join(sorted(repos)) or "generated locally")
-    render.console().print(table)
+        table.add_row(r["name"], params, r["kind"], f"{r['layers']}L {r['positions']}", *sizes, *([repos[r["name"]]] if wide else []))
+    con.print(table)
+    if not wide:
+        under = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        under.add_column("name", no_wrap=True)
+        under.add_column(repo_head, overflow="fold")
+        for name, repo in repos.items():
+            under.add_row(name, repo)
+        con.print(under)
 
 
 @app.command()
@@ -56,7 +67,7 @@ def build(
     hub: str = typer.Option("hf", "--source", help="Where a catalog name or repo id is fetched from: hf or modelscope."),
     revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo."),
     quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Comma-separated output types: f16, bf16, f32, q8_0, q6_K, q5_K_M, q4_K_M, …"),
-    output: Optional[Path] = typer.Option(None, "--dir", "-d", help="Build directory [default: ~/.local/share/orch/builds/NAME]."),
+    output: Optional[Path] = typer.Option(None, "--dir", "-d", help="Build directory [default: ~/.local/share/orch/builds/NAME, or $XDG_DATA_HOME/orch/builds/NAME]."),
     old_output: Optional[Path] = typer.Option(None, "--output", "-o", hidden=True),
     name: Optional[str] = typer.Option(None, "--name", help="Ollama model name NAME[:TAG] for the first type (others get a type tag)."),
     system: Optional[str] = typer.Option(None, "--system", help="A system prompt to put in the Modelfile."),
@@ -127,6 +138,10 @@ def _summary(plan, record: dict) -> None:
     con.print(f"\n[bold green]Built[/] {plan.stem}: Baichuan {m['generation']} "
               f"({m['layers']} layers, {m['positions']}, NormHead {'applied' if m['normhead'] else 'not used'}), "
               f"{'chat' if m['chat'] else 'base'} model")
+    if plan.source.kind == "tiny":
+        from orchestrator.builder.catalog import TINY_IS_A_DEMO
+
+        con.print(f"[yellow]tiny is {TINY_IS_A_DEMO}.[/] Build a real one with: orch build baichuan2-7b-chat", soft_wrap=True)
     table = Table(show_edge=False)
     for col in ("type", "file", "size", "sha256", "verified"):
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col != "file")

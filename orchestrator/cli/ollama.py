@@ -14,7 +14,8 @@ from orchestrator.cli.build import HOST_HELP, stack_host
 
 @app.command("register")
 def register_cmd(
-    target: Path = typer.Argument(..., metavar="TARGET", help="A build directory (every Modelfile build.json lists) or one Modelfile."),
+    target: Path = typer.Argument(..., metavar="TARGET", help="A build's name (tiny), a build directory (every Modelfile "
+                                  "build.json lists), or one Modelfile."),
     host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="Ollama name NAME[:TAG] [default: the one build.json records]."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the /api/show and /api/chat confirmation."),
@@ -24,15 +25,18 @@ def register_cmd(
 
     Examples:
 
-      orch register ~/.local/share/orch/builds/tiny
+      orch register tiny
 
       orch register ./builds/mybot/mybot.Q4_K_M.Modelfile --name mybot:v1 --host http://gpu-box:11434
     """
     from orchestrator.ollama import register
 
-    todo = register.jobs(target, name)
+    from orchestrator import paths
+
+    todo = register.jobs(paths.build_or_path(target), name)
     with render.RichReporter(quiet=as_json) as reporter:
-        results = [register.register(mf, model, stack_host(host), reporter=reporter, confirm=not no_check) for mf, model in todo]
+        results = [register.register(mf, model, stack_host(host), reporter=reporter, confirm=not no_check,
+                                             again="run this command again") for mf, model in todo]
     if as_json:
         render.print_json([r.as_dict() for r in results])
     else:
@@ -61,7 +65,7 @@ def chat_cmd(
 @app.command()
 def health(
     host: Optional[List[str]] = typer.Option(None, "--host", help=HOST_HELP + " Give it several times to probe several servers."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to probe [default: the first the server lists]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to probe [default: the one orch up --model gave the stack, else the first the server lists]."),
     webui: Optional[str] = typer.Option(None, "--webui", help="Open WebUI URL to check too, e.g. http://127.0.0.1:3000."),
     openai: bool = typer.Option(False, "--openai", help="Also probe the OpenAI-compatible /v1/chat/completions."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ORCH_API_KEY", help="With --webui: also chat through "
@@ -117,6 +121,10 @@ def health(
         raise typer.BadParameter(f"{cve_feed!r} is not {' or '.join(FEEDS)}", param_hint="--cve-feed")
     if api_key and not webui:
         raise typer.BadParameter("--api-key is checked through Open WebUI: pass --webui URL too", param_hint="--api-key")
+    if model is None and not host:  # the default stack's own model, not whichever the server happens to list first
+        from orchestrator.stack.lifecycle import default_model
+
+        model = default_model()
     specs = [probe.Probe(h, model=model, webui=webui, openai=openai, timeout=timeout, slow=slow, cve_feed=cve_feed, api_key=api_key)
              for h in (host or [stack_host(None)])]
     if not watch:

@@ -3,7 +3,8 @@
 For each concurrency level, that many simulated users each hold a
 conversation of `turns` turns at once, streaming every reply through
 /api/chat. Per level it reports the time to first token (p50, p95), tokens
-per second per user and in total, and errors. The loops are bounded: each
+per second per user (a reply's tokens over its time from sending to the last
+token, as the user waits for it) and in total, and errors. The loops are bounded: each
 reply is capped at `max_tokens`, each request at `timeout`, each level at
 `level_timeout` seconds; a level that runs out of time stops sending.
 """
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from orchestrator import names
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.ollama.client import START_IT, Ollama, StreamError, TransportError, explain
@@ -46,7 +48,6 @@ class Turn:
     ttft: float | None
     seconds: float
     tokens: int
-    eval_seconds: float
     error: str | None = None
     text: str = ""
 
@@ -105,10 +106,10 @@ def chat_once(server: Ollama, plan: BenchPlan, messages: list[dict]) -> Turn:
     try:
         s = server.read_stream("/api/chat", body, lambda line: (line.get("message") or {}).get("content", ""), plan.timeout)
     except StreamError as e:
-        return Turn(None, time.monotonic() - t0, 0, 0.0, str(e))
+        return Turn(None, time.monotonic() - t0, 0, str(e))
     except TransportError as e:
-        return Turn(None, time.monotonic() - t0, 0, 0.0, explain(e))
-    return Turn(s.ttft, s.seconds, int(s.final.get("eval_count") or 0), (s.final.get("eval_duration") or 0) / 1e9, text=s.text)
+        return Turn(None, time.monotonic() - t0, 0, explain(e))
+    return Turn(s.ttft, s.seconds, int(s.final.get("eval_count") or 0), text=s.text)
 
 
 def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
@@ -119,7 +120,9 @@ def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
     seconds = time.monotonic() - t0
     ok = [t for t in turns if t.error is None]
     ttfts = [t.ttft for t in ok if t.ttft is not None]
-    per_user = [t.tokens / t.eval_seconds for t in ok if t.eval_seconds > 0 and t.tokens]
+    # what a user sees: the reply's tokens over the time from sending it to its last token, the wait for a slot and the
+    # prompt included (Ollama's eval rate alone counted only decoding, and read 20 times the total for one user)
+    per_user = [t.tokens / t.seconds for t in ok if t.seconds > 0 and t.tokens]
     return Level(users=users, requests=len(turns), errors=len(turns) - len(ok), seconds=round(seconds, 3),
                  ttft_p50=_r(percentile(ttfts, 50)), ttft_p95=_r(percentile(ttfts, 95)),
                  tokens_per_s_per_user=_r(statistics.median(per_user)) if per_user else None,
@@ -135,14 +138,17 @@ def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILE
         if version is None:
             raise OrchError(f"no Ollama answered at {server.url}: {START_IT}")
         levels: list[Level] = []
-        with reporter.task("loading the model"):
+        served = server.models()
+        if served and plan.model not in served and names.full(plan.model) not in served:
+            raise OrchError(names.not_served(plan.model, served, server.url))
+        with reporter.task("loading the model"):  # kept out of the figures: the first level would count the load
             warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])
         if warm.error:
             raise OrchError(f"{plan.model} did not answer at {server.url} ({warm.error}): check the name with orch health")
         for users in plan.users:
             if stop is not None and stop.is_set():
                 break
-            with reporter.task(f"{users} concurrent users", total=None):
+            with reporter.task(f"{users} concurrent {plural(users, 'user')}", total=None):
                 levels.append(run_level(server, plan, users))
     holds = [lv.users for lv in levels if lv.meets(plan.ttft_target)]
     most = max(holds) if holds else 0
@@ -161,9 +167,13 @@ def _recommend(levels: list[Level], most: int, target: float) -> str:
     tried_more = [lv.users for lv in levels if lv.users > most]
     tail = (f"; at {tried_more[0]} users the p95 first token passes {target:g} s" if tried_more
             else "; try higher --users to find the limit")
-    return (f"holds {most} concurrent users with p95 first token {best.ttft_p95:.2f} s <= {target:g} s "
+    return (f"holds {most} concurrent {plural(most, 'user')} with p95 first token {best.ttft_p95:.2f} s <= {target:g} s "
             f"({best.tokens_per_s_total:.1f} tokens/s in total): set OLLAMA_NUM_PARALLEL={most}, so that each of them "
             f"has a slot and requests beyond them queue{tail}")
+
+
+def plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 def _r(x: float | None) -> float | None:

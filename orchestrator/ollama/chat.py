@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from orchestrator import names
 from orchestrator.errors import OrchError
 from orchestrator.ollama.client import START_IT, Ollama, Refused, TransportError
 
@@ -19,14 +20,20 @@ def chat(model: str, host: str | None = None, *, system: str | None = None, read
 
 def _converse(server: Ollama, model: str, system: str | None, read, write) -> None:
     try:
-        server.show(model)
+        shown = server.show(model)
     except Refused as e:
         if e.status_code == 404:
-            raise OrchError(f"{model} is not on the server at {server.url}: orch build it, or orch register a build") from None
+            raise OrchError(names.not_served(model, server.models(), server.url)) from None
         raise OrchError(f"the server at {server.url} refused {model}: {e.error}") from None
     except TransportError:
         raise OrchError(f"no Ollama answered at {server.url}: {START_IT}") from None
     write(f"Chatting with {model} at {server.url}. {HELP}\n")
+    info = getattr(shown, "modelinfo", None) or {}
+    if info.get("general.architecture") == "baichuan" and 0 < (info.get("general.parameter_count") or 0) < 1e9:
+        # no released Baichuan is under 7B: one this small is orch build tiny's (or a test's), with random weights
+        from orchestrator.builder.catalog import TINY_IS_A_DEMO
+
+        write(f"({model} is a tiny Baichuan of {info['general.parameter_count'] / 1e6:.0f}M parameters, {TINY_IS_A_DEMO})\n")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     unsent = ""  # a message the server never answered, sent again on an empty line
     while True:

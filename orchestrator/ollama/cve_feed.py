@@ -38,7 +38,7 @@ class Findings:
 
 def builtin(version: str) -> Findings | None:
     found = vulns.affecting(version)
-    return None if found is None else Findings(found, f"orch's built-in table (checked {vulns.TABLE_DATE})")
+    return None if found is None else Findings(found, f"orch's built-in table, checked {vulns.TABLE_DATE}")
 
 
 def findings(version: str, feed: str = "builtin", *, timeout: float = 5.0, now: float | None = None) -> Findings | None:
@@ -51,14 +51,14 @@ def findings(version: str, feed: str = "builtin", *, timeout: float = 5.0, now: 
     cache = paths.cache_home() / "osv" / f"ollama-{release}.json"
     cached = _cached(cache, now)
     if cached is not None:
-        return Findings(_with_table(table, cached[0]), f"OSV (cached answer from {_when(cached[1])}) and {table.source}")
+        return Findings(_with_table(table, cached[0]), f"OSV's answer cached {_when(cached[1])} and {table.source}")
     url = settings.osv_url()
     try:
         advisories = osv_query(url, release, timeout)
     except OsvUnusable as e:
         return Findings(table.advisories, table.source, f"OSV not used ({e})")
     _store(cache, now, advisories)
-    return Findings(_with_table(table, advisories), f"OSV ({url}, asked {_when(now)}) and {table.source}")
+    return Findings(_with_table(table, advisories), f"OSV at {url}, asked {_when(now)}, and {table.source}")
 
 
 def _with_table(table: Findings, found: list[vulns.Advisory]) -> list[vulns.Advisory]:

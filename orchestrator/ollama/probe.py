@@ -179,8 +179,7 @@ def _model(http, wanted: str | None):
         return OK, f"{len(models)} models; probing {models[0]}", {"model": models[0], "models": models}
     full = names.full(wanted)
     if full not in models and wanted not in models:
-        near = ", ".join(models[:5]) or "none"
-        raise ProbeError(f"model {wanted} is not on the server (it has: {near}): orch register it or pass --model")
+        raise ProbeError(names.not_served(wanted, models, http.url))
     return OK, "present", {"model": full}
 
 

@@ -101,6 +101,14 @@ def record_of(plan: StackPlan, runtime: str) -> StackRecord:
                        ollama_port=plan.ollama_port, host=plan.ollama_url, model=plan.default_model, webui=plan.webui)
 
 
+def default_model() -> str | None:
+    """The chat's default model of the default stack (orch up --model), for health and bench given no --host or --model."""
+    if settings.ollama_host():
+        return None
+    record = StackRecord.load(paths.default_stack_dir())
+    return record.model if record else None
+
+
 def default_ollama_url() -> str | None:
     """Where the default stack's Ollama answers, for commands given no --host and no $OLLAMA_HOST (None: no stack)."""
     if settings.ollama_host():
