@@ -11,6 +11,20 @@ def default_build_dir(slug: str) -> Path:
     return data_home() / "builds" / slug
 
 
+def build_or_path(target: Path) -> Path:
+    """What a command given a build takes: the path itself when it exists, else the build of that name in orch's
+    builds/ (`orch build tiny`, then `orch k8s render tiny`; a model:tag names its build too)."""
+    text = str(target)
+    if target.exists() or "/" in text or not text:
+        return target
+    from orchestrator.builder.catalog import slug
+
+    for name in dict.fromkeys((text, slug(text), slug(text.split(":", 1)[0]))):
+        if (candidate := default_build_dir(name)).is_dir():
+            return candidate
+    return target
+
+
 def default_stack_dir() -> Path:
     return data_home() / "stack"
 

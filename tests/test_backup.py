@@ -105,6 +105,8 @@ BAD_ARCHIVES = {
                                 "does not match its sha256"),
     "a file added": (lambda a, out: rewrite(a, out, lambda n, d: d) and _append(out), "does not hold what its manifest lists"),
     "not a backup at all": (lambda a, out: out.write_bytes(gzip.compress(b"hello")) and out, "is not a complete orch backup"),
+    "a text file": (lambda a, out: out.write_bytes(b"my-host\n") and out, "is not an orch backup (not a gzip'd tar)"),
+    "a directory": (lambda a, out: out.mkdir() or out, "is a directory: pass one backup file in it"),
 }
 
 

@@ -102,6 +102,19 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "stack").exists()
 
 
+def test_an_ollama_already_on_the_port_is_offered_as_the_host_to_use(tmp_path, real_ollama, real_ollama_on_path, unused_port):
+    """The real Ollama, started by the user on the port the stack's own Ollama would take."""
+    server = real_ollama()
+    port = int(server.url.rsplit(":", 1)[1])
+    proc = cli("up", "--runtime", "native", "--dir", str(tmp_path / "stack"), "--bind", "127.0.0.1", "--port", str(unused_port),
+               "--ollama-port", str(port), check=False)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"port {port} on 127.0.0.1 for Ollama is already in use" in line
+    assert f"by an Ollama: use it with --host http://127.0.0.1:{port}" in line
+    assert not (tmp_path / "stack").exists()
+
+
 def test_a_native_dry_run_shows_the_native_plan(tmp_path, monkeypatch):
     """supervisord's programs, the ollama found (or how to get it), Open WebUI's virtualenv; no compose, no ufw note."""
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no ollama here

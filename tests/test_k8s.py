@@ -240,6 +240,17 @@ def test_no_such_build_is_one_line(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "k8s").exists()
 
 
+def test_a_build_is_taken_by_the_name_orch_build_gave_it(tiny_build, isolated_home, tmp_path):
+    """`orch build tiny` then `orch k8s render tiny` (and `orch register tiny`): the name finds the build in orch's builds/."""
+    import shutil
+
+    shutil.copytree(tiny_build, isolated_home / "data" / "orch" / "builds" / "tiny")
+    render(Path("tiny"), tmp_path / "k8s")
+    assert (tmp_path / "k8s" / "kustomization.yaml").is_file()
+    (reg,) = json.loads(cli("register", "tiny", "--host", "http://127.0.0.1:9", "--json", check=False).stdout)
+    assert str(isolated_home / "data" / "orch" / "builds" / "tiny") in reg["command"]
+
+
 @pytest.fixture
 def kubeconfig(tmp_path, unused_port, monkeypatch):
     """A kube context whose cluster is a port nothing listens on."""

@@ -153,11 +153,22 @@ def test_no_server_is_a_clear_failure_for_register(tiny_build, unused_port):
     assert f"no Ollama answered at http://127.0.0.1:{unused_port}" in proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_the_advice_without_a_server_is_the_users_own_command_again(tiny_build, unused_port):
+def test_the_advice_without_a_server_is_to_start_one_and_run_the_same_command_again(tiny_build, unused_port):
     (mf,) = tiny_build.glob("*.Modelfile")
     proc = cli("register", str(mf), "--name", "mybot:v1", "--host", f"127.0.0.1:{unused_port}", check=False)
     assert proc.returncode == 1
-    assert f"then run: orch register {mf} --name mybot:v1 --host http://127.0.0.1:{unused_port}" in " ".join(proc.stdout.split())
+    said = " ".join(proc.stdout.split())
+    assert "start one (ollama serve, or orch up), then run this command again" in said and "orch register" not in said
+
+
+def test_a_build_without_a_server_says_which_register_line_to_run_later(tiny_build, unused_port):
+    """What orch build registers at its end (register_build): its output names the orch register line for later."""
+    from orchestrator.ollama.register import register_build
+
+    (reg,) = register_build(tiny_build, f"127.0.0.1:{unused_port}")
+    (mf,) = tiny_build.glob("*.Modelfile")
+    assert reg.status == "skipped"
+    assert reg.message.endswith(f"then run: orch register {mf.resolve()} --name {reg.name} --host http://127.0.0.1:{unused_port}")
 
 
 def test_a_gguf_given_to_register_is_refused_up_front_saying_what_to_pass(tiny_build):

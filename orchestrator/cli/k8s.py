@@ -11,7 +11,7 @@ from orchestrator.cli import OrchTyper, app, render, renamed
 
 k8s = OrchTyper(help="The stack on Kubernetes: render plain manifests (a kustomize directory), apply them, watch them, take them down.\n\n"
                 "Examples:\n\n"
-                "  orch k8s render ~/.local/share/orch/builds/baichuan2-7b-chat --replicas 3 --gpu --namespace chat --dir ./k8s\n\n"
+                "  orch k8s render baichuan2-7b-chat --replicas 3 --gpu --namespace chat --dir ./k8s\n\n"
                 "  orch k8s apply --dir ./k8s\n\n"
                 "  orch k8s status --dir ./k8s\n\n"
                 "  orch k8s logs ollama --dir ./k8s\n\n"
@@ -22,7 +22,8 @@ app.add_typer(k8s, name="k8s")
 
 @k8s.command("render")
 def render_cmd(
-    build: Path = typer.Argument(..., metavar="BUILD", help="An orch build directory (its first type), or a Modelfile beside its GGUF."),
+    build: Path = typer.Argument(..., metavar="BUILD", help="A build's name (as orch build gave it: tiny), an orch build directory "
+                                 "(its first type), or a Modelfile beside its GGUF."),
     out: Optional[Path] = typer.Option(None, "--dir", "-d", help="Directory for the manifests and kustomization.yaml [default: k8s]."),
     old_out: Optional[Path] = typer.Option(None, "--out", "-o", hidden=True),
     namespace: str = typer.Option("orch", "--namespace", "-n", help="Namespace for everything (a DNS-1123 label)."),
@@ -53,7 +54,11 @@ def render_cmd(
 ) -> None:
     """Write the manifests and kustomization.yaml for BUILD; applies nothing.
 
-    Example: orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --dir ./k8s
+    Examples:
+
+      orch k8s render tiny
+
+      orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --dir ./k8s
     """
     from orchestrator.errors import BadInput
     from orchestrator.stack.kubernetes import manifests, plan as planning
@@ -61,7 +66,9 @@ def render_cmd(
     out = renamed(out, old_out, new="--dir", old="--out") or Path("k8s")
     if model_volume not in ("pvc", "hostpath"):
         raise BadInput(f"--model-volume {model_volume!r} is not pvc or hostpath")
-    plan = planning.make_plan(build, out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
+    from orchestrator import paths
+
+    plan = planning.make_plan(paths.build_or_path(build), out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
                               node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
                               model_volume=model_volume, host_path=host_path, model_url=model_url, storage_class=storage_class, host=host,
                               tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,

@@ -10,7 +10,7 @@ import typer
 from orchestrator.cli import OrchTyper, app, render, renamed
 from orchestrator.errors import BadInput, OrchError
 
-STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack]."
+STACK_DIR_HELP = "Stack directory for compose.yaml and .env [default: ~/.local/share/orch/stack, or $XDG_DATA_HOME/orch/stack]."
 
 
 def _stack_dir(directory: Optional[Path]) -> Path:
@@ -243,7 +243,15 @@ def api_key_create(
     from orchestrator.stack import choice as runtime
 
     _, record = runtime.load(d)
-    _print_api(render.console(), f"{url}/api", record.model or "MODEL", key, str(d / api_keys.KEYS_FILE))
+    _print_api(render.console(), f"{url}/api", record.model or _a_served_model(record.ollama_url), key, str(d / api_keys.KEYS_FILE))
+
+
+def _a_served_model(ollama_url: str) -> str:
+    """A model the stack's Ollama has, for the example lines (MODEL when it has none or does not answer)."""
+    from orchestrator.ollama.client import Ollama
+
+    with Ollama(ollama_url, timeout=5.0, connect=2.0) as server:
+        return next(iter(server.models()), "MODEL")
 
 
 @api_key_app.command("list")

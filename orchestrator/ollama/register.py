@@ -74,12 +74,13 @@ def jobs(target: Path, name: str | None = None) -> list[tuple[Path, str]]:
 
 
 def register(modelfile: Path, name: str, host: str | None = None, *, reporter: Reporter = SILENT, confirm: bool = True,
-             timeout: float = 300.0, beside_only: bool = False) -> Registration:
+             timeout: float = 300.0, beside_only: bool = False, again: str | None = None) -> Registration:
     """Register `modelfile` as `name`; an unreachable server is reported as skipped, never raised.
 
     Only a file that is a GGUF is ever uploaded, whatever FROM names; with
     `beside_only` (what orch up registers by itself) FROM must also name a file
-    in the Modelfile's own directory, as orch's Modelfiles do.
+    in the Modelfile's own directory, as orch's Modelfiles do. `again` is what to
+    do once a server runs (default: the orch register line, for a build's output).
     """
     names.validate(name)
     modelfile = Path(modelfile).resolve()
@@ -95,8 +96,8 @@ def register(modelfile: Path, name: str, host: str | None = None, *, reporter: R
         reg = Registration(name, "skipped", "", manual_command(name, modelfile, server.url), host=server.url)
         version = server.version()
         if version is None:
-            again = f"orch register {modelfile} --name {name}" + (f" --host {server.url}" if host else "")
-            reg.message = f"no Ollama answered at {server.url}: start one (ollama serve, or orch up), then run: {again}"
+            again = again or "run: " + f"orch register {modelfile} --name {name}" + (f" --host {server.url}" if host else "")
+            reg.message = f"no Ollama answered at {server.url}: start one (ollama serve, or orch up), then {again}"
             return reg
         try:
             reg.digest = _digest(gguf, reporter)

@@ -97,8 +97,14 @@ def open_checked(path: Path, into: Path, *, limit: int) -> Listing:
     """Open `path` (a gzip'd tar) and judge every member before anything is written: only regular files and
     directories with safe, distinct names, their sizes adding up to no more than `limit` and than `into`'s disk
     holds. Any other archive is a BadInput of one line."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory: pass one backup file in it, such as the newest of the stack's backups/ "
+                       "(orch backup writes them there)")
     if not path.is_file():
         raise BadInput(f"{path} does not exist: pass a file orch backup wrote")
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":  # every orch backup is gzip'd: anything else was never one, rather than cut
+            raise BadInput(f"{path} is not an orch backup (not a gzip'd tar): pass a file orch backup wrote")
     try:
         tar = tarfile.open(path, mode="r:gz")
     except (tarfile.TarError, EOFError, OSError) as e:

@@ -60,8 +60,22 @@ def port_free(bind: str, port: int, what: str) -> None:
         try:
             s.bind((bind, port))
         except OSError as e:
-            raise OrchError(f"port {port} on {bind} for {what} is already in use ({e.strerror}): stop what listens there "
+            taken = f"port {port} on {bind} for {what} is already in use ({e.strerror})"
+            if what == "Ollama" and (url := _ollama_at(bind, port)):
+                raise OrchError(f"{taken} by an Ollama: use it with --host {url}, or stop it, or pass --ollama-port "
+                                "with another port") from None
+            raise OrchError(f"{taken}: stop what listens there "
                             f"or pass {'--port' if what == 'Open WebUI' else '--ollama-port'} with another port") from None
+
+
+def _ollama_at(bind: str, port: int) -> str | None:
+    """The URL of an Ollama answering on the port (one the user already runs, which the stack can use as it is)."""
+    from orchestrator.ollama.client import Ollama
+
+    host = "127.0.0.1" if bind in ("0.0.0.0", "") else "::1" if bind == "::" else bind
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    with Ollama(url, timeout=3.0, connect=2.0) as server:
+        return url if server.version() is not None else None
 
 
 def disk(path: Path, need: int = MIN_FREE_BYTES) -> None:
