@@ -39,7 +39,9 @@ OSV_URL = "https://api.osv.dev/v1/query"
 OLLAMA_HOST = "OLLAMA_HOST"  # Ollama's own: the server orch talks to when no --host is given
 WEBUI_VERSION_ENV = "ORCH_WEBUI_VERSION"  # another Open WebUI release than the pinned one (held back, or tried ahead)
 WEBUI_VENV_ENV = "ORCH_WEBUI_VENV"  # where Open WebUI's virtualenv lives [default: ~/.local/share/orch/open-webui-venv-VERSION]
-WEBUI_PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, e.g. "torch==2.13.0" for a CPU-only wheel
+WEBUI_PREINSTALL_ENV = "ORCH_WEBUI_PREINSTALL"  # pip requirements installed first, instead of the CPU torch (below)
+TORCH_CPU_INDEX_ENV = "ORCH_TORCH_CPU_INDEX"  # where CPU-only torch wheels come from on a box with no GPU (a mirror, or "none")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's torch is a CUDA build on Linux: ~3 GB of nvidia-* wheels
 OSV_URL_ENV = "ORCH_OSV_URL"  # a mirror of OSV's API (or a test's double)
 KUBECTL_ENV = "ORCH_KUBECTL"
 LLAMA_CPP_ENV = "ORCH_LLAMA_CPP"  # a llama.cpp tree to use instead of the pinned release
@@ -85,6 +87,11 @@ def webui_venv() -> Path | None:
 
 def webui_preinstall() -> list[str]:
     return get(WEBUI_PREINSTALL_ENV).split()
+
+
+def torch_cpu_index() -> str | None:
+    value = get(TORCH_CPU_INDEX_ENV) or TORCH_CPU_INDEX
+    return None if value == "none" else value
 
 
 def kubectl() -> str | None:

@@ -66,7 +66,28 @@ def installed_exe(release: dict) -> Path:
     return venv / "bin" / "open-webui"
 
 
-def ensure_webui(reporter: Reporter) -> Path:
+@dataclass(frozen=True)
+class PipStep:
+    args: tuple[str, ...]  # what follows `pip install`
+    optional: str | None = None  # when set, a failure is this note and the install goes on
+
+
+def install_steps(package: str, *, gpu: bool) -> list[PipStep]:
+    """What goes into Open WebUI's virtualenv, in order. On a box with no GPU, torch comes first from a CPU-only index
+    (0.2 GB, not PyPI's CUDA build of 3 GB more), so that Open WebUI's own requirement finds it there and pip installs
+    no second one; where that index does not answer, PyPI's torch comes with Open WebUI, as before."""
+    if preinstall := settings.webui_preinstall():
+        return [PipStep((r,)) for r in preinstall] + [PipStep((package,))]
+    index = settings.torch_cpu_index()
+    if gpu or index is None:
+        return [PipStep((package,))]
+    return [PipStep(("torch", "--index-url", index, "--timeout", "20", "--retries", "1"),
+                    optional=f"the CPU-only torch from {index} could not be installed (see the log): Open WebUI gets PyPI's, a "
+                             f"CUDA build of about 3 GB more; set {settings.TORCH_CPU_INDEX_ENV} to a mirror of that index"),
+            PipStep((package,))]
+
+
+def ensure_webui(reporter: Reporter, *, gpu: bool = False) -> Path:
     """The open-webui executable, installed into its own virtualenv on first use."""
     venv = webui_venv()
     exe = venv / "bin" / "open-webui"
@@ -77,14 +98,22 @@ def ensure_webui(reporter: Reporter) -> Path:
     reporter.note(f"installing {package} into {venv} (once; several minutes)")
     if not (venv / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    run_pip(venv, install_steps(package, gpu=gpu), reporter)
+    marker.write_text(package + "\n")
+    return exe
+
+
+def run_pip(venv: Path, steps: list[PipStep], reporter: Reporter) -> None:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     log = venv / "install.log"
     with open(log, "ab") as out:
-        for requirement in settings.webui_preinstall() + [package]:
-            if subprocess.run([*pip, requirement], stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                raise OrchError(f"pip could not install {requirement} into {venv}: see {log} (a PyPI mirror can be set with PIP_INDEX_URL)")
-    marker.write_text(package + "\n")
-    return exe
+        for step in steps:
+            if subprocess.run([*pip, *step.args], stdout=out, stderr=subprocess.STDOUT).returncode == 0:
+                continue
+            if step.optional is None:
+                raise OrchError(f"pip could not install {step.args[0]} into {venv}: see {log} "
+                                "(a PyPI mirror can be set with PIP_INDEX_URL)")
+            reporter.note(f"{step.optional} (log: {log})", "warning")
 
 
 @dataclass
@@ -314,7 +343,7 @@ class NativeRuntime:
         become healthy, the old one is started again on the data as it was.
         """
         plan.directory.mkdir(parents=True, exist_ok=True)
-        exe = ensure_webui(reporter) if plan.webui else None
+        exe = ensure_webui(reporter, gpu=plan.gpu) if plan.webui else None
         env_path = plan.directory / ".env"
         created = write_env(env_path)
         wanted = services(plan, exe)
