@@ -52,6 +52,25 @@ def test_the_report_counts_the_tokens_it_scores(built, checkpoint, tmp_path):
     assert not list(tmp_path.glob("quality.tokens")), "the count is not left in the build"
 
 
+def test_a_longer_quant_list_converts_nothing_again_and_measures_only_the_type_it_adds(checkpoint, tmp_path):
+    """At 7B a conversion is a 15 GB F16 and the report reads every type: a second --quant list redoes neither."""
+    from orchestrator.builder import catalog
+    from orchestrator.builder.pipeline import run_build
+    from orchestrator.builder.plan import make_plan
+
+    out = tmp_path / "b"
+    first = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--no-register", "--dir", str(out),
+                           "--json").stdout)
+    shown = cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--eval-tokens", "64", "--no-register", "--dir", str(out))
+    assert "Kept for another --quant list: " in shown.stdout and ".F16.gguf" in shown.stdout
+    reporter = Recording()
+    again = run_build(make_plan(catalog.resolve(str(checkpoint(32))), quant="q4_K_M,q8_0", output=out, eval_tokens=64), reporter)
+    assert {"convert", "quantize:Q4_K_M"} <= set(again["resumed_stages"]) and "quantize:Q8_0" not in again["resumed_stages"]
+    assert [b["description"] for b in reporter.bars if b["description"].startswith("quality of")] == ["quality of Q8_0"]
+    by_type = {a["type"]: a["quality"] for a in again["artifacts"]}
+    assert by_type["Q4_K_M"] == first["artifacts"][0]["quality"] and by_type["Q8_0"]["top1_agreement"] > 0
+
+
 def test_no_eval_skips_the_report_and_min_top1_fails_the_build_in_one_line(checkpoint, tmp_path):
     out = tmp_path / "b"
     record = json.loads(cli("build", str(checkpoint(32)), "--quant", "q4_K_M", "--no-eval", "--no-register", "--dir", str(out),

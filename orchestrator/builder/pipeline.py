@@ -85,6 +85,10 @@ class Keys:
         return fingerprint(self.convert, [self.quantize(a.quant) for a in measured(plan)], plan.eval_tokens,
                            sha256_file(quality.CALIBRATION))
 
+    def measurement(self, plan: BuildPlan, quant: str) -> str:
+        """One type's figures: a --quant list that changes keeps those of the types it still names."""
+        return fingerprint(self.convert, self.quantize(quant), plan.eval_tokens, sha256_file(quality.CALIBRATION))
+
 
 @dataclass
 class Stages:
@@ -168,10 +172,10 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
                                           lambda art=art, path=path: quantize(plan, src, path, art.quant, matrix, tools, reporter),
                                           outputs=[path])
     reporter.reached("build quantize")
-    report = stages.run("quality", keys.quality(plan), lambda: evaluate(plan, src, matrix, tools, reporter)) if measured(plan) else {}
+    report = stages.run("quality", keys.quality(plan), lambda: evaluate(plan, src, keys, matrix, tools, reporter)) if measured(plan) else {}
     baseline(plan).unlink(missing_ok=True)
-    if plan.base_gguf.parent == plan.work and plan.base_gguf.exists():
-        plan.base_gguf.unlink()  # the intermediate is no longer needed once every quantization is done
+    # the unquantized GGUF stays in .orch/: another --quant list quantizes it again instead of converting (at 7B a
+    # 15 GB F16, which the build summary names with its size; deleting .orch/ frees it)
 
     checks = {}
     for art in plan.artifacts:
@@ -365,16 +369,24 @@ def quantize(plan: BuildPlan, src: Sources, path: Path, quant: str, matrix: dict
     return _file_record(path)
 
 
-def evaluate(plan: BuildPlan, src: Sources, matrix: dict | None, tools, reporter: Reporter) -> dict:
+def evaluate(plan: BuildPlan, src: Sources, keys: Keys, matrix: dict | None, tools, reporter: Reporter) -> dict:
+    """The report for every measured type; a type measured before on the same bytes, budget and text keeps its figures
+    (.orch/quality-figures.json), so a --quant list that grows measures only what it adds."""
     tokens = quality.calibration_tokens(src.ckpt.path / "tokenizer.model", plan.eval_tokens, src.ckpt.bos_id)
-    to_measure = {a.quant: plan.output / a.gguf for a in measured(plan)}
+    known_file = plan.work / "quality-figures.json"
+    known = json.loads(known_file.read_text()) if known_file.is_file() else {}
+    wanted = {a.quant: keys.measurement(plan, a.quant) for a in measured(plan)}
+    to_measure = {a.quant: plan.output / a.gguf for a in measured(plan) if wanted[a.quant] not in known}
     if matrix and GAIN_TYPE in to_measure:
         quantize(plan, src, baseline(plan), GAIN_TYPE, None, tools, reporter)
         to_measure[f"{GAIN_TYPE} without imatrix"] = baseline(plan)
-    figures = quality.evaluate(plan.base_gguf, to_measure, tokens, work=plan.work, reporter=reporter)
-    if (without := figures.pop(f"{GAIN_TYPE} without imatrix", None)) is not None:
-        figures[GAIN_TYPE]["without_imatrix"] = without
-    return {"calibration": quality.describe(tokens) | {"reference": plan.base_type}, "types": figures}
+    if to_measure:
+        figures = quality.evaluate(plan.base_gguf, to_measure, tokens, work=plan.work, reporter=reporter)
+        if (without := figures.pop(f"{GAIN_TYPE} without imatrix", None)) is not None:
+            figures[GAIN_TYPE]["without_imatrix"] = without
+        known |= {wanted[q]: f for q, f in figures.items()}
+        write_text(known_file, json.dumps(known, indent=2))
+    return {"calibration": quality.describe(tokens) | {"reference": plan.base_type}, "types": {q: known[fp] for q, fp in wanted.items()}}
 
 
 def verify(plan: BuildPlan, ckpt: checkpoint.Checkpoint, path: Path, reporter: Reporter) -> dict:

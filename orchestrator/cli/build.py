@@ -153,6 +153,11 @@ def _summary(plan, record: dict) -> None:
     if "quality" in record:
         _quality_table(con, record)
     con.print(f"Directory: {plan.output}  (build.json records sources, hashes, llama.cpp version and timings)")
+    if plan.base_gguf.parent == plan.work and plan.base_gguf.is_file():
+        from rich.filesize import decimal
+
+        con.print(f"Kept for another --quant list: {plan.base_gguf} ({decimal(plan.base_gguf.stat().st_size)}); "
+                  f"deleting {plan.work} frees it", soft_wrap=True)
     if record.get("resumed_stages"):
         con.print(f"Already done, skipped: {', '.join(record['resumed_stages'])}")
     for r in record.get("registration", []):
