@@ -39,7 +39,7 @@ def test_reading_a_checkpoint(checkpoint):
     ck = ckpt_mod.read(checkpoint(32))
     assert (ck.generation, ck.normhead, ck.layers, ck.positions, ck.chat) == (2, True, 32, "rope", True)
     assert (ck.markers.user_piece, ck.markers.assistant_piece) == (USER_PIECE, ASSISTANT_PIECE)
-    assert ck.defaults.as_parameters() == {"temperature": 0.3, "top_k": 5, "top_p": 0.85, "repeat_penalty": 1.05, "num_predict": 2048}
+    assert ck.defaults.as_parameters() == {"temperature": 0.3, "top_k": 5, "top_p": 0.85, "repeat_penalty": 1.05, "num_predict": 48}
     assert "modeling_baichuan.py" not in ck.needed_files()
 
 
