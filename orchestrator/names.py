@@ -22,6 +22,11 @@ def full(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def is_served(wanted: str, served: list[str]) -> bool:
+    """Whether a server listing `served` has `wanted` (which may leave out its :latest)."""
+    return wanted in served or full(wanted) in served
+
+
 def not_served(wanted: str, served: list[str], where: str) -> str:
     """The line for a model a server lacks: the nearest names it has (a tag mistyped or left out), else all it has."""
     import difflib

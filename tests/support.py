@@ -21,6 +21,10 @@ class Recording(Reporter):
 
     def __init__(self):
         self.bars = []
+        self.notes: list[tuple[str, str]] = []  # (level, text)
+
+    def note(self, text, level="info"):
+        self.notes.append((level, text))
 
     def task(self, description, total=None, unit="bytes"):
         bar = {"description": description, "total": total, "unit": unit, "completed": []}

@@ -119,7 +119,8 @@ def test_a_key_reaches_the_model_through_open_webui_and_nothing_else(real_ollama
         answer = subprocess.run(["bash", "-c", "\n".join(pasted)], capture_output=True, text=True, timeout=300,
                                 env={k: v for k, v in os.environ.items() if k != "ORCH_API_KEY"})
         assert json.loads(answer.stdout)["choices"][0]["message"]["content"], answer.stdout + answer.stderr
-        orch("api-key", "revoke", "paste-bot", "--dir", str(stack)) and status("/api/chat/completions", key, "POST") == 200
+        orch("api-key", "revoke", "paste-bot", "--dir", str(stack))
+        assert status("/api/chat/completions", key, "POST") == 200, "the first key outlives another's revocation"
 
         # and Ollama itself answered only on loopback all along
         ollama_pid = pid_of(stack, "ollama")

@@ -1,5 +1,5 @@
 """What goes into Open WebUI's virtualenv for the native runtime: on a box with no GPU, a CPU-only torch first, so that
-PyPI's CUDA build (about 3 GB of nvidia-* wheels) is never installed beside or instead of it."""
+PyPI's CUDA build (2.7 GB of nvidia-* packages, installed) is never installed beside or instead of it."""
 
 from __future__ import annotations
 
@@ -9,19 +9,11 @@ import sys
 import pytest
 
 from orchestrator.errors import OrchError
-from orchestrator.events import Reporter
 from orchestrator.stack import native
 from orchestrator.stack.native import PipStep
+from support import Recording
 
 PACKAGE = "open-webui==0.12.4"
-
-
-class Notes(Reporter):
-    def __init__(self):
-        self.notes: list[tuple[str, str]] = []
-
-    def note(self, text, level="info"):
-        self.notes.append((level, text))
 
 
 @pytest.mark.parametrize("gpu, env, first", [
@@ -52,7 +44,7 @@ def venv(tmp_path_factory):
 
 def test_an_index_that_does_not_answer_is_a_warning_and_the_install_goes_on(venv, unused_port):
     """A loopback port nothing listens on stands for a CPU index this network cannot reach."""
-    notes = Notes()
+    notes = Recording()
     native.run_pip(venv, [PipStep(("torch", "--index-url", f"http://127.0.0.1:{unused_port}/simple", "--timeout", "2",
                                    "--retries", "0"), optional="the CPU-only torch could not be installed"),
                           PipStep(("--no-index", "pip"))], notes)
@@ -64,6 +56,6 @@ def test_an_index_that_does_not_answer_is_a_warning_and_the_install_goes_on(venv
 def test_a_required_step_that_fails_is_one_line_naming_the_log(venv, unused_port):
     with pytest.raises(OrchError) as e:
         native.run_pip(venv, [PipStep(("open-webui", "--index-url", f"http://127.0.0.1:{unused_port}/simple", "--timeout", "2",
-                                       "--retries", "0"))], Notes())
+                                       "--retries", "0"))], Recording())
     assert "pip could not install open-webui" in str(e.value) and str(venv / "install.log") in str(e.value)
     assert "\n" not in str(e.value)

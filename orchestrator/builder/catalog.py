@@ -60,7 +60,6 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 TINY_IS_A_DEMO = "a random model that proves the path (build, Ollama, chat), not the answers: its replies are noise"
-TINY_NUM_PREDICT = 48  # replies of noise, cut short (the real models' generation_config allows 2048)
 
 HUBS = ("hf", "modelscope")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -100,7 +100,7 @@ def tiny_checkpoint(layers: int = 32) -> Path:
     """The tiny model for `orch build tiny`, generated once into the cache."""
     from orchestrator.builder.tiny import make_tiny_checkpoint
 
-    dest = paths.cache_home() / "models" / f"tiny-{layers}"
+    dest = paths.cache_home() / "models" / f"tiny-{layers}-v2"  # v2: replies of 48 tokens (v1 allowed 2048)
     if not (dest / "config.json").is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         make_tiny_checkpoint(dest, layers)

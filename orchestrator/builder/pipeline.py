@@ -23,7 +23,7 @@ from pathlib import Path
 from orchestrator import __version__, modelfile
 from orchestrator.builder import adapter as adapters
 from orchestrator.builder import checkpoint, fetch, quality, quants
-from orchestrator.builder.catalog import TINY_IS_A_DEMO, TINY_NUM_PREDICT
+from orchestrator.builder.catalog import TINY_IS_A_DEMO
 from orchestrator.builder.llamacpp import provision
 from orchestrator.builder.plan import BuildPlan
 from orchestrator.builder.state import BuildState, fingerprint
@@ -401,15 +401,13 @@ def verify(plan: BuildPlan, ckpt: checkpoint.Checkpoint, path: Path, reporter: R
 def write_modelfiles(plan: BuildPlan, ckpt: checkpoint.Checkpoint) -> None:
     license_text = modelfile.license_text(ckpt.path, ckpt.license_files)
     demo = plan.source.kind == "tiny"
-    # the tiny model's weights are random: its replies are noise, so a chat with it stops soon instead of after 2048 tokens
-    parameters = ckpt.defaults.as_parameters() | ({"num_predict": TINY_NUM_PREDICT} if demo else {})
     for art in plan.artifacts:
         spec = modelfile.ModelfileSpec(
             gguf=art.gguf, modelfile_name=art.modelfile, ollama_name=art.ollama_name,
             title=f"{plan.stem} {art.quant} ({'chat' if ckpt.chat else 'base'}, Baichuan {ckpt.generation})"
                   + (f": {TINY_IS_A_DEMO}" if demo else ""),
             source=plan.source.describe() + (f" with the LoRA adapter {plan.adapter}" if plan.adapter else ""),
-            markers=ckpt.markers.pieces if ckpt.markers else None, parameters=parameters,
+            markers=ckpt.markers.pieces if ckpt.markers else None, parameters=ckpt.defaults.as_parameters(),
             system=plan.system, license=license_text)
         write_text(plan.output / art.modelfile, modelfile.render(spec))
 

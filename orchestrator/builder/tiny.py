@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.builder.catalog import TINY_NUM_PREDICT
-
 RESERVED_RANGE = range(100, 112)  # <reserved_100> .. <reserved_111>; 106/107 are the chat markers
 TOKENIZER_PIECES = 1024
 USER_PIECE = "<reserved_106>"
 ASSISTANT_PIECE = "<reserved_107>"
+MAX_NEW_TOKENS = 48  # random weights never say EOS: a reply is as long as this allows (the released models allow 2048)
 
 
 @dataclass(frozen=True)
@@ -199,9 +198,7 @@ def make_tiny_checkpoint(
         user_id, assistant_id = sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE)
 
         _write_json(tmp / "config.json", _config(shape, generation, dtype))
-        # random weights never say EOS: a reply is as long as this allows (the released models' 2048 would be minutes
-        # of noise in a chat)
-        gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_new_tokens": TINY_NUM_PREDICT}
+        gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_new_tokens": MAX_NEW_TOKENS}
         if chat:
             gen |= {
                 "user_token_id": user_id,

@@ -29,9 +29,8 @@ def register_cmd(
 
       orch register ./builds/mybot/mybot.Q4_K_M.Modelfile --name mybot:v1 --host http://gpu-box:11434
     """
-    from orchestrator.ollama import register
-
     from orchestrator import paths
+    from orchestrator.ollama import register
 
     todo = register.jobs(paths.build_or_path(target), name)
     with render.RichReporter(quiet=as_json) as reporter:

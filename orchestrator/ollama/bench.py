@@ -139,7 +139,7 @@ def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILE
             raise OrchError(f"no Ollama answered at {server.url}: {START_IT}")
         levels: list[Level] = []
         served = server.models()
-        if served and plan.model not in served and names.full(plan.model) not in served:
+        if served and not names.is_served(plan.model, served):
             raise OrchError(names.not_served(plan.model, served, server.url))
         with reporter.task("loading the model"):  # kept out of the figures: the first level would count the load
             warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])

@@ -177,10 +177,9 @@ def _model(http, wanted: str | None):
         if not models:
             raise ProbeError("the server has no models: orch build tiny, or orch register a build")
         return OK, f"{len(models)} models; probing {models[0]}", {"model": models[0], "models": models}
-    full = names.full(wanted)
-    if full not in models and wanted not in models:
+    if not names.is_served(wanted, models):
         raise ProbeError(names.not_served(wanted, models, http.url))
-    return OK, "present", {"model": full}
+    return OK, "present", {"model": names.full(wanted)}
 
 
 def _generate(http, model: str, p: Probe):

@@ -101,19 +101,20 @@ def record_of(plan: StackPlan, runtime: str) -> StackRecord:
                        ollama_port=plan.ollama_port, host=plan.ollama_url, model=plan.default_model, webui=plan.webui)
 
 
+def _default_stack() -> StackRecord | None:
+    """The default stack, for commands given no --host: none when $OLLAMA_HOST names another server."""
+    return None if settings.ollama_host() else StackRecord.load(paths.default_stack_dir())
+
+
 def default_model() -> str | None:
-    """The chat's default model of the default stack (orch up --model), for health and bench given no --host or --model."""
-    if settings.ollama_host():
-        return None
-    record = StackRecord.load(paths.default_stack_dir())
+    """The chat's default model of the default stack (orch up --model), for health given no --host or --model."""
+    record = _default_stack()
     return record.model if record else None
 
 
 def default_ollama_url() -> str | None:
     """Where the default stack's Ollama answers, for commands given no --host and no $OLLAMA_HOST (None: no stack)."""
-    if settings.ollama_host():
-        return None
-    record = StackRecord.load(paths.default_stack_dir())
+    record = _default_stack()
     return record.ollama_url if record else None
 
 

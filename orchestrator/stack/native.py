@@ -74,7 +74,7 @@ class PipStep:
 
 def install_steps(package: str, *, gpu: bool) -> list[PipStep]:
     """What goes into Open WebUI's virtualenv, in order. On a box with no GPU, torch comes first from a CPU-only index
-    (0.2 GB, not PyPI's CUDA build of 3 GB more), so that Open WebUI's own requirement finds it there and pip installs
+    (not PyPI's CUDA build, whose nvidia-* packages are 2.7 GB installed), so that Open WebUI's own requirement finds it there and pip installs
     no second one; where that index does not answer, PyPI's torch comes with Open WebUI, as before."""
     if preinstall := settings.webui_preinstall():
         return [PipStep((r,)) for r in preinstall] + [PipStep((package,))]
@@ -83,7 +83,7 @@ def install_steps(package: str, *, gpu: bool) -> list[PipStep]:
         return [PipStep((package,))]
     return [PipStep(("torch", "--index-url", index, "--timeout", "20", "--retries", "1"),
                     optional=f"the CPU-only torch from {index} could not be installed (see the log): Open WebUI gets PyPI's, a "
-                             f"CUDA build of about 3 GB more; set {settings.TORCH_CPU_INDEX_ENV} to a mirror of that index"),
+                             f"CUDA build with 2.7 GB of nvidia-* packages; set {settings.TORCH_CPU_INDEX_ENV} to a mirror of that index"),
             PipStep((package,))]
 
 
