@@ -31,6 +31,22 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# The suite runs on two pytest-xdist workers (scripts/test): most of its time is spent waiting on servers, not computing.
+# Tests that share one thing the machine has only one of run on one worker, in turn: the Docker engine (one dockerd, its
+# bridge and iptables), the Kubernetes control plane, Open WebUI's cached virtualenv (installed on first use, and two
+# Open WebUIs starting at once would each take twice as long) and checkov's virtualenv.
+ONE_AT_A_TIME = {"docker_engine": "docker", "cluster": "kubernetes", "webui_env": "open-webui", "checkov": "checkov"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, group in ONE_AT_A_TIME.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def llama_tree() -> Path:
     """llama.cpp's converter, provisioned the way `orch build` does it (pip sdist, cached)."""
