@@ -123,8 +123,8 @@ def start(timeout: float = 60) -> dict:
 
 
 def built(engine: str) -> Path:
-    """Where scripts/engines put an engine (waiting for the build scripts/test started in the background, if it runs)."""
-    proc = subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts" / "engines")], capture_output=True, text=True)
+    """Where scripts/engines put an engine (waiting for that engine's build, if scripts/test started it in the background)."""
+    proc = subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts" / "engines"), engine], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/engines failed: {proc.stderr.strip()[-2000:]}")
     return Path(dict(line.split(" ", 1) for line in proc.stdout.splitlines())[engine])
