@@ -96,6 +96,20 @@ def ollama_round(url: str, model: str, tokens: int) -> dict:
     return {"ttft": ttft, "decode_tps": last["eval_count"] / (last["eval_duration"] / 1e9), "tokens": last["eval_count"]}
 
 
+def narrow_7b(work: Path, hidden: int) -> tuple[Path, int]:
+    """(its Q4_K_M GGUF, its ffn width): Baichuan2-7B's 32 layers and vocabulary with narrower layers, built by orch (cached in work)."""
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, out = work / "checkpoint", work / "build"
+    ffn = (hidden * 11008 // 4096 + 255) // 256 * 256
+    shape = TinyShape(layers=32, hidden=hidden, heads=hidden // 128, ffn=ffn, vocab=125696)
+    if not ckpt.is_dir():
+        print(f"generating a 32-layer checkpoint, hidden {hidden}, ffn {ffn}, vocabulary 125696, in {ckpt}", flush=True)
+        make_tiny_checkpoint(ckpt, 32, shape=shape, dtype="float16")
+    if not out.is_dir():
+        subprocess.run([str(ORCH), "build", str(ckpt), "--quant", "q4_K_M", "--no-register", "--no-eval", "-o", str(out)], check=True)
+    return next(out.glob("*.Q4_K_M.gguf")), ffn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=1024)
@@ -106,16 +120,7 @@ def main() -> None:
 
     built = install.install()  # the Ollama and llama-server orch builds (cached)
     work = args.work or Path(tempfile.mkdtemp(prefix="orch-ollama-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt, out = work / "checkpoint", work / "build"
-    ffn = (args.hidden * 11008 // 4096 + 255) // 256 * 256
-    shape = TinyShape(layers=32, hidden=args.hidden, heads=args.hidden // 128, ffn=ffn, vocab=125696)
-    if not ckpt.is_dir():
-        print(f"generating a 32-layer checkpoint, hidden {args.hidden}, ffn {ffn}, vocabulary 125696, in {ckpt}", flush=True)
-        make_tiny_checkpoint(ckpt, 32, shape=shape, dtype="float16")
-    if not out.is_dir():
-        subprocess.run([str(ORCH), "build", str(ckpt), "--quant", "q4_K_M", "--no-register", "--no-eval", "-o", str(out)], check=True)
-    gguf = next(out.glob("*.Q4_K_M.gguf"))
+    gguf, ffn = narrow_7b(work, args.hidden)
     model = "bench:q4_K_M"
     args_rounds, tokens = args.rounds, args.tokens
 

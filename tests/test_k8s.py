@@ -31,6 +31,8 @@ OPTIONS = {
     "ingress, monitor, backups": ["--ingress-host", "chat.example.com", "--tls-secret", "chat-tls", "--service-monitor",
                                   "--storage-class", "fast", "--backup-schedule", "30 2 * * *"],
     "one node's directory": ["--model-volume", "hostpath", "--host-path", "/srv/orch-models", "--monitor-image", "registry.local/orch:1"],
+    "autoscaled on GPUs": ["--gpu", "--autoscale", "--min-replicas", "2", "--max-replicas", "6", "--ttft-target", "1.5",
+                           "--cooldown", "600", "--drain", "90"],
 }
 
 
@@ -40,6 +42,7 @@ def render(build: Path, out: Path, *args: str, check: bool = True):
 
 def documents(out: Path) -> list[dict]:
     files = [f for f in ("namespace.yaml", "ollama.yaml", "open-webui.yaml", "monitor.yaml", "backup.yaml") if (out / f).is_file()]
+    # autoscale.yaml is KEDA's ScaledObject, not in the Kubernetes schemas: test_autoscale.py applies it with KEDA's CRDs
     return [d for f in files for d in yaml.safe_load_all((out / f).read_text()) if d]
 
 
@@ -73,8 +76,8 @@ def test_every_document_validates_strictly(rendered, label, version):
     """Each rendered file, and what kubectl kustomize builds of the directory (offline), against the Kubernetes schema."""
     for docs in (documents(rendered[label]), kustomize(rendered[label])):
         for doc in docs:
-            if doc["kind"] == "ServiceMonitor":
-                continue  # a CRD kind: checked by its keys below
+            if doc["kind"] in ("ServiceMonitor", "ScaledObject"):
+                continue  # CRD kinds: checked by their keys below, and the ScaledObject by KEDA's CRDs in test_autoscale.py
             kubernetes_validate.validate(doc, version, strict=True)
 
 
@@ -189,6 +192,35 @@ def test_the_monitor_probes_every_replica_and_a_service_monitor_scrapes_it(rende
     assert prebuilt["image"] == "registry.local/orch:1" and prebuilt["command"][0] == "orch"
 
 
+def test_autoscaled_replicas_are_kedas_to_set_on_the_monitors_signal(rendered):
+    out = rendered["autoscaled on GPUs"]
+    docs = documents(out)
+    (scaled,) = [d for d in yaml.safe_load_all((out / "autoscale.yaml").read_text()) if d]
+    spec = scaled["spec"]
+    assert (scaled["kind"], spec["scaleTargetRef"]) == ("ScaledObject", {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ollama"})
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "metrics-api" and trigger["metricType"] == "Value"
+    assert trigger["metadata"] == {"url": "http://orch-health.chat.svc.cluster.local:9101/metrics", "format": "prometheus",
+                                   "valueLocation": "orch_autoscale_ttft_p95_seconds", "targetValue": "1.5"}
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0 and behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+    sts = find(docs, "StatefulSet", "ollama")
+    assert "replicas" not in sts["spec"], "a re-apply must not take the count back from KEDA"
+    pod = sts["spec"]["template"]["spec"]
+    assert container(sts, "ollama")["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "90"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    monitor = container(find(docs, "Deployment", "orch-health"), "orch-health")["command"]
+    hosts = [monitor[i + 1] for i, a in enumerate(monitor) if a == "--host"]
+    assert hosts == ["http://ollama-0.ollama-headless.chat.svc.cluster.local:11434",
+                     "http://ollama-1.ollama-headless.chat.svc.cluster.local:11434", "http://ollama.chat.svc.cluster.local:11434"]
+    assert monitor[monitor.index("--interval") + 1] == "10" and "--load-window" in monitor
+    assert "autoscale.yaml" in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
+    assert {d["kind"] for d in kustomize(out)} >= {"ScaledObject", "StatefulSet"}
+    assert not (rendered["defaults"] / "autoscale.yaml").exists()
+    assert "replicas" in find(documents(rendered["defaults"]), "StatefulSet", "ollama")["spec"]
+
+
 def test_images_are_the_pinned_ones(rendered):
     docs = documents(rendered["defaults"])
     assert container(find(docs, "StatefulSet", "ollama"), "ollama")["image"] == OLLAMA_IMAGE
@@ -228,6 +260,11 @@ def test_a_pip_mirror_with_a_token_is_a_secret_not_a_deployment_value(tiny_build
     (["--ingress-host", "http://127.0.0.1:11434"], "is not a DNS name such as chat.example.com"),
     (["--ingress-host", "chat.example.com:443"], "is not a DNS name"),
     (["--tls-secret", "chat-tls"], "--tls-secret needs --ingress-host"),
+    (["--max-replicas", "3"], "--max-replicas means something only with --autoscale"),
+    (["--autoscale", "--max-replicas", "1"], "--max-replicas 1 leaves nothing to scale above --min-replicas 1"),
+    (["--autoscale", "--min-replicas", "0"], "--min-replicas 0: at least 1"),
+    (["--autoscale", "--replicas", "3"], "with --autoscale give --min-replicas and --max-replicas instead"),
+    (["--autoscale", "--ttft-target", "0"], "--ttft-target must be above 0 seconds"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_build, tmp_path, args, says):
     proc = cli("k8s", "render", str(tiny_build), "--dir", str(tmp_path / "k8s"), *args, check=False)

@@ -120,6 +120,19 @@ def test_a_pod_no_node_can_hold_is_named_with_the_largest_node_before_anything_i
     assert state_of(cluster, namespace) == {}
 
 
+def test_autoscaling_beyond_the_gpus_or_without_keda_is_refused_in_one_line_before_anything_is_applied(cluster, tiny_build, tmp_path):
+    namespace = restricted_namespace(cluster, "scaled")
+    out = tmp_path / "k8s"
+    render(tiny_build, out, namespace, *ON_THE_GPU_NODE, "--autoscale", "--max-replicas", "3")
+    proc = k8s(cluster, "apply", "--dir", str(out), check=False, timeout=180)
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "statefulset/ollama may scale to 3 replicas of 1 nvidia.com/gpu each" in line, line
+    assert "render without --autoscale, or add GPU nodes" in line, line
+    assert "KEDA is not installed in this cluster (no keda.sh API): helm install keda" in line, line
+    assert state_of(cluster, namespace) == {}
+
+
 def test_apply_runs_the_stack_admitted_scheduled_and_bound_and_down_removes_what_it_made(cluster, tiny_build, tmp_path, taken_down):
     import control_plane
 

@@ -51,6 +51,15 @@ def render_cmd(
                                                   "(chats, users, keys) on this cron schedule, e.g. '0 3 * * *'."),
     backup_keep: int = typer.Option(7, "--backup-keep", help="Scheduled backups kept on their volume, with --backup-schedule."),
     backup_size: str = typer.Option("10Gi", "--backup-size", help="Size of the backups' volume, with --backup-schedule."),
+    autoscale: bool = typer.Option(False, "--autoscale", help="A KEDA ScaledObject scales the Ollama replicas on the monitor's "
+                                   "chat time to first token (p95); the cluster needs KEDA installed."),
+    min_replicas: int = typer.Option(1, "--min-replicas", help="With --autoscale: replicas kept however quiet it is."),
+    max_replicas: int = typer.Option(4, "--max-replicas", help="With --autoscale: the most replicas (checked against the cluster's GPUs at apply)."),
+    ttft_target: float = typer.Option(2.0, "--ttft-target", help="With --autoscale: seconds to first token (p95) one replica should "
+                                      "keep to; above it replicas are added in proportion."),
+    cooldown: int = typer.Option(300, "--cooldown", help="With --autoscale: seconds the load must stay below target before a replica goes."),
+    drain: int = typer.Option(120, "--drain", help="With --autoscale: seconds a leaving replica keeps serving the replies it has "
+                              "begun (Ollama cuts them at SIGTERM)."),
 ) -> None:
     """Write the manifests and kustomization.yaml for BUILD; applies nothing.
 
@@ -59,6 +68,8 @@ def render_cmd(
       orch k8s render tiny
 
       orch k8s render ./builds/mybot --replicas 3 --gpu --namespace chat --dir ./k8s
+
+      orch k8s render ./builds/mybot --gpu --autoscale --min-replicas 1 --max-replicas 4 --ttft-target 1.5
     """
     from orchestrator.errors import BadInput
     from orchestrator.stack.kubernetes import manifests, plan as planning
@@ -68,16 +79,26 @@ def render_cmd(
         raise BadInput(f"--model-volume {model_volume!r} is not pvc or hostpath")
     from orchestrator import paths
 
+    given = {k for k, v in (("--min-replicas", min_replicas != 1), ("--max-replicas", max_replicas != 4), ("--ttft-target", ttft_target != 2.0),
+                             ("--cooldown", cooldown != 300), ("--drain", drain != 120)) if v}
+    if given and not autoscale:
+        raise BadInput(f"{', '.join(sorted(given))} {'means' if len(given) == 1 else 'mean'} something only with --autoscale: add it, "
+                       "or use --replicas for a fixed count")
+    scale = planning.Autoscale(min_replicas, max_replicas, ttft_target, cooldown, drain) if autoscale else None
     plan = planning.make_plan(paths.build_or_path(build), out, name=name, namespace=namespace, replicas=replicas, gpu=gpu, gpu_count=gpu_count,
                               node_selector=node_selector or [], tolerations=toleration or [], num_parallel=num_parallel,
                               model_volume=model_volume, host_path=host_path, model_url=model_url, storage_class=storage_class, host=host,
                               tls_secret=tls_secret, service_monitor=service_monitor, monitor_image=monitor_image,
                               pip_index_url=pip_index_url, ollama_memory=ollama_memory, ollama_cpu=ollama_cpu,
-                              backup_schedule=backup_schedule, backup_keep=backup_keep, backup_size=backup_size)
+                              backup_schedule=backup_schedule, backup_keep=backup_keep, backup_size=backup_size, autoscale=scale)
     manifests.write(plan)
     con = render.console()
-    con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {plan.replicas} Ollama replica(s)"
+    count = (f"{scale.min_replicas} to {scale.max_replicas} Ollama replicas, scaled by KEDA to keep the first token within "
+             f"{scale.ttft_target:g} s (p95)") if scale else f"{plan.replicas} Ollama replica(s)"
+    con.print(f"[bold green]Rendered[/] {plan.model.name} for namespace {plan.namespace}: {count}"
               f"{f', {plan.gpu_count} GPU each' if plan.gpu else ''} into {plan.out}", soft_wrap=True)
+    if scale:
+        con.print("  needs KEDA in the cluster: helm install keda kedacore/keda --namespace keda --create-namespace", soft_wrap=True)
     con.print(f"  the Open WebUI Secret: {plan.out / manifests.SECRET_FILE} (0600, kept across renders)", soft_wrap=True)
     by_hand = "the pods fetch the build from --model-url" if plan.model_url else "then put the build on the model volume"
     con.print(f"  apply it: orch k8s apply --dir {plan.out}   (or kubectl apply -k {plan.out}: {by_hand})", soft_wrap=True)

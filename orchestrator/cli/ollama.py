@@ -79,6 +79,8 @@ def health(
     interval: float = typer.Option(30.0, "--interval", min=0.1, help="Seconds between probes in watch mode."),
     failures: int = typer.Option(3, "--failures", min=1, help="Watch mode: consecutive failures before a check counts as failed."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Watch mode: serve Prometheus metrics on this port."),
+    load_window: float = typer.Option(60.0, "--load-window", min=1, help="Watch mode: seconds over which the chat probe's time to "
+                                      "first token p95 is taken (orch_autoscale_ttft_p95_seconds, what --autoscale scales on)."),
     metrics_bind: str = typer.Option("127.0.0.1", "--metrics-bind", help="Address for the metrics endpoint."),
     alert_webhook: Optional[str] = typer.Option(None, "--alert-webhook", envvar="ORCH_ALERT_WEBHOOK",
                                                 help="Watch mode: POST JSON here when the state changes (failed, recovered) "
@@ -135,10 +137,11 @@ def health(
                 render.health_table(report)
         raise typer.Exit(1 if any(r.failed for r in reports) else 0)
     _watch(specs, as_json=as_json, interval=interval, failures=failures, metrics_port=metrics_port, metrics_bind=metrics_bind,
-           alert=(alert_webhook, alert_format) if alert_webhook else None)
+           load_window=load_window, alert=(alert_webhook, alert_format) if alert_webhook else None)
 
 
-def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port: int | None, metrics_bind: str, alert) -> None:
+def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port: int | None, metrics_bind: str, load_window: float,
+           alert) -> None:
     from orchestrator.errors import OrchError
     from orchestrator.ollama import alerts, watch
 
@@ -146,7 +149,7 @@ def _watch(specs, *, as_json: bool, interval: float, failures: int, metrics_port
     metrics = alerter = None
     if metrics_port is not None:
         try:
-            metrics = watch.Metrics(metrics_port, metrics_bind)
+            metrics = watch.Metrics(metrics_port, metrics_bind, load_window)
         except OSError as e:
             raise OrchError(f"cannot serve metrics on {metrics_bind}:{metrics_port} ({e.strerror}): pick another --metrics-port") from None
         err.print(f"metrics on http://{metrics_bind}:{metrics_port}/metrics")
@@ -190,7 +193,10 @@ def bench_cmd(
     ttft_target: float = typer.Option(2.0, "--ttft-target", min=0.001, help="Seconds a user may wait for the first token (p95)."),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds one reply may take."),
     level_timeout: float = typer.Option(600.0, "--level-timeout", min=1, help="Seconds one concurrency level may take in all."),
-    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    host: Optional[List[str]] = typer.Option(None, "--host", help=HOST_HELP + " Repeat it for replicas of one model: the users "
+                                             "are spread over them."),
+    route: str = typer.Option("conversation", "--route", help="With several --host: conversation (each conversation stays on "
+                              "one server, whose KV cache holds its earlier turns) or turn (each turn goes to the next server)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """How many concurrent users a server holds: multi-turn chats at each level, first-token latency and tokens per second.
@@ -202,20 +208,23 @@ def bench_cmd(
       orch bench tiny:q4_K_M --users 1,2,4,8 --turns 3
 
       orch bench baichuan2-7b-chat:q4_K_M --ttft-target 1.5 --host http://gpu-box:11434 --json
+
+      orch bench tiny:q4_K_M --host http://ollama-0:11434 --host http://ollama-1:11434 --route turn
     """
     from orchestrator import names
     from orchestrator.ollama import bench
 
     names.validate(model)
-    plan = bench.BenchPlan(model, bench.parse_users(users), turns, max_tokens, timeout, level_timeout, ttft_target)
+    plan = bench.BenchPlan(model, bench.parse_users(users), turns, max_tokens, timeout, level_timeout, ttft_target, route)
     with render.RichReporter(quiet=as_json) as reporter:
-        result = bench.bench(plan, stack_host(host), reporter=reporter)
+        result = bench.bench(plan, list(host) if host else [stack_host(None)], reporter=reporter)
     if as_json:
         render.print_json(result)
         return
     from rich.table import Table
 
-    table = Table(title=f"orch bench  {result['host']}  {model}  ({turns} turns, {max_tokens} tokens a reply)", title_justify="left")
+    where = result["host"] if len(result["hosts"]) == 1 else f"{', '.join(result['hosts'])} (route: {route})"
+    table = Table(title=f"orch bench  {where}  {model}  ({turns} turns, {max_tokens} tokens a reply)", title_justify="left")
     for col in ("users", "requests", "errors", "ttft p50 (s)", "ttft p95 (s)", "tok/s per user", "tok/s total"):
         table.add_column(col, justify="right")
 

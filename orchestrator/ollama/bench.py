@@ -7,6 +7,11 @@ per second per user (a reply's tokens over its time from sending to the last
 token, as the user waits for it) and in total, and errors. The loops are bounded: each
 reply is capped at `max_tokens`, each request at `timeout`, each level at
 `level_timeout` seconds; a level that runs out of time stops sending.
+
+Given several servers (the replicas of one model), the users are spread over
+them, and `route` says how: "conversation" keeps each user's conversation on
+one server, whose KV cache still holds its earlier turns; "turn" sends each
+turn to the next server, as a balancer that ignores conversations does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 from orchestrator import names
@@ -35,12 +41,18 @@ class BenchPlan:
     timeout: float = 120.0
     level_timeout: float = 600.0
     ttft_target: float = 2.0
+    route: str = "conversation"  # with several servers: each conversation on one (conversation), or each turn on the next (turn)
 
     def __post_init__(self):
         if not self.users or min(self.users) < 1 or max(self.users) > 256:
             raise BadInput("--users takes concurrency levels from 1 to 256, e.g. --users 1,2,4,8")
         if not 1 <= self.turns <= 50:
             raise BadInput("--turns takes 1 to 50 turns per conversation")
+        if self.route not in ROUTES:
+            raise BadInput(f"--route {self.route!r} is not {' or '.join(ROUTES)}")
+
+
+ROUTES = ("conversation", "turn")
 
 
 @dataclass
@@ -84,14 +96,18 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def conversation(server: Ollama, plan: BenchPlan, user: int, deadline: float) -> list[Turn]:
+def server_for(servers: list[Ollama], route: str, user: int, turn: int) -> Ollama:
+    return servers[(user + (turn if route == "turn" else 0)) % len(servers)]
+
+
+def conversation(servers: list[Ollama], plan: BenchPlan, user: int, deadline: float) -> list[Turn]:
     """One simulated user: `turns` messages, each sent once the previous reply has streamed in."""
     history, out = [], []
     for turn in range(plan.turns):
         if time.monotonic() > deadline:
             break
         history.append({"role": "user", "content": PROMPTS[(user + turn) % len(PROMPTS)]})
-        result = chat_once(server, plan, history)
+        result = chat_once(server_for(servers, plan.route, user, turn), plan, history)
         out.append(result)
         if result.error:
             break
@@ -112,11 +128,11 @@ def chat_once(server: Ollama, plan: BenchPlan, messages: list[dict]) -> Turn:
     return Turn(s.ttft, s.seconds, int(s.final.get("eval_count") or 0), text=s.text)
 
 
-def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
+def run_level(servers: list[Ollama], plan: BenchPlan, users: int) -> Level:
     deadline = time.monotonic() + plan.level_timeout
     t0 = time.monotonic()
     with ThreadPoolExecutor(users, thread_name_prefix="bench-user") as pool:
-        turns = [t for conv in pool.map(lambda u: conversation(server, plan, u, deadline), range(users)) for t in conv]
+        turns = [t for conv in pool.map(lambda u: conversation(servers, plan, u, deadline), range(users)) for t in conv]
     seconds = time.monotonic() - t0
     ok = [t for t in turns if t.error is None]
     ttfts = [t.ttft for t in ok if t.ttft is not None]
@@ -130,31 +146,38 @@ def run_level(server: Ollama, plan: BenchPlan, users: int) -> Level:
                  error_samples=sorted({t.error for t in turns if t.error})[:3])
 
 
-def bench(plan: BenchPlan, host: str | None = None, *, reporter: Reporter = SILENT, stop: threading.Event | None = None) -> dict:
-    """Every level in turn; the result says how many users the server holds under the first-token target."""
-    # one connection per simulated user, or the higher levels would measure the client's queue, not the server
-    with Ollama(host, timeout=plan.timeout, connect=5.0, connections=max(plan.users)) as server:
-        version = server.version()
-        if version is None:
-            raise OrchError(f"no Ollama answered at {server.url}: {START_IT}")
+def bench(plan: BenchPlan, hosts: list[str | None] | str | None = None, *, reporter: Reporter = SILENT,
+          stop: threading.Event | None = None) -> dict:
+    """Every level in turn; the result says how many users the servers hold under the first-token target."""
+    hosts = hosts if isinstance(hosts, list) and hosts else [hosts if not isinstance(hosts, list) else None]
+    with ExitStack() as opened:
+        # one connection per simulated user, or the higher levels would measure the client's queue, not the server
+        servers = [opened.enter_context(Ollama(h, timeout=plan.timeout, connect=5.0, connections=max(plan.users))) for h in hosts]
+        versions = []
+        for server in servers:
+            version = server.version()
+            if version is None:
+                raise OrchError(f"no Ollama answered at {server.url}: {START_IT}")
+            versions.append(version)
+            served = server.models()
+            if served and not names.is_served(plan.model, served):
+                raise OrchError(names.not_served(plan.model, served, server.url))
+            with reporter.task(f"loading the model at {server.url}" if len(servers) > 1 else "loading the model"):
+                # kept out of the figures: the first level would count the load
+                warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])
+            if warm.error:
+                raise OrchError(f"{plan.model} did not answer at {server.url} ({warm.error}): check the name with orch health")
         levels: list[Level] = []
-        served = server.models()
-        if served and not names.is_served(plan.model, served):
-            raise OrchError(names.not_served(plan.model, served, server.url))
-        with reporter.task("loading the model"):  # kept out of the figures: the first level would count the load
-            warm = chat_once(server, BenchPlan(plan.model, (1,), 1, 1, plan.timeout), [{"role": "user", "content": "你好"}])
-        if warm.error:
-            raise OrchError(f"{plan.model} did not answer at {server.url} ({warm.error}): check the name with orch health")
         for users in plan.users:
             if stop is not None and stop.is_set():
                 break
             with reporter.task(f"{users} concurrent {plural(users, 'user')}", total=None):
-                levels.append(run_level(server, plan, users))
+                levels.append(run_level(servers, plan, users))
     holds = [lv.users for lv in levels if lv.meets(plan.ttft_target)]
     most = max(holds) if holds else 0
-    return {"host": server.url, "server_version": version, "model": plan.model, "plan": asdict(plan),
-            "levels": [asdict(lv) | {"meets_target": lv.meets(plan.ttft_target)} for lv in levels], "holds_users": most,
-            "recommendation": _recommend(levels, most, plan.ttft_target)}
+    return {"host": servers[0].url, "hosts": [s.url for s in servers], "server_version": versions[0], "model": plan.model,
+            "plan": asdict(plan), "levels": [asdict(lv) | {"meets_target": lv.meets(plan.ttft_target)} for lv in levels],
+            "holds_users": most, "recommendation": _recommend(levels, most, plan.ttft_target)}
 
 
 def _recommend(levels: list[Level], most: int, target: float) -> str:

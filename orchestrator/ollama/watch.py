@@ -6,6 +6,7 @@ report and event carries wall-clock epoch seconds.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -135,10 +136,54 @@ def run(specs: list[Probe], *, interval: float, failures: int, on_report: Callab
         due[i] = clock() + watcher.next_delay(interval)
 
 
+def p95(values: list[float]) -> float:
+    """The nearest-rank 95th percentile: with few samples, the slowest of them (a load step shows at once)."""
+    ranked = sorted(values)
+    return ranked[max(math.ceil(0.95 * len(ranked)) - 1, 0)]
+
+
+class LoadWindow:
+    """The signal an autoscaler reads: each server's chat time to first token, p95 over the last `seconds`, and the mean
+    of those over the servers.
+
+    Ollama exposes no queue, and llama-server's /slots sits on a random port inside Ollama's process. But a request that
+    finds every OLLAMA_NUM_PARALLEL slot busy waits in Ollama's scheduler before its first token, so the monitor's own
+    chat probe measures the queue as users feel it. A probe that failed counts the time it waited.
+    """
+
+    def __init__(self, seconds: float = 60.0):
+        self.seconds = seconds
+        self.samples: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, report: Report) -> None:
+        chat = report.check("chat")
+        if chat is None or chat.status == SKIPPED:
+            return
+        waited = chat.data.get("ttft_s")
+        if waited is None and chat.status == FAIL and chat.latency_ms is not None:
+            waited = chat.latency_ms / 1000
+        if waited is not None:
+            self.samples.setdefault(report.host, deque()).append((report.started, waited))
+
+    def by_host(self, now: float) -> dict[str, float]:
+        out = {}
+        for host, samples in self.samples.items():
+            while samples and samples[0][0] < now - self.seconds:
+                samples.popleft()
+            if samples:
+                out[host] = p95([v for _, v in samples])
+        return out
+
+    def signal(self, now: float) -> float:
+        """The mean over the servers of their p95: an autoscaler scales by its ratio to the target."""
+        values = list(self.by_host(now).values())
+        return sum(values) / len(values) if values else 0.0
+
+
 class Metrics:
     """Prometheus gauges for the latest judged report, served on a port of their own."""
 
-    def __init__(self, port: int, bind: str = "127.0.0.1"):
+    def __init__(self, port: int, bind: str = "127.0.0.1", load_window: float = 60.0):
         from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
@@ -152,6 +197,11 @@ class Metrics:
         self.availability = Gauge("orch_health_availability_ratio", "Share of recent probes without a failed check", ["host"],
                                   registry=self.registry)
         self.probes = Counter("orch_health_probes", "Probes run", ["host"], registry=self.registry)
+        self.load = LoadWindow(load_window)
+        self.ttft_p95 = Gauge("orch_health_ttft_p95_seconds", f"The chat probe's time to first token, p95 over {load_window:g} s",
+                              ["host"], registry=self.registry)
+        self.signal = Gauge("orch_autoscale_ttft_p95_seconds", "Mean over the servers of orch_health_ttft_p95_seconds: "
+                            "what orch k8s render --autoscale scales on", registry=self.registry)
         self.server, self.thread = start_http_server(port, addr=bind, registry=self.registry)
 
     def update(self, report: Report, availability: float) -> None:
@@ -167,6 +217,11 @@ class Metrics:
                 self.ttft.labels(host, c.name).set(c.data["ttft_s"])
             if c.data.get("tokens_per_s") is not None:
                 self.tps.labels(host, c.name).set(c.data["tokens_per_s"])
+        self.load.add(report)
+        now = report.started + report.seconds
+        for server, value in self.load.by_host(now).items():
+            self.ttft_p95.labels(server).set(value)
+        self.signal.set(self.load.signal(now))
 
     def close(self) -> None:
         self.server.shutdown()

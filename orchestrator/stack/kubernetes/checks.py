@@ -40,6 +40,7 @@ class PodNeed:
     requests: dict  # resource -> amount (limits stand in where a request is missing, as the API server defaults them)
     node_selector: dict
     tolerations: tuple
+    autoscaled: bool = False  # replicas is the most a ScaledObject (KEDA) may make
 
 
 def pod_template(doc: dict) -> dict | None:
@@ -53,7 +54,15 @@ def pod_template(doc: dict) -> dict | None:
     return None
 
 
+def most_replicas(docs: list[dict]) -> dict[tuple[str, str], int]:
+    """(kind, name) -> the most replicas a ScaledObject (KEDA) may give that workload."""
+    return {(d["spec"]["scaleTargetRef"].get("kind", "Deployment"), d["spec"]["scaleTargetRef"]["name"]): d["spec"].get("maxReplicaCount", 100)
+            for d in docs if d.get("kind") == "ScaledObject"}
+
+
 def needs(docs: list[dict]) -> list[PodNeed]:
+    """Each workload's pods; an autoscaled one at its maximum, the most the cluster may be asked to hold."""
+    scaled = most_replicas(docs)
     out = []
     for doc in docs:
         template = pod_template(doc)
@@ -66,8 +75,9 @@ def needs(docs: list[dict]) -> list[PodNeed]:
             for name, value in (res.get("limits", {}) | res.get("requests", {})).items():
                 asked[name] = asked.get(name, 0) + quantity(value)
         replicas = doc["spec"].get("replicas", 1) if doc["kind"] in ("Deployment", "StatefulSet") else 1
-        out.append(PodNeed(f"{doc['kind'].lower()}/{doc['metadata']['name']}", replicas, asked, spec.get("nodeSelector", {}),
-                           tuple(spec.get("tolerations", []))))
+        most = scaled.get((doc["kind"], doc["metadata"]["name"]))
+        out.append(PodNeed(f"{doc['kind'].lower()}/{doc['metadata']['name']}", most or replicas, asked, spec.get("nodeSelector", {}),
+                           tuple(spec.get("tolerations", [])), autoscaled=most is not None))
     return out
 
 
@@ -113,10 +123,15 @@ def capacity_problems(docs: list[dict], nodes: list[dict]) -> list[str]:
             elif resource == GPU:
                 fit = sum(int(free // amount) for free, _ in room)
                 if fit < need.replicas:
-                    problems.append(f"{need.workload} asks {need.replicas} replicas of {amount:g} {GPU} each, but the nodes "
+                    if not need.autoscaled:
+                        asks, fix = "asks", f"render with --replicas {max(fit, 1)}"
+                    else:
+                        asks = "may scale to"
+                        fix = f"render with --max-replicas {fit}" if fit >= 2 else "render without --autoscale"
+                    problems.append(f"{need.workload} {asks} {need.replicas} replicas of {amount:g} {GPU} each, but the nodes "
                                     f"can allocate {sum(f for f, _ in room):g} GPU in all (largest node {largest_name}: "
-                                    f"{largest:g}), so {need.replicas - fit} replica(s) would never be scheduled: render with "
-                                    f"--replicas {max(fit, 1)}, or add GPU nodes")
+                                    f"{largest:g}), so {need.replicas - fit} replica(s) would never be scheduled: {fix}, "
+                                    "or add GPU nodes")
     return problems
 
 
@@ -129,14 +144,15 @@ class Claim:
 
 
 def claims(docs: list[dict]) -> list[Claim]:
-    """Every claim the manifests make, those of a StatefulSet's claim templates once per replica."""
+    """Every claim the manifests make, those of a StatefulSet's claim templates once per replica (autoscaled: at most)."""
+    scaled = most_replicas(docs)
     out = []
     for doc in docs:
         if doc.get("kind") == "PersistentVolumeClaim":
             templates, names = [doc], [doc["metadata"]["name"]]
         elif doc.get("kind") == "StatefulSet":
             for t in doc["spec"].get("volumeClaimTemplates", []):
-                out += [_claim(t, f"{t['metadata']['name']}-{doc['metadata']['name']}-{i}") for i in range(doc["spec"].get("replicas", 1))]
+                out += [_claim(t, f"{t['metadata']['name']}-{doc['metadata']['name']}-{i}") for i in range(scaled.get(("StatefulSet", doc["metadata"]["name"]), doc["spec"].get("replicas", 1)))]
             continue
         else:
             continue

@@ -16,6 +16,7 @@ Objects, and what each is for:
 - Deployment, Service and PVC open-webui (one replica; see README for what more would need); an Ingress with --host.
 - Deployment and Service orch-health: orch health --watch probing every replica, Prometheus metrics on :9101
   (a ServiceMonitor with --service-monitor).
+- ScaledObject ollama, with --autoscale: KEDA scales the StatefulSet on the monitor's chat time to first token.
 - Secret open-webui (secrets/open-webui.env, 0600, generated once) and ConfigMap ollama-scripts, from generators.
 """
 
@@ -86,7 +87,34 @@ def ingress_only(name: str, component: str, port: int) -> dict:
 
 
 def replica_hosts(plan: K8sPlan) -> list[str]:
-    return [f"http://ollama-{i}.ollama-headless.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}" for i in range(plan.replicas)]
+    """What the monitor probes: each replica by name; autoscaled, the ones always there and the Service, whose probes land
+    on whichever replicas run (a replica KEDA has not made yet must not page anyone)."""
+    named = [f"http://ollama-{i}.ollama-headless.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}" for i in range(plan.replicas)]
+    return named + ([ollama_url(plan)] if plan.autoscale else [])
+
+
+def ollama_url(plan: K8sPlan) -> str:
+    return f"http://ollama.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}"
+
+
+def monitor_url(plan: K8sPlan) -> str:
+    return f"http://orch-health.{plan.namespace}.svc.cluster.local:{METRICS_PORT}/metrics"
+
+
+def autoscale_docs(plan: K8sPlan) -> list[dict]:
+    """A KEDA ScaledObject for the Ollama StatefulSet: KEDA reads the monitor's orch_autoscale_ttft_p95_seconds and its
+    HPA sets replicas to ceil(replicas x signal / target), at once on the way up, after the cool-down on the way down."""
+    a = plan.autoscale
+    return [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": meta("ollama", "ollama"),
+             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ollama"},
+                      "minReplicaCount": a.min_replicas, "maxReplicaCount": a.max_replicas, "pollingInterval": 10,
+                      "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                          "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 2, "periodSeconds": 15}]},
+                          "scaleDown": {"stabilizationWindowSeconds": a.cooldown,
+                                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}}},
+                      "triggers": [{"type": "metrics-api", "metricType": "Value", "metadata": {
+                          "url": monitor_url(plan), "format": "prometheus", "valueLocation": "orch_autoscale_ttft_p95_seconds",
+                          "targetValue": f"{a.ttft_target:g}"}}]}}]
 
 
 def model_volume(plan: K8sPlan) -> dict:
@@ -149,8 +177,12 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
     container["resources"] = plan.ollama_resources
     if plan.gpu:
         container["resources"]["limits"]["nvidia.com/gpu"] = plan.gpu_count
+    grace = 30
+    if plan.autoscale:  # Ollama closes every connection at SIGTERM: a replica KEDA removes first finishes what it serves
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(plan.autoscale.drain)]}}}
+        grace += plan.autoscale.drain
     pod = {"securityContext": pod_security(), "automountServiceAccountToken": False, "containers": [container],
-           "terminationGracePeriodSeconds": 30,
+           "terminationGracePeriodSeconds": grace,
            "volumes": [model_volume(plan), {"name": "scripts", "configMap": {"name": "ollama-scripts", "defaultMode": 0o555}},
                        {"name": "tmp", "emptyDir": {}}]}
     if plan.model_url:
@@ -163,7 +195,8 @@ def ollama_docs(plan: K8sPlan) -> list[dict]:
     statefulset = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("ollama", "ollama"),
         "spec": {
-            "replicas": plan.replicas, "serviceName": "ollama-headless", "podManagementPolicy": "Parallel",
+            **({} if plan.autoscale else {"replicas": plan.replicas}),  # autoscaled: the count is KEDA's, a re-apply keeps it
+            "serviceName": "ollama-headless", "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector("ollama")},
             "template": {"metadata": {"labels": labels("ollama", "ollama")}, "spec": pod},
             "volumeClaimTemplates": [{"metadata": {"name": "store", "labels": labels("ollama", "ollama")},
@@ -202,7 +235,7 @@ def webui_docs(plan: K8sPlan) -> list[dict]:
     from orchestrator.stack import compose
 
     settings = compose.load_template()["services"]["open-webui"]["environment"]  # the one place Open WebUI's settings live
-    settings |= {"OLLAMA_BASE_URL": f"http://ollama.{plan.namespace}.svc.cluster.local:{OLLAMA_PORT}",
+    settings |= {"OLLAMA_BASE_URL": ollama_url(plan),
                  "DEFAULT_MODELS": plan.model.name, "DATA_DIR": "/app/backend/data"}
     env = [{"name": k, "value": str(v)} for k, v in settings.items()]
     health = {"httpGet": {"path": "/health", "port": "http"}}
@@ -274,8 +307,10 @@ def orch_pod_parts(plan: K8sPlan, args: list[str]) -> tuple[dict, list[dict], li
 
 
 def monitor_docs(plan: K8sPlan) -> list[dict]:
-    args = ["health", "--watch", "--model", plan.model.name, "--interval", "30", "--failures", "3",
+    args = ["health", "--watch", "--model", plan.model.name, "--interval", "10" if plan.autoscale else "30", "--failures", "3",
             "--metrics-port", str(METRICS_PORT), "--metrics-bind", "0.0.0.0", "--json"]
+    if plan.autoscale:
+        args += ["--load-window", str(plan.autoscale.window)]
     for host in replica_hosts(plan):
         args += ["--host", host]
     runs, volumes, init = orch_pod_parts(plan, args)
@@ -393,7 +428,8 @@ def render(plan: K8sPlan) -> dict[str, list[dict] | dict]:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": plan.namespace, "labels": {
         "app.kubernetes.io/part-of": "orch", "app.kubernetes.io/managed-by": "orch", **POD_SECURITY}}}
     files = {"namespace.yaml": [namespace], "ollama.yaml": ollama_docs(plan), "open-webui.yaml": webui_docs(plan),
-             "monitor.yaml": monitor_docs(plan)} | ({"backup.yaml": backup_docs(plan)} if plan.backup_schedule else {})
+             "monitor.yaml": monitor_docs(plan)} | ({"backup.yaml": backup_docs(plan)} if plan.backup_schedule else {}) \
+        | ({"autoscale.yaml": autoscale_docs(plan)} if plan.autoscale else {})
     return files | {"kustomization.yaml": kustomization(plan, list(files)), "loader/model-loader.yaml": [loader_policy(plan), loader_pod(plan)]}
 
 

@@ -35,6 +35,18 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
+class Autoscale:
+    """KEDA scales the Ollama StatefulSet between the bounds on the monitor's chat time to first token (p95)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    ttft_target: float = 2.0  # seconds, as orch bench --ttft-target
+    cooldown: int = 300  # seconds the load must stay low before a replica goes
+    drain: int = 120  # seconds a leaving replica keeps serving what it already has (Ollama cuts streams at SIGTERM)
+    window: int = 60  # seconds over which the monitor takes the p95
+
+
+@dataclass(frozen=True)
 class K8sPlan:
     out: Path
     model: ModelFiles
@@ -59,6 +71,7 @@ class K8sPlan:
     backup_schedule: str | None = None  # a CronJob backing Open WebUI's volume up on this cron schedule
     backup_keep: int = 7
     backup_size: str = "10Gi"
+    autoscale: Autoscale | None = None
 
     @property
     def ollama_resources(self) -> dict:
@@ -177,6 +190,21 @@ def make_plan(target: Path, out: Path, *, name: str | None = None, namespace: st
         raise BadInput(f"--backup-size {kw['backup_size']!r} is not a Kubernetes quantity such as 20Gi")
     if kw.get("num_parallel") is not None and kw["num_parallel"] < 1:
         raise BadInput("--num-parallel takes 1 or more")
+    scale = kw.get("autoscale")
+    if scale is not None:
+        if scale.min_replicas < 1:
+            raise BadInput(f"--min-replicas {scale.min_replicas}: at least 1 (a replica that has to load the model first "
+                           "cannot answer the first user in time)")
+        if scale.max_replicas <= scale.min_replicas:
+            raise BadInput(f"--max-replicas {scale.max_replicas} leaves nothing to scale above --min-replicas "
+                           f"{scale.min_replicas}: give a larger --max-replicas, or leave out --autoscale and use --replicas")
+        if replicas != 1:
+            raise BadInput("--replicas is fixed; with --autoscale give --min-replicas and --max-replicas instead")
+        if scale.ttft_target <= 0 or scale.cooldown < 0 or scale.drain < 0:
+            raise BadInput("--ttft-target must be above 0 seconds, and --cooldown and --drain 0 or more")
+        replicas = scale.min_replicas
+        if kw.get("model_volume", "pvc") == "hostpath" and not node_selector:
+            raise BadInput("a hostPath model volume is on one node: with --autoscale pin the pods there with --node-selector")
     model = load_model(target, name)
     return K8sPlan(out=Path(out).expanduser().resolve(), model=model, namespace=namespace, replicas=replicas, gpu=gpu,
                    gpu_count=gpu_count, node_selector=parse_node_selector(list(node_selector)),

@@ -171,6 +171,10 @@ class KubernetesRuntime:
         """What the cluster itself says before anything is applied: room on the nodes, claims that could bind, and
         whether an existing namespace's PodSecurity level admits the pods."""
         out = []
+        if any(d.get("kind") == "ScaledObject" for d in docs) and not k.run("api-resources", "--api-group=keda.sh", "-o", "name",
+                                                                           check=False, namespaced=False).stdout.strip():
+            out.append("KEDA is not installed in this cluster (no keda.sh API): helm install keda kedacore/keda --namespace keda "
+                       "--create-namespace (https://keda.sh/docs/deploy/), or render without --autoscale")
         nodes = k.items("nodes", reporter)
         if nodes is not None:
             out += checks.capacity_problems(docs, nodes)
