@@ -113,21 +113,6 @@ def test_native_up_runs_the_built_ollama_when_none_is_on_path(tmp_path, monkeypa
     assert f"ollama binary: {data / 'orch' / 'ollama' / OLLAMA_SOURCE_VERSION / 'bin' / 'ollama'}" in proc.stdout, proc.stdout
 
 
-def test_an_ollama_installed_before_xdg_data_home_was_set_is_still_found(tmp_path):
-    """orch install-ollama ran with the default data directory; XDG_DATA_HOME, set later, points elsewhere."""
-    binary = real_ollama_binary()
-    home = tmp_path / "home"
-    default = home / ".local" / "share" / "orch" / "ollama"
-    default.mkdir(parents=True)
-    (default / OLLAMA_SOURCE_VERSION).symlink_to(binary.parent.parent)
-    path = tmp_path / "bin"
-    path.mkdir()
-    env = os.environ | {"HOME": str(home), "XDG_DATA_HOME": str(tmp_path / "elsewhere"),
-                        "PATH": f"{path}:{Path(sys.executable).parent}:/usr/bin:/bin"}
-    proc = cli("up", "--runtime", "native", "--dry-run", "--no-webui", "--dir", str(tmp_path / "stack"), env=env)
-    assert f"ollama binary: {default / OLLAMA_SOURCE_VERSION / 'bin' / 'ollama'}" in proc.stdout, proc.stdout
-
-
 @pytest.fixture
 def forging_proxy():
     """A Go module proxy that serves its own github.com/ollama/ollama at the pinned version: a hostile or broken mirror."""
