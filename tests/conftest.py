@@ -162,14 +162,13 @@ def tiny_build(built) -> Path:
 
 
 @pytest.fixture
-def unused_port():
-    """A port nothing listens on, for the whole test: bound by the kernel's choice and held without listening, so a
-    connection is refused and no server another worker starts can take it."""
+def unused_port() -> int:
+    """A port nothing listens on (bound once by the kernel's choice, then released)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -425,10 +425,10 @@ def test_credentials_in_the_host_url_are_sent_but_never_shown(served, tmp_path):
     assert "s3cr3t" not in out + err
 
 
-def chat_report(host: str, at: float, chat: str, ttft: float | None = None, waited_ms: float | None = None):
+def chat_report(host: str, at: float, chat: str, ttft: float | None = None, waited_ms: float | None = None, took: float = 0.1):
     from orchestrator.ollama.probe import Check, Report
 
-    return Report(host, MODEL, [Check("chat", chat, "", waited_ms, {"ttft_s": ttft} if ttft is not None else {})], at, 0.1)
+    return Report(host, MODEL, [Check("chat", chat, "", waited_ms, {"ttft_s": ttft} if ttft is not None else {})], at, took)
 
 
 @pytest.mark.parametrize("reports, now, by_host, signal", [
@@ -440,6 +440,8 @@ def chat_report(host: str, at: float, chat: str, ttft: float | None = None, wait
     ([("a", 0, "fail", None, 30000.0), ("b", 0, "skipped")], 1, {"a": 30.0}, 30.0),
     # the mean over the servers: one busy replica of two
     ([("a", 0, "ok", 0.1), ("b", 0, "ok", 2.1)], 1, {"a": 0.1, "b": 2.1}, 1.1),
+    # a probe that took longer than the window (it queued behind the load) still counts when it ends
+    ([("a", 0, "ok", 75.0, None, 80.0)], 80, {"a": 75.0}, 75.0),
     ([], 0, {}, 0.0),
 ])
 def test_the_autoscaling_signal_is_each_servers_chat_ttft_p95_over_the_window(reports, now, by_host, signal):

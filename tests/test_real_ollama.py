@@ -117,6 +117,7 @@ CONVERSATIONS = {
 }
 TOKENIZERS = {"baichuan2 (no dummy prefix)": {}, "dummy prefix (Baichuan 1 lineage)": {"dummy_prefix": True}}
 GREEDY_TOKENS = 16
+NEAR_TIE = 0.05
 
 
 @pytest.mark.parametrize("tokenizer", list(TOKENIZERS))
@@ -143,9 +144,17 @@ def test_greedy_chat_is_llama_cpps_continuation_of_baichuans_prompt_ids(server, 
     assert answer["prompt_eval_count"] == len(ids), "the server's prompt is not Baichuan2's token for token"
     stop_at = expected["text"].find(USER_PIECE)  # the Modelfile stops at the user marker
     want = expected["text"] if stop_at < 0 else expected["text"][:stop_at]
-    assert answer["message"]["content"] == want, f"llama.cpp's top two logits at each step: {expected['top2']}"
-    if stop_at < 0:
-        assert answer["eval_count"] == len(expected["ids"]), "as many tokens as llama.cpp's continuation"
+    # a step whose two best logits are within NEAR_TIE is decided by rounding, which differs between llama.cpp's builds
+    # and thread layouts (it did between the suite run serially and on two workers): the two must agree up to it
+    tie = next((i for i, (best, second) in enumerate(expected["top2"]) if best[1] - second[1] < NEAR_TIE), None)
+    if tie is None:
+        assert answer["message"]["content"] == want, f"llama.cpp's top two logits at each step: {expected['top2']}"
+        if stop_at < 0:
+            assert answer["eval_count"] == len(expected["ids"]), "as many tokens as llama.cpp's continuation"
+    else:
+        agreed = sp.decode(expected["ids"][:tie]).rstrip("\ufffd")
+        assert answer["message"]["content"].startswith(agreed[:len(want)]), \
+            f"the same continuation up to step {tie}, a near-tie: {expected['top2'][:tie + 1]}"
 
 
 def greedy_chat(server: RealOllama, name: str, messages: list[dict]) -> dict:

@@ -161,14 +161,15 @@ def test_the_advice_without_a_server_is_to_start_one_and_run_the_same_command_ag
     assert "start one (ollama serve, or orch up), then run this command again" in said and "orch register" not in said
 
 
-def test_a_build_without_a_server_says_which_register_line_to_run_later(tiny_build, unused_port):
+def test_a_build_without_a_server_says_which_register_line_to_run_later(tiny_build):
     """What orch build registers at its end (register_build): its output names the orch register line for later."""
     from orchestrator.ollama.register import register_build
 
-    (reg,) = register_build(tiny_build, f"127.0.0.1:{unused_port}")
+    # port 9 (discard): a privileged port no server of the suite's other worker can take while this runs
+    (reg,) = register_build(tiny_build, "127.0.0.1:9")
     (mf,) = tiny_build.glob("*.Modelfile")
-    assert reg.status == "skipped"
-    assert reg.message.endswith(f"then run: orch register {mf.resolve()} --name {reg.name} --host http://127.0.0.1:{unused_port}")
+    assert reg.status == "skipped", reg
+    assert reg.message.endswith(f"then run: orch register {mf.resolve()} --name {reg.name} --host http://127.0.0.1:9")
 
 
 def test_a_gguf_given_to_register_is_refused_up_front_saying_what_to_pass(tiny_build):

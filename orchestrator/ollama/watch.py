@@ -162,8 +162,8 @@ class LoadWindow:
         waited = chat.data.get("ttft_s")
         if waited is None and chat.status == FAIL and chat.latency_ms is not None:
             waited = chat.latency_ms / 1000
-        if waited is not None:
-            self.samples.setdefault(report.host, deque()).append((report.started, waited))
+        if waited is not None:  # stamped when the probe ended: one slowed by the queue must not arrive already expired
+            self.samples.setdefault(report.host, deque()).append((report.started + report.seconds, waited))
 
     def by_host(self, now: float) -> dict[str, float]:
         out = {}
