@@ -132,7 +132,7 @@ def test_a_runtime_orch_does_not_know_is_refused_even_in_a_dry_run(tmp_path):
     assert proc.returncode == 2 and "--runtime podman is not docker or native" in proc.stderr
 
 
-def test_without_a_docker_daemon_the_refusal_says_which_runtime_was_taken_and_why(tmp_path, monkeypatch):
+def test_without_a_docker_daemon_the_refusal_says_which_runtime_was_taken_and_why(tmp_path, monkeypatch, unused_port):
     """A docker CLI whose daemon does not answer (this machine's), and no ollama: one line saying both."""
     import shutil
 
@@ -143,7 +143,11 @@ def test_without_a_docker_daemon_the_refusal_says_which_runtime_was_taken_and_wh
     (bindir / "docker").symlink_to(shutil.which("docker"))
     monkeypatch.setenv("PATH", f"{bindir}:/bin")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
-    proc = cli("up", "--dir", str(tmp_path / "stack"), "--no-gpu", check=False)
+    from support import free_port
+
+    # ports of its own: the suite's other worker may run a stack on the default 3000 and 11434
+    proc = cli("up", "--dir", str(tmp_path / "stack"), "--no-gpu", "--port", str(unused_port), "--ollama-port", str(free_port()),
+               check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "runtime native (docker is installed but its daemon does not answer" in lines[0] and "ollama is not installed" in lines[0]
