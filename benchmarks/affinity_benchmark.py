@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from ollama_benchmark import ORCH, free_port, narrow_7b, wait_answering  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from orchestrator.ollama import install  # noqa: E402
+from orchestrator.builder import ollama_source as install  # noqa: E402
 
 ROUTES = ("conversation", "turn")
 

@@ -34,7 +34,7 @@ import httpx  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from orchestrator.builder.tiny import TinyShape, make_tiny_checkpoint  # noqa: E402
-from orchestrator.ollama import install  # noqa: E402
+from orchestrator.builder import ollama_source as install  # noqa: E402
 
 ORCH = Path(sys.executable).with_name("orch")
 PROMPT = "<reserved_106>请介绍一下北京的历史和文化。<reserved_107>"
