@@ -34,15 +34,16 @@ def start(plane: ControlPlane, kubectl: str, address: str, timeout: float = 120)
     env = os.environ | {"WATCH_NAMESPACE": "", "POD_NAMESPACE": NAMESPACE, "KEDA_CLUSTER_OBJECT_NAMESPACE": NAMESPACE,
                         "OPERATOR_NAME": "keda-operator"}
     admin_apply(kubectl, plane, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
-    operator = launch(plane, "keda-operator", keda / "keda", "--kubeconfig", admin, "--cert-dir", certs, "--enable-webhook-patching=false",
-           "--enable-apiservice-patching=false", f"--metrics-bind-address=127.0.0.1:{control_plane._free_port()}",
-           f"--health-probe-bind-address=127.0.0.1:{control_plane._free_port()}", "--metrics-service-bind-address=127.0.0.1:9666",
-           "--zap-log-level=info", env=env)
+    port = control_plane._free_port
+    operator = launch(plane, "keda-operator", keda / "keda", "--kubeconfig", admin, "--cert-dir", certs,
+                      "--enable-webhook-patching=false", "--enable-apiservice-patching=false",
+                      f"--metrics-bind-address=127.0.0.1:{port()}", f"--health-probe-bind-address=127.0.0.1:{port()}",
+                      "--metrics-service-bind-address=127.0.0.1:9666", "--zap-log-level=info", env=env)
     adapter = launch(plane, "keda-adapter", keda / "keda-adapter", "--kubeconfig", admin, "--lister-kubeconfig", admin,
-                     "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin, "--cert-dir", certs, "--tls-cert-file", certs / "tls.crt",
-           "--tls-private-key-file", certs / "tls.key", f"--bind-address={address}", f"--secure-port={ADAPTER_PORT}",
-           "--requestheader-client-ca-file", plane.work / "front-proxy-ca.crt", "--metrics-service-address=127.0.0.1:9666",
-           f"--metrics-service-grpc-authority={AUTHORITY}", env=env)
+                     "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin, "--cert-dir", certs,
+                     "--tls-cert-file", certs / "tls.crt", "--tls-private-key-file", certs / "tls.key", f"--bind-address={address}",
+                     f"--secure-port={ADAPTER_PORT}", "--requestheader-client-ca-file", plane.work / "front-proxy-ca.crt",
+                     "--metrics-service-address=127.0.0.1:9666", f"--metrics-service-grpc-authority={AUTHORITY}", env=env)
     service = "keda-metrics-apiserver"
     admin_apply(kubectl, plane, [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": NAMESPACE},

@@ -117,7 +117,6 @@ CONVERSATIONS = {
 }
 TOKENIZERS = {"baichuan2 (no dummy prefix)": {}, "dummy prefix (Baichuan 1 lineage)": {"dummy_prefix": True}}
 GREEDY_TOKENS = 16
-NEAR_TIE = 0.05
 
 
 @pytest.mark.parametrize("tokenizer", list(TOKENIZERS))
@@ -140,21 +139,17 @@ def test_greedy_chat_is_llama_cpps_continuation_of_baichuans_prompt_ids(server, 
     expected = json.loads(in_llama_child({"do": "greedy", "gguf": str(gguf), "ids": ids, "tokens": GREEDY_TOKENS, "repack": True,
                                           "flash_attn": True}).stdout)
 
+    # a fresh llama-server for the model: one that served an earlier test keeps its prompt cache, and a prompt read partly
+    # from that cache rounds differently from one read whole, which decides this random model's near-ties (the top two
+    # logits were 0.014 apart at the first step when the suite's order changed on two workers)
+    httpx.post(f"{server.url}/api/generate", json={"model": name, "keep_alive": 0}, timeout=60).raise_for_status()
     answer = greedy_chat(server, name, messages)
     assert answer["prompt_eval_count"] == len(ids), "the server's prompt is not Baichuan2's token for token"
     stop_at = expected["text"].find(USER_PIECE)  # the Modelfile stops at the user marker
     want = expected["text"] if stop_at < 0 else expected["text"][:stop_at]
-    # a step whose two best logits are within NEAR_TIE is decided by rounding, which differs between llama.cpp's builds
-    # and thread layouts (it did between the suite run serially and on two workers): the two must agree up to it
-    tie = next((i for i, (best, second) in enumerate(expected["top2"]) if best[1] - second[1] < NEAR_TIE), None)
-    if tie is None:
-        assert answer["message"]["content"] == want, f"llama.cpp's top two logits at each step: {expected['top2']}"
-        if stop_at < 0:
-            assert answer["eval_count"] == len(expected["ids"]), "as many tokens as llama.cpp's continuation"
-    else:
-        agreed = sp.decode(expected["ids"][:tie]).rstrip("\ufffd")
-        assert answer["message"]["content"].startswith(agreed[:len(want)]), \
-            f"the same continuation up to step {tie}, a near-tie: {expected['top2'][:tie + 1]}"
+    assert answer["message"]["content"] == want, f"llama.cpp's top two logits at each step: {expected['top2']}"
+    if stop_at < 0:
+        assert answer["eval_count"] == len(expected["ids"]), "as many tokens as llama.cpp's continuation"
 
 
 def greedy_chat(server: RealOllama, name: str, messages: list[dict]) -> dict:

@@ -146,10 +146,9 @@ def run_level(servers: list[Ollama], plan: BenchPlan, users: int) -> Level:
                  error_samples=sorted({t.error for t in turns if t.error})[:3])
 
 
-def bench(plan: BenchPlan, hosts: list[str | None] | str | None = None, *, reporter: Reporter = SILENT,
-          stop: threading.Event | None = None) -> dict:
-    """Every level in turn; the result says how many users the servers hold under the first-token target."""
-    hosts = hosts if isinstance(hosts, list) and hosts else [hosts if not isinstance(hosts, list) else None]
+def bench(plan: BenchPlan, hosts: list[str | None], *, reporter: Reporter = SILENT, stop: threading.Event | None = None) -> dict:
+    """Every level in turn, the users spread over `hosts` (None: the default server); the result says how many users
+    the servers hold under the first-token target."""
     with ExitStack() as opened:
         # one connection per simulated user, or the higher levels would measure the client's queue, not the server
         servers = [opened.enter_context(Ollama(h, timeout=plan.timeout, connect=5.0, connections=max(plan.users))) for h in hosts]

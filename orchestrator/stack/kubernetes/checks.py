@@ -151,8 +151,9 @@ def claims(docs: list[dict]) -> list[Claim]:
         if doc.get("kind") == "PersistentVolumeClaim":
             templates, names = [doc], [doc["metadata"]["name"]]
         elif doc.get("kind") == "StatefulSet":
+            replicas = scaled.get(("StatefulSet", doc["metadata"]["name"]), doc["spec"].get("replicas", 1))
             for t in doc["spec"].get("volumeClaimTemplates", []):
-                out += [_claim(t, f"{t['metadata']['name']}-{doc['metadata']['name']}-{i}") for i in range(scaled.get(("StatefulSet", doc["metadata"]["name"]), doc["spec"].get("replicas", 1)))]
+                out += [_claim(t, f"{t['metadata']['name']}-{doc['metadata']['name']}-{i}") for i in range(replicas)]
             continue
         else:
             continue
