@@ -8,7 +8,7 @@ password, so whoever holds it holds the stack), with manifest.json naming every
 file's sha256 and the stack it came from (a hash of the stack's secret key, not
 the key), and manifest.sig, an HMAC of the manifest under a key derived from
 the stack's secret key. Restore judges every member and the signature before it
-writes a byte (stack/archive.py), refuses a cut, altered or foreign archive in
+writes a byte (orchestrator/archive.py), refuses a cut, altered or foreign archive in
 one line, and swaps the data in through a journal (stack/journal.py). What a
 restore never takes from an archive: which Open WebUI runs, or any program to
 run; and revoked API keys stay revoked (stack/api_keys.py).
@@ -34,7 +34,7 @@ from orchestrator import settings
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path, sha256_file
-from orchestrator.stack import archive as archive_mod
+from orchestrator import archive as archive_mod
 from orchestrator.stack.config import parse_env, read_env
 
 FORMAT = "orch-backup/2"  # /2: the manifest is signed (manifest.sig)

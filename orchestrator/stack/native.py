@@ -6,7 +6,7 @@ crashes (an out-of-memory kill, a CUDA error), rotates its logs, and stops
 exactly what it started. orch writes its configuration (supervisord.conf, no
 secrets in it: they reach supervisord's environment from .env), starts it,
 and talks to it over its XML-RPC socket. Open WebUI goes into a virtualenv of
-its own (as pipx would) so its many dependencies never meet orch's.
+its own (webui/install.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from orchestrator.builder import ollama_source
 from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, StackPlan, changed_settings, webui_version, write_env
 from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
+from orchestrator.webui import install as webui_install
+from orchestrator.webui.install import MARKER, PipStep, install_steps, run_pip  # noqa: F401  (the runtime's, and its tests')
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
 VERSION_ENV, VENV_ENV, PREINSTALL_ENV = settings.WEBUI_VERSION_ENV, settings.WEBUI_VENV_ENV, settings.WEBUI_PREINSTALL_ENV
@@ -44,76 +46,24 @@ def webui_package() -> str:
 
 
 def webui_venv() -> Path:
-    """One virtualenv per Open WebUI release, so that the one before an upgrade is still there to roll back to."""
-    return settings.webui_venv() or paths.data_home() / f"open-webui-venv-{webui_version()}"
-
-
-MARKER = ".orch-installed"  # in a virtualenv orch installed Open WebUI into: the package it holds
+    return webui_install.default_venv(webui_version())
 
 
 def installed_exe(release: dict) -> Path:
     """The open-webui of a release record, only from a virtualenv orch itself installed that package into: a record
     (or a restored file) can name which of orch's installs runs, never a program of its own."""
     venv = Path(release.get("venv", ""))
-    marker = venv / MARKER
-    try:
-        holds = marker.read_text().strip() if venv.is_absolute() and marker.is_file() else None
-    except OSError:
-        holds = None
+    holds = webui_install.holds(venv) if venv.is_absolute() else None
     if holds != release.get("release") or not (venv / "bin" / "open-webui").is_file():
         raise OrchError(f"{release.get('release')} is no longer installed by orch in {venv}, so it cannot run again: "
                         f"orch up installs the pinned release")
     return venv / "bin" / "open-webui"
 
 
-@dataclass(frozen=True)
-class PipStep:
-    args: tuple[str, ...]  # what follows `pip install`
-    optional: str | None = None  # when set, a failure is this note and the install goes on
-
-
-def install_steps(package: str, *, gpu: bool) -> list[PipStep]:
-    """What goes into Open WebUI's virtualenv, in order. On a box with no GPU, torch comes first from a CPU-only index
-    (not PyPI's CUDA build, whose nvidia-* packages are 2.7 GB installed), so that Open WebUI's own requirement finds it there and pip installs
-    no second one; where that index does not answer, PyPI's torch comes with Open WebUI, as before."""
-    if preinstall := settings.webui_preinstall():
-        return [PipStep((r,)) for r in preinstall] + [PipStep((package,))]
-    index = settings.torch_cpu_index()
-    if gpu or index is None:
-        return [PipStep((package,))]
-    return [PipStep(("torch", "--index-url", index, "--timeout", "20", "--retries", "1"),
-                    optional=f"the CPU-only torch from {index} could not be installed (see the log): Open WebUI gets PyPI's, a "
-                             f"CUDA build with 2.7 GB of nvidia-* packages; set {settings.TORCH_CPU_INDEX_ENV} to a mirror of that index"),
-            PipStep((package,))]
-
-
 def ensure_webui(reporter: Reporter, *, gpu: bool = False) -> Path:
     """The open-webui executable, installed into its own virtualenv on first use."""
-    venv = webui_venv()
-    exe = venv / "bin" / "open-webui"
-    marker = venv / MARKER
     package = webui_package()
-    if exe.is_file() and marker.is_file() and marker.read_text().strip() == package:
-        return exe
-    reporter.note(f"installing {package} into {venv} (once; several minutes)")
-    if not (venv / "bin" / "python").is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    run_pip(venv, install_steps(package, gpu=gpu), reporter)
-    marker.write_text(package + "\n")
-    return exe
-
-
-def run_pip(venv: Path, steps: list[PipStep], reporter: Reporter) -> None:
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    log = venv / "install.log"
-    with open(log, "ab") as out:
-        for step in steps:
-            if subprocess.run([*pip, *step.args], stdout=out, stderr=subprocess.STDOUT).returncode == 0:
-                continue
-            if step.optional is None:
-                raise OrchError(f"pip could not install {step.args[0]} into {venv}: see {log} "
-                                "(a PyPI mirror can be set with PIP_INDEX_URL)")
-            reporter.note(f"{step.optional} (log: {log})", "warning")
+    return webui_install.ensure(webui_venv(), package, install_steps(package, gpu=gpu), reporter)
 
 
 @dataclass
