@@ -54,13 +54,21 @@ def cmake() -> str:
     return found
 
 
+def options(cuda: bool) -> list[str]:
+    return [*CMAKE_OPTIONS, *(["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=native"] if cuda else [])]
+
+
+def home_for(llama: LlamaCpp, *, cuda: bool = False) -> Path:
+    """Where the programs for this tree live: beside orch's own provisioned tree (shared by every build that uses it),
+    else in orch's cache; one folder per tree and options."""
+    key = hashlib.sha256(f"{llama.version}|{llama.root}|{' '.join(options(cuda))}".encode()).hexdigest()[:12]
+    provisioned = (llama.root / "orch-provenance.json").is_file()
+    return (llama.root.parent if provisioned else paths.cache_home() / "llama.cpp") / f"tools-{key}"
+
+
 def locate(llama: LlamaCpp, *, cuda: bool = False, reporter: Reporter = SILENT) -> Tools:
     """The programs for this llama.cpp tree, compiled into the cache the first time they are needed (`cuda`: with the CUDA backend)."""
-    options = [*CMAKE_OPTIONS, *(["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=native"] if cuda else [])]
-    key = hashlib.sha256(f"{llama.version}|{llama.root}|{' '.join(options)}".encode()).hexdigest()[:12]
-    # beside orch's own provisioned tree (shared by every build that uses it), else in orch's cache
-    provisioned = (llama.root / "orch-provenance.json").is_file()
-    home = (llama.root.parent if provisioned else paths.cache_home() / "llama.cpp") / f"tools-{key}"
+    home = home_for(llama, cuda=cuda)
     tools = Tools(*(home / program for program in PROGRAMS))
     if all((home / program).is_file() for program in PROGRAMS):
         return tools
@@ -73,7 +81,7 @@ def locate(llama: LlamaCpp, *, cuda: bool = False, reporter: Reporter = SILENT) 
         jobs = str(os.cpu_count() or 1)
         reporter.note(f"building llama.cpp's {', '.join(PROGRAMS)}{' with CUDA' if cuda else ''} from {llama.version} "
                       "(once; 10 to 20 minutes on 2 cores)")
-        for what, cmd in (("configure", [cmake(), "-S", str(llama.root), "-B", str(build), *options]),
+        for what, cmd in (("configure", [cmake(), "-S", str(llama.root), "-B", str(build), *options(cuda)]),
                           ("compile", [cmake(), "--build", str(build), "--target", *PROGRAMS, "-j", jobs])):
             run_watched(cmd, watch=None, expected_bytes=None, what=f"{what} llama.cpp tools", log=log, reporter=reporter)
         staged = Path(tmp) / "tools"
