@@ -77,6 +77,36 @@ def test_shipping_needs_no_running_stack():
     assert importing({"orchestrator.stack", "orchestrator.ollama"}, lambda m: m.startswith("ship/")) == {}
 
 
+def test_the_bundle_installer_needs_only_the_standard_library():
+    """ship/unbundle.py runs on a box before orch is installed there (imported from orch's wheel by the bundle's
+    install.py): it, and every orch module it imports at any depth, import nothing outside the standard library."""
+    import sys
+
+    imports = modules()
+
+    def module_file(name: str) -> str | None:
+        parts = name.split(".")[1:]
+        while parts:
+            for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+                if candidate in imports:
+                    return candidate
+            parts = parts[:-1]
+        return None
+
+    seen, todo, outside = set(), ["ship/unbundle.py", "ship/bootstrap.py"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in imports[module]:
+            if name.startswith("orchestrator"):
+                todo += [m for m in [module_file(name)] if m]
+            elif name.split(".")[0] not in sys.stdlib_module_names | {"__future__"}:
+                outside.add(f"{module}: {name}")
+    assert "archive.py" in seen and outside == set()
+
+
 def test_only_settings_reads_the_environment():
     """settings.py owns the environment (and the pins): no other module reads os.environ or os.getenv."""
     found = set()

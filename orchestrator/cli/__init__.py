@@ -114,7 +114,7 @@ def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, 
     """Run Baichuan2 privately."""
 
 
-from orchestrator.cli import build, images, k8s, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
+from orchestrator.cli import build, bundle, images, k8s, ollama, stack  # noqa: E402,F401  (each registers its commands on app)
 
 
 def main() -> None:
