@@ -60,6 +60,9 @@ def replicas(plane, namespace: str) -> tuple[int, list[str]]:
     return sts["spec"]["replicas"], sorted(ready)
 
 
+# on a cold machine the fixture waits for KEDA's build (scripts/engines keda, about 25 minutes on 2 cores, the last of the
+# engines): the setup counts toward pytest-timeout's limit
+@pytest.mark.timeout(3600)
 def test_keda_adds_a_replica_under_real_load_and_removes_it_after(scaling_cluster, real_served, tiny_build, tmp_path,
                                                                   artifacts_dir):
     plane = scaling_cluster

@@ -111,13 +111,32 @@ def host_ollama_reachable(docker: str, url: str) -> None:
     port = urlparse(url if "://" in url else f"http://{url}").port or 11434
     proc = subprocess.run([docker, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
                           capture_output=True, text=True, timeout=30)
-    gateway = next(iter(proc.stdout.split()), "")
-    if proc.returncode != 0 or not gateway:
+    gateway = next(iter(proc.stdout.split()), "") if proc.returncode == 0 else ""
+    if loopback_only(port):  # what the kernel lists, before any try to connect (which a busy bridge can make unclear)
+        reachable = False
+    elif not gateway:
         return  # no default bridge to ask about: Docker's own error, if any, comes at start
+    else:
+        try:
+            with socket.create_connection((gateway, port), timeout=2):
+                reachable = True
+        except OSError:
+            reachable = False
+    if not reachable:
+        at = gateway or "the Docker bridge's gateway"
+        raise OrchError(f"the Ollama at {url} listens on loopback only, and containers reach this host at {at}: start it "
+                        f"with OLLAMA_HOST={gateway or 'GATEWAY'}:{port} (the Docker bridge alone, not your network), or let orch "
+                        "run Ollama (orch up without --host), or use --runtime native")
+
+
+def loopback_only(port: int) -> bool:
+    """Whether this host listens on TCP `port` and only on loopback addresses (as Ollama does by default)."""
+    import ipaddress
+
+    import psutil
+
     try:
-        with socket.create_connection((gateway, port), timeout=2):
-            return
-    except OSError:
-        raise OrchError(f"the Ollama at {url} listens on loopback only, and containers reach this host at {gateway}: start it "
-                        f"with OLLAMA_HOST={gateway}:{port} (the Docker bridge alone, not your network), or let orch run Ollama "
-                        "(orch up without --host), or use --runtime native") from None
+        listening = [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    except (psutil.Error, OSError):
+        return False
+    return bool(listening) and all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in listening)
