@@ -25,7 +25,6 @@ from typing import Iterator
 
 import psutil
 
-from orchestrator import paths
 from orchestrator.errors import OrchError
 from orchestrator.events import Reporter
 from orchestrator.files import write_text
@@ -35,7 +34,7 @@ from orchestrator.stack import backup, compose, preflight
 from orchestrator.stack.config import SECRET_KEYS, StackPlan, changed_settings, webui_version, write_env
 from orchestrator.stack.runtime import ServiceState, Started, save_webui_release, webui_release
 from orchestrator.webui import install as webui_install
-from orchestrator.webui.install import MARKER, PipStep, install_steps, run_pip  # noqa: F401  (the runtime's, and its tests')
+from orchestrator.webui.install import PipStep, install_steps, run_pip  # noqa: F401  (the runtime's, and its tests')
 
 OLLAMA_INSTALL = "curl -fsSL https://ollama.com/install.sh | sh"
 VERSION_ENV, VENV_ENV, PREINSTALL_ENV = settings.WEBUI_VERSION_ENV, settings.WEBUI_VENV_ENV, settings.WEBUI_PREINSTALL_ENV

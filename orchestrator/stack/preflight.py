@@ -112,21 +112,17 @@ def host_ollama_reachable(docker: str, url: str) -> None:
     proc = subprocess.run([docker, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
                           capture_output=True, text=True, timeout=30)
     gateway = next(iter(proc.stdout.split()), "") if proc.returncode == 0 else ""
-    if loopback_only(port):  # what the kernel lists, before any try to connect (which a busy bridge can make unclear)
-        reachable = False
-    elif not gateway:
-        return  # no default bridge to ask about: Docker's own error, if any, comes at start
-    else:
+    if not loopback_only(port):  # the kernel's listening sockets first: a connect alone was once answered here regardless
+        if not gateway:
+            return  # no default bridge to ask about: Docker's own error, if any, comes at start
         try:
             with socket.create_connection((gateway, port), timeout=2):
-                reachable = True
+                return
         except OSError:
-            reachable = False
-    if not reachable:
-        at = gateway or "the Docker bridge's gateway"
-        raise OrchError(f"the Ollama at {url} listens on loopback only, and containers reach this host at {at}: start it "
-                        f"with OLLAMA_HOST={gateway or 'GATEWAY'}:{port} (the Docker bridge alone, not your network), or let orch "
-                        "run Ollama (orch up without --host), or use --runtime native")
+            pass
+    raise OrchError(f"the Ollama at {url} listens on loopback only, and containers reach this host at "
+                    f"{gateway or 'the Docker bridge gateway'}: start it with OLLAMA_HOST={gateway or 'GATEWAY'}:{port} (the Docker "
+                    "bridge alone, not your network), or let orch run Ollama (orch up without --host), or use --runtime native")
 
 
 def loopback_only(port: int) -> bool:
