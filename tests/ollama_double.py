@@ -92,9 +92,9 @@ class Double:
 
     def llama(self, name: str):
         if name not in self.loaded:
-            from llama_cpp import Llama
+            from orchestrator.builder.llamacpp.runtime import bindings
 
-            self.loaded[name] = Llama(model_path=str(self.blob(self.models[name]["digest"])), n_ctx=512, n_threads=2,
+            self.loaded[name] = bindings().Llama(model_path=str(self.blob(self.models[name]["digest"])), n_ctx=512, n_threads=2,
                                       verbose=False, seed=0)
         return self.loaded[name]
 

@@ -57,22 +57,17 @@ def test_docker_and_disk_are_asked_of_the_box_before_anything_is_installed(tmp_p
 
 
 def test_the_amx_check_finds_tile_code_and_passes_the_llama_cpp_orch_runs(tmp_path):
-    """has_amx reads a wheel's libraries for the instructions that configure AMX tiles, which every AMX path runs first."""
+    """has_amx reads libraries for the instructions that configure AMX tiles, which every AMX path runs first."""
     source = tmp_path / "amx.c"
     source.write_text("#include <immintrin.h>\nvoid cfg(const void *p) { _tile_loadconfig(p); _tile_release(); }\n")
     subprocess.run(["gcc", "-O2", "-mamx-tile", "-shared", "-fPIC", "-o", str(tmp_path / "libamx.so"), str(source)], check=True)
-    with zipfile.ZipFile(tmp_path / "amx-0-py3-none-any.whl", "w") as z:
-        z.write(tmp_path / "libamx.so", "amx/libamx.so")
-    assert bundle.has_amx(tmp_path / "amx-0-py3-none-any.whl")
+    assert bundle.has_amx([tmp_path / "libamx.so"])
 
-    import llama_cpp
+    from orchestrator.builder.llamacpp import runtime
 
-    libs = sorted(Path(llama_cpp.__file__).parent.rglob("*.so*"))
+    libs = sorted((runtime.locate() / runtime.PACKAGE / "lib").glob("*.so"))
     assert libs
-    with zipfile.ZipFile(tmp_path / "llama-0-py3-none-any.whl", "w") as z:
-        for lib in libs:
-            z.write(lib, f"llama_cpp/lib/{lib.name}")
-    assert not bundle.has_amx(tmp_path / "llama-0-py3-none-any.whl")
+    assert not bundle.has_amx(libs)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -148,9 +143,11 @@ def test_a_bundle_made_here_gives_a_chat_on_a_box_with_no_network(tiny_build, is
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert names[0] == "install.py" and unbundle.is_orch_wheel(names[1]) and names[-1] == "manifest.json"
-    assert any(n.startswith("wheels/llama_cpp_python-") for n in names) and any(n.startswith("wheels/open_webui-") for n in names)
-    assert {"ollama/0.34.1/bin/ollama", "ollama/0.34.1/lib/ollama/llama-server", f"builds/{tiny_build.name}/build.json",
-            "llama.cpp/tree/convert_hf_to_gguf.py", "llama.cpp/tools/llama-quantize"} <= set(names)
+    assert any(n.startswith("wheels/open_webui-") for n in names) and not any(n.startswith("wheels/llama_cpp_python-") for n in names)
+    assert {"ollama/0.34.1/bin/ollama", "ollama/0.34.1/lib/ollama/llama-server", "ollama/0.34.1/lib/ollama/libllama.so",
+            f"builds/{tiny_build.name}/build.json", "llama.cpp/tree/convert_hf_to_gguf.py",
+            "llama.cpp/tree/llama-cpp-python/llama_cpp/llama_cpp.py", "llama.cpp/runtime/llama_cpp/lib/libllama.so",
+            "llama.cpp/tools/llama-quantize", "llama.cpp/tools/libllama.so"} <= set(names)
 
     # cut short: the installer refuses it, and the box has nothing new
     box = tmp_path / "box"

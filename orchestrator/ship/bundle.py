@@ -3,11 +3,11 @@
 The archive is a plain tar (its members are wheels and GGUFs, which do not
 compress), members in this order:
   install.py            the installer, standard library only: `tar -xOf BUNDLE install.py | python3 - BUNDLE`
-  wheels/*.whl          orch and every wheel it needs, and Open WebUI's, resolved by pip for this Python and platform;
-                        llama-cpp-python built here once with llama.cpp's AMX path off, and checked for it
+  wheels/*.whl          orch and every wheel it needs, and Open WebUI's, resolved by pip for this Python and platform
   requirements/*.txt    the exact versions each virtualenv gets (pip constraints)
   ollama/VERSION/       the Ollama orch install-ollama built (bin/ollama, lib/ollama/llama-server, llama-quantize)
-  llama.cpp/tree/       the pinned llama.cpp tree (the converter), llama.cpp/tools/ its compiled programs
+  llama.cpp/tree/       the pinned llama.cpp tree (the converter, the bindings), llama.cpp/runtime/ the libraries the
+                        bindings load and llama.cpp/tools/ its programs: orch's one compile, checked for the AMX path
   builds/NAME/          each chosen build: build.json, its GGUFs (checked against build.json) and Modelfiles
   images/*.tar          with --docker: `docker save` of the images orch images build made
   manifest.json         last: every member's sha256, size and mode; the versions; the box it was made for
@@ -28,13 +28,12 @@ import subprocess
 import sys
 import tarfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import __version__, paths, settings
 from orchestrator.builder import ollama_source
-from orchestrator.builder.llamacpp import cpu, provision, tools
+from orchestrator.builder.llamacpp import runtime, tools
 from orchestrator.errors import BadInput, OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.files import atomic_path, nearest_existing
@@ -117,37 +116,10 @@ def _pip(args: list[str], *, log: Path, what: str, env: dict | None = None, repo
     return done.returncode == 0
 
 
-def has_amx(wheel: Path) -> bool:
-    """Whether any shared library in `wheel` holds AMX tile instructions (llama.cpp's AMX path, which crashes on AMX CPUs
+def has_amx(libraries: list[Path]) -> bool:
+    """Whether any of these shared libraries holds AMX tile instructions (llama.cpp's AMX path, which crashes on AMX CPUs
     when GCC < 13 compiled it: builder/llamacpp/cpu.py)."""
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if ".so" in Path(name).name:
-                with z.open(name) as f:
-                    if _AMX.search(f.read()):
-                        return True
-    return False
-
-
-def llama_wheel(into: Path, log: Path, reporter: Reporter) -> Path:
-    """llama-cpp-python as a wheel for this machine, compiled with the AMX path off as scripts/test does: pip's wheel
-    cache answers when it holds a build without it (the one pip made when orch was installed); one with the AMX path,
-    cached or from the index, is compiled again from the sdist, past the cache (minutes)."""
-    version = settings.LLAMA_CPP_PYTHON_VERSION
-    flags = " ".join(cpu.AMX_OFF) if cpu.x86() else ""
-    env = {"CMAKE_ARGS": f"-DCMAKE_C_FLAGS='{flags}' -DCMAKE_CXX_FLAGS='{flags}'"} if flags else {}
-    for fresh in (False, True):
-        for old in into.glob("llama_cpp_python-*.whl"):
-            old.unlink()
-        args = ["wheel", "--no-deps", "-w", str(into), f"llama-cpp-python=={version}"]
-        if not _pip(args + (["--no-cache-dir", "--no-binary", "llama-cpp-python"] if fresh else []), log=log, env=env, reporter=reporter,
-                    what=f"llama-cpp-python {version} as a wheel" + (" (compiling: several minutes)" if fresh else "")):
-            raise OrchError(f"pip could not build llama-cpp-python {version}: see {log}")
-        wheel = next(into.glob("llama_cpp_python-*.whl"))
-        if not has_amx(wheel):
-            return wheel
-        reporter.note("pip's cached llama-cpp-python wheel carries llama.cpp's AMX path: compiling it again without it")
-    raise OrchError(f"llama-cpp-python {version} still carries the AMX path after a build with {env.get('CMAKE_ARGS')}: see {log}")
+    return any(_AMX.search(library.read_bytes()) for library in libraries)
 
 
 def this_environment() -> list[str]:
@@ -198,12 +170,10 @@ def wheels(p: BundlePlan, reporter: Reporter) -> tuple[dict[str, Path], list[str
     bundle carries exactly what the box's pip will install (requirements/*.txt pin it)."""
     parts = p.parts
     sets = {"orch": parts / "sets" / "orch", "open-webui": parts / "sets" / "open-webui"}
-    for folder in (*sets.values(), parts / "llama", parts / "requirements"):
+    for folder in (*sets.values(), parts / "requirements"):
         folder.mkdir(parents=True, exist_ok=True)
     done = parts / "wheels.json"
     if not done.is_file():
-        llama = llama_wheel(parts / "llama", parts / "pip-llama.log", reporter)
-        shutil.copy2(llama, sets["orch"] / llama.name)
         here = parts / "requirements" / "this-machine.txt"
         here.write_text("\n".join(this_environment()) + "\n")
         _orch_set(p, sets["orch"], here, parts / "pip-orch.log", reporter)
@@ -283,12 +253,17 @@ def ollama_files(p: BundlePlan, reporter: Reporter) -> tuple[dict[str, Path], di
 
 
 def llama_files(reporter: Reporter) -> tuple[dict[str, Path], dict]:
-    """The pinned llama.cpp tree (the converter orch build runs) and its compiled programs (imatrix, quantize, server)."""
-    llama = provision.locate(reporter=reporter)
-    if not (llama.root / "orch-provenance.json").is_file():
-        return {}, {"left_out": f"{llama.root} is a tree of your own (--llama-cpp), not orch's pinned one"}
+    """The pinned llama.cpp tree (the converter orch build runs, the bindings), and what orch compiled of it: the
+    bindings' libraries and the programs (imatrix, quantize, server). None may carry the AMX path."""
+    llama = runtime.pinned(reporter)
+    compiled = runtime.locate(reporter)
     programs = tools.locate(llama, reporter=reporter)
-    files = tree_files(llama.root, "llama.cpp/tree") | tree_files(programs.server.parent, "llama.cpp/tools")
+    libraries = [*(compiled / runtime.PACKAGE / "lib").glob("*.so"), *programs.libraries]
+    if has_amx(libraries):
+        raise OrchError(f"orch's llama.cpp libraries carry the AMX path, which crashes on AMX CPUs: delete {compiled} and "
+                        f"{programs.server.parent}, then create the bundle again (orch compiles them without it)")
+    files = (tree_files(llama.root, "llama.cpp/tree") | tree_files(compiled, "llama.cpp/runtime")
+             | tree_files(programs.server.parent, "llama.cpp/tools"))
     provenance = json.loads((llama.root / "orch-provenance.json").read_text())
     return files, {"version": provenance["version"], "sdist_sha256": provenance["sdist_sha256"]}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator import paths
 from orchestrator.builder import ollama_source
-from orchestrator.builder.llamacpp import provision, tools
+from orchestrator.builder.llamacpp import provision, runtime, tools
 from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 from orchestrator.ship.unbundle import MANIFEST
@@ -66,7 +66,7 @@ def _place(staging: Path, manifest: dict, reporter: Reporter) -> Placed:
     llama_root = None
     if (staging / "llama.cpp" / "tree").is_dir():
         llama_root = provision.cache_dir()
-        if (llama_root / "orch-provenance.json").is_file():
+        if provision.complete(llama_root):
             kept.append(f"llama.cpp in {llama_root}")
         else:
             _move(staging / "llama.cpp" / "tree", llama_root)
@@ -74,7 +74,9 @@ def _place(staging: Path, manifest: dict, reporter: Reporter) -> Placed:
         home = tools.home_for(placed)
         if not all((home / p).is_file() for p in tools.PROGRAMS):
             _move(staging / "llama.cpp" / "tools", home)
-        reporter.note(f"llama.cpp: {placed.version}, its converter and programs in {llama_root.parent}")
+        if not runtime.complete(runtime.home_for(placed)):
+            _move(staging / "llama.cpp" / "runtime", runtime.home_for(placed))
+        reporter.note(f"llama.cpp: {placed.version}, its converter, libraries and programs in {llama_root.parent}")
 
     models = []
     for model in contents["models"]:

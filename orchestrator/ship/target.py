@@ -1,8 +1,8 @@
 """The machine a bundle is made on, and what the box it goes to must have for the bundle's compiled parts to run there.
 
 A bundle carries wheels resolved for one Python (X.Y) and one platform, and
-programs compiled on the machine that made it: llama.cpp (in llama-cpp-python,
-llama-server, the quantizer) is compiled for that machine's CPU (GGML_NATIVE),
+programs compiled on the machine that made it: llama.cpp (the libraries the
+bindings load, llama-server, the quantizer) is compiled for that machine's CPU (GGML_NATIVE),
 and against its glibc. So the manifest records the Python, the architecture,
 the glibc and the CPU's vector extensions, and the box is checked against each
 before anything is installed: one line per thing it lacks. Standard library

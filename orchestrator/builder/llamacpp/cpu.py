@@ -6,15 +6,11 @@ dies with SIGILL or SIGSEGV on CPUs with AMX (Sapphire Rapids and later). Every
 llama.cpp that orch compiles is built with AMX switched off: the flags override
 -march=native, and are ignored by CPUs without AMX. docs/upstream/amx-tile-config.md
 has the reproducer and the evidence.
-
-Run as `python -m orchestrator.builder.llamacpp.cpu check-runtime` to learn
-whether the installed llama-cpp-python carries the AMX path (exit 1 if it does).
 """
 
 from __future__ import annotations
 
 import platform
-import sys
 from pathlib import Path
 
 AMX_OFF = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
@@ -54,25 +50,8 @@ def describe(flags: set[str] | None = None) -> str:
 
 
 def runtime_has_amx() -> bool:
-    """Whether the installed llama-cpp-python was compiled with the AMX path."""
-    import llama_cpp
+    """Whether the llama.cpp libraries orch loads were compiled with the AMX path."""
+    from orchestrator.builder.llamacpp.runtime import bindings
 
-    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+    return "AMX_INT8 = 1" in bindings().llama_print_system_info().decode(errors="replace")
 
-
-def main(argv: list[str]) -> int:
-    if argv == ["check-runtime"]:
-        if runtime_has_amx():
-            print("llama-cpp-python was compiled with llama.cpp's AMX path, which crashes on this CPU: reinstall it with "
-                  f"CMAKE_ARGS='{' '.join(repr(f) for f in cmake_flags())}' (scripts/test does this)", file=sys.stderr)
-            return 1
-        return 0
-    if argv == ["describe"]:
-        print(describe())
-        return 0
-    print("usage: python -m orchestrator.builder.llamacpp.cpu check-runtime|describe", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -16,13 +16,14 @@ from pathlib import Path
 
 
 def load(gguf: Path, *, repack: bool = False, **kwargs):
-    """A llama_cpp.Llama for `gguf`; `kwargs` go to Llama (n_ctx, logits_all, ...), threads default to every core."""
+    """A llama_cpp.Llama for `gguf` (orch's compile, runtime.py); `kwargs` go to Llama (n_ctx, logits_all, ...), threads default to every core."""
     kwargs.setdefault("n_threads", os.cpu_count() or 1)
     kwargs.setdefault("verbose", False)
-    with _repacking(repack):
-        from llama_cpp import Llama
+    from orchestrator.builder.llamacpp.runtime import bindings
 
-        return Llama(model_path=str(gguf), **kwargs)
+    llama_cpp = bindings()
+    with _repacking(llama_cpp.llama_cpp, repack):
+        return llama_cpp.Llama(model_path=str(gguf), **kwargs)
 
 
 def scoring(gguf: Path, n_tokens: int):
@@ -43,9 +44,7 @@ def score_all(llm, tokens: list[int], on_tokens=None) -> None:
 
 
 @contextmanager
-def _repacking(on: bool):
-    import llama_cpp.llama_cpp as native
-
+def _repacking(native, on: bool):
     defaults = native.llama_model_default_params
 
     def params():

@@ -12,7 +12,8 @@ from orchestrator.events import SILENT, Reporter
 
 
 def run_watched(cmd: list[str], *, watch: Path | Callable[[], int] | None, expected_bytes: int | None, what: str, log: Path,
-                reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None, unit: str = "bytes") -> None:
+                reporter: Reporter = SILENT, cwd: Path | None = None, env: dict | None = None, unit: str = "bytes",
+                append: bool = False) -> None:
     """Run `cmd`, logging to `log`; `watch` growing towards `expected_bytes` is the progress (none: a spinner).
 
     `watch` is a file whose size is the work done, or a function that measures
@@ -20,12 +21,14 @@ def run_watched(cmd: list[str], *, watch: Path | Callable[[], int] | None, expec
     count in other units by appending a byte per unit (a token scored, say) to
     a file of its own as `watch`.
 
+    `append` keeps what earlier steps wrote to `log`.
+
     A child process keeps Ctrl-C and kill prompt (a C call in this process
     would hold them until it returns) and keeps llama.cpp's memory out of ours.
     """
     done = watch if callable(watch) else (lambda: watch.stat().st_size if watch is not None and watch.exists() else 0)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with reporter.task(what, total=expected_bytes, unit=unit) as task, open(log, "wb") as logf:
+    with reporter.task(what, total=expected_bytes, unit=unit) as task, open(log, "ab" if append else "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
         try:
             while proc.poll() is None:

@@ -4,8 +4,9 @@ The llama-cpp-python sdist carries a complete llama.cpp tree, so the converter
 arrives through PyPI (or the user's PyPI mirror: PIP_INDEX_URL or pip's own
 configuration) where GitHub is slow or unreachable. It is fetched as a plain
 file, never through pip (which would run the sdist's build backend), and used
-only when its sha256 is the pinned one. Its quantizer and runtime come from the
-same release, installed as the `llama-cpp-python` dependency.
+only when its sha256 is the pinned one. The same sdist's Python bindings
+(`llama_cpp`, ctypes) are kept beside the tree: runtime.py loads them over
+orch's own compile of that tree, so pip compiles nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SDIST_BYTES, SDIST_SHA256 = settings.LLAMA_CPP_SDIST_BYTES, settings.LLAMA_CPP_S
 ENV_OVERRIDE, ENV_SDIST = settings.LLAMA_CPP_ENV, settings.LLAMA_CPP_SDIST_ENV
 # the whole tree but what no build reads: the converter and gguf-py, and the sources the imatrix tool compiles from
 _SKIPPED = ("models/", "docs/", "media/", ".github/")
+BINDINGS = "llama-cpp-python"  # the sdist's llama_cpp package (server/ left out) lands in this folder of the tree
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class LlamaCpp:
     @property
     def converter(self) -> Path:
         return self.root / "convert_hf_to_gguf.py"
+
+    @property
+    def bindings(self) -> Path:
+        """The folder holding the release's `llama_cpp` package (only in orch's provisioned tree)."""
+        return self.root / BINDINGS
 
     def describe(self) -> dict:
         return {"version": self.version, "origin": self.origin, "path": str(self.root), "sdist_sha256": self.sdist_sha256}
@@ -64,10 +71,16 @@ def cache_dir() -> Path:
     return paths.cache_home() / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
 
 
+def complete(root: Path) -> bool:
+    """Whether `root` holds a whole provisioned release: the tree, its provenance and the bindings."""
+    return all((root / f).is_file() for f in ("orch-provenance.json", "convert_hf_to_gguf.py", "CMakeLists.txt",
+                                              f"{BINDINGS}/llama_cpp/llama_cpp.py"))
+
+
 def provision(*, reporter: Reporter = SILENT) -> LlamaCpp:
     final = cache_dir()
     meta = final / "orch-provenance.json"
-    if meta.is_file() and (final / "convert_hf_to_gguf.py").is_file() and (final / "CMakeLists.txt").is_file():
+    if complete(final):
         info = json.loads(meta.read_text())
         return LlamaCpp(root=final, version=info["version"], origin=info["origin"], sdist_sha256=info["sdist_sha256"])
 
@@ -154,18 +167,27 @@ def _shown(url: str) -> str:
 
 
 def _extract(sdist: Path, dest: Path, reporter: Reporter = SILENT) -> None:
+    """The vendored llama.cpp tree into `dest`, and the bindings (llama_cpp/, without its server) into dest/BINDINGS."""
     with tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
             parts = m.name.split("/", 1)
-            if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+            if len(parts) < 2 or not (m.isfile() or m.isdir()):
                 continue
-            rel = parts[1][len("vendor/llama.cpp/"):]
-            if rel and not rel.startswith(_SKIPPED) and (m.isfile() or m.isdir()):
-                m.name = rel
-                members.append(m)
-        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise OrchError(f"{sdist.name} holds no vendor/llama.cpp/convert_hf_to_gguf.py: it is not a llama-cpp-python sdist")
+            if parts[1].startswith("vendor/llama.cpp/"):
+                rel = parts[1][len("vendor/llama.cpp/"):]
+                if not rel or rel.startswith(_SKIPPED):
+                    continue
+            elif parts[1].startswith("llama_cpp/") and not parts[1].startswith("llama_cpp/server/"):
+                rel = f"{BINDINGS}/{parts[1]}"
+            else:
+                continue
+            m.name = rel
+            members.append(m)
+        names = {m.name for m in members}
+        if "convert_hf_to_gguf.py" not in names or f"{BINDINGS}/llama_cpp/llama_cpp.py" not in names:
+            raise OrchError(f"{sdist.name} holds no vendor/llama.cpp/convert_hf_to_gguf.py or llama_cpp/llama_cpp.py: it is not a "
+                            "llama-cpp-python sdist")
         with reporter.task("unpack llama.cpp", total=len(members), unit="files") as task:
             for m in members:
                 tar.extract(m, dest, filter="data")

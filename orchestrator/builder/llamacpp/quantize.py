@@ -1,4 +1,4 @@
-"""llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python), in a child process.
+"""llama.cpp's quantizer (`llama_model_quantize` from llama-cpp-python's bindings, runtime.py), in a child process.
 
 Run as `python -m orchestrator.builder.llamacpp.quantize INPUT OUTPUT TYPE`.
 """
@@ -27,8 +27,9 @@ def _ftype(llama_cpp, quant: str) -> int:
 def main(argv: list[str]) -> int:
     import ctypes
 
-    import llama_cpp
+    from orchestrator.builder.llamacpp.runtime import bindings
 
+    llama_cpp = bindings()
     source, out, quant = argv
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _ftype(llama_cpp, quant)
