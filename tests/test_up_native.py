@@ -23,8 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from orchestrator.builder.catalog import TINY_IS_A_DEMO
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
+from orchestrator.webui.client import Admin
 from support import ORCH, answered, browser_chat, cli, free_port, orch, read_json_lines
 
 
@@ -150,6 +152,9 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         assert "== ollama ==" in logs and "== open-webui ==" in logs
 
         webui = f"http://127.0.0.1:{port}"
+        with Admin(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"]) as admin:  # the model list says tiny is a demo
+            offered = {m["id"]: m for m in admin.models()}
+        assert TINY_IS_A_DEMO in offered[model]["info"]["meta"]["description"], offered[model]
         quiet_background_generation(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"])
         before = chats_answered(stack)
         text = browser_chat(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"], "你好，请介绍一下你自己。",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,37 @@ def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
     return found
 
 
+def demo_models(builds: Path | None = None) -> list[str]:
+    """The Ollama names of orch build tiny's builds under the data directory: random weights, which the chat says."""
+    root = builds or paths.data_home() / "builds"
+    found = []
+    for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
+        try:
+            built = json.loads(record.read_text())
+            if built["source"]["kind"] == "tiny":
+                found += [a["ollama_name"] for a in built["artifacts"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def describe_demos(url: str, env: dict, offered: list[str], reporter: Reporter) -> None:
+    """Each tiny model the chat offers says in Open WebUI's model list what it is (a demo whose replies are noise)."""
+    from orchestrator import transport
+    from orchestrator.builder.catalog import TINY_IS_A_DEMO
+    from orchestrator.webui.client import Admin
+
+    demos = [name for name in demo_models() if name in offered]
+    if not demos:
+        return
+    try:
+        with Admin(url, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"]) as webui:
+            for name in demos:
+                webui.describe(name, f"orch build tiny: {TINY_IS_A_DEMO}.")
+    except (OrchError, transport.TransportError, KeyError) as e:
+        reporter.note(f"could not describe {', '.join(demos)} in Open WebUI as a demo ({e}); the chat works without it", "warning")
+
+
 def _register(modelfile: Path, name: str, ollama: str, reporter: Reporter) -> register.Registration:
     """A build found under the data directory, registered only if its FROM is the GGUF beside it; a refusal is reported."""
     try:
@@ -175,7 +207,9 @@ def up(plan: StackPlan, runtime: Runtime, *, wait: float = 600, reporter: Report
     report = probe.probe(probe.Probe(ollama, model=plan.default_model, webui=plan.local_webui_url))
     env = read_env(started.env) if plan.webui else {}
     if plan.webui and not report.failed:
-        report.checks.append(chat_models(plan.local_webui_url, env, plan.default_model))
+        offered = chat_models(plan.local_webui_url, env, plan.default_model)
+        report.checks.append(offered)
+        describe_demos(plan.local_webui_url, env, offered.data.get("models", []), reporter)
     api, revoked = None, []
     if plan.webui and not report.failed:
         from orchestrator.stack import api_keys

@@ -119,6 +119,24 @@ class Admin:
         self.call("POST", "/api/v1/models/model/access/update", {"id": model_id, "name": name, "access_grants": keep + [ours]})
         return True
 
+    def describe(self, model_id: str, description: str) -> bool:
+        """Give the model `description` in the chat's model list, unless it has one (a user's own is kept): True when
+        written. Who may read the model stays as it was (an entry made here grants no one new)."""
+        entry = self.call("GET", "/api/v1/models/model", absent_ok=True, id=model_id)  # 404: no entry yet
+        if entry is None:
+            self.call("POST", "/api/v1/models/create", {"id": model_id, "name": model_id, "meta": {"description": description},
+                                                        "params": {}, "access_grants": []})
+            return True
+        meta = entry.get("meta") or {}
+        if meta.get("description"):
+            return False
+        grants = [{k: g[k] for k in ("principal_type", "principal_id", "permission")} for g in entry.get("access_grants", [])
+                  if isinstance(g, dict)]
+        self.call("POST", "/api/v1/models/model/update", {"id": model_id, "name": entry.get("name") or model_id,
+                                                          "base_model_id": entry.get("base_model_id"), "meta": meta | {"description": description},
+                                                          "params": entry.get("params") or {}, "access_grants": grants})
+        return True
+
     def members(self, group: str) -> list[Member]:
         return [Member(u["email"], u["id"], u.get("created_at")) for u in self.call("POST", f"/api/v1/groups/id/{group}/users") or []
                 if isinstance(u, dict) and u.get("email")]
