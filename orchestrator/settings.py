@@ -68,6 +68,12 @@ def data_home() -> Path:
     return Path(get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "orch"
 
 
+def data_homes() -> list[Path]:
+    """Where orch's installs may be: $XDG_DATA_HOME's, then the default's (one made before XDG_DATA_HOME was set)."""
+    default = Path.home() / ".local" / "share" / "orch"
+    return [data_home()] + ([default] if default != data_home() else [])
+
+
 def ollama_host() -> str | None:
     return get(OLLAMA_HOST) or None
 

@@ -117,7 +117,8 @@ def test_an_ollama_already_on_the_port_is_offered_as_the_host_to_use(tmp_path, r
 
 def test_a_native_dry_run_shows_the_native_plan(tmp_path, monkeypatch):
     """supervisord's programs, the ollama found (or how to get it), Open WebUI's virtualenv; no compose, no ufw note."""
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no ollama here
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no ollama here,
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nor one orch install-ollama built under the default data directory
     proc = cli("up", "--runtime", "native", "--dry-run", "--dir", str(tmp_path / "stack"), "--no-gpu")
     assert "runtime: native (--runtime native)" in proc.stderr and "ufw" not in proc.stderr + proc.stdout
     out = " ".join(proc.stdout.split())
@@ -142,6 +143,7 @@ def test_without_a_docker_daemon_the_refusal_says_which_runtime_was_taken_and_wh
     bindir.mkdir()
     (bindir / "docker").symlink_to(shutil.which("docker"))
     monkeypatch.setenv("PATH", f"{bindir}:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ollama built by orch install-ollama either
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     from support import free_port
 

@@ -53,13 +53,15 @@ class Installed:
         return self.binary.is_file() and all((self.lib / p).is_file() for p in RUNTIME)
 
 
-def home(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False) -> Path:
-    return paths.data_home() / "ollama" / (f"{version}-cuda" if cuda else version)
+def home(version: str = OLLAMA_SOURCE_VERSION, *, cuda: bool = False, root: Path | None = None) -> Path:
+    return (root or paths.data_home()) / "ollama" / (f"{version}-cuda" if cuda else version)
 
 
 def installed(version: str = OLLAMA_SOURCE_VERSION) -> Installed | None:
-    """The Ollama orch built, CUDA build first, when one is complete."""
-    return next((found for cuda in (True, False) if (found := Installed(version, home(version, cuda=cuda))).complete), None)
+    """The Ollama orch built, CUDA build first, when one is complete: under $XDG_DATA_HOME, or under the default data
+    directory where an earlier `orch install-ollama` without it put one."""
+    return next((found for root in settings.data_homes() for cuda in (True, False)
+                 if (found := Installed(version, home(version, cuda=cuda, root=root))).complete), None)
 
 
 def find_ollama() -> str | None:
