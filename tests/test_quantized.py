@@ -65,6 +65,24 @@ def test_no_llama_cpp_orch_runs_carries_the_amx_path():
         assert "ldtilecfg" not in text and "tdpbssd" not in text, f"{lib.name} holds AMX tile instructions"
 
 
+def test_one_compile_serves_the_bindings_the_programs_and_the_real_ollama(llama_tree):
+    """llama.cpp is compiled once: the library the bindings load is the very one beside llama-quantize and
+    llama-server, and beside the real Ollama's llama-server (which orch install-ollama copied from that build)."""
+    import hashlib
+
+    from orchestrator.builder.llamacpp import provision, runtime, tools
+    from support import real_ollama_binary
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    programs = tools.locate(provision.locate())
+    bindings = runtime.locate() / runtime.PACKAGE / "lib" / "libllama.so"
+    ollama = real_ollama_binary().resolve().parent.parent / "lib" / "ollama"
+    assert digest(bindings) == digest(programs.server.with_name("libllama.so")) == digest(ollama / "libllama.so")
+    assert {p.name for p in programs.libraries} <= {p.name for p in ollama.iterdir()}, "Ollama's llama-server has every library"
+
+
 def test_quantized_outputs_mostly_agree_with_f16(agreement):
     """q8_0 is nearly lossless; q4_K_M, on a model this small, must still track f16 far above chance (1/1024)."""
     assert agreement["Q8_0"]["top1_agreement_with_f16"] >= 0.9

@@ -44,8 +44,9 @@ def cmake_path() -> str | None:
 
 def cmake() -> str:
     found = cmake_path()
-    if not found or not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        raise OrchError("compiling llama.cpp needs cmake and a C++ compiler: apt-get install cmake g++ "
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not found or not compiler or not (shutil.which("make") or shutil.which("ninja")):
+        raise OrchError("compiling llama.cpp needs cmake, make and a C++ compiler: apt-get install cmake make g++ "
                         "(or pip install cmake), then run the command again")
     return found
 
@@ -85,7 +86,8 @@ def build(llama: LlamaCpp, targets: tuple[str, ...], *, cuda: bool = False, what
                         "checkout, or leave it out to use the pinned release")
     folder, log = build_dir(llama, cuda), log_for(llama, cuda)
     steps = [("compile", [cmake(), "--build", str(folder), "--target", *targets, "-j", str(os.cpu_count() or 1)])]
-    if not (folder / "CMakeCache.txt").is_file():
+    configured = (folder / "CMakeCache.txt").is_file() and any((folder / f).is_file() for f in ("Makefile", "build.ninja"))
+    if not configured:  # never configured, or a configure cut short
         shutil.rmtree(folder, ignore_errors=True)
         steps.insert(0, ("configure", [cmake(), "-S", str(llama.root), "-B", str(folder), *options(cuda)]))
     for step, cmd in steps:
