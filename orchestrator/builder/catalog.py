@@ -61,6 +61,11 @@ CATALOG: dict[str, CatalogEntry] = {
 
 TINY_IS_A_DEMO = "a random model that proves the path (build, Ollama, chat), not the answers: its replies are noise"
 
+
+def is_demo(params: float | int | None) -> bool:
+    """No released Baichuan is under 7B parameters: one under 1B is orch build tiny's (or a test's), with random weights."""
+    return 0 < (params or 0) < 1e9
+
 HUBS = ("hf", "modelscope")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FOUR_BITS = re.compile(r"-4bits?$", re.IGNORECASE)

@@ -29,10 +29,9 @@ def _converse(server: Ollama, model: str, system: str | None, read, write) -> No
         raise OrchError(f"no Ollama answered at {server.url}: {START_IT}") from None
     write(f"Chatting with {model} at {server.url}. {HELP}\n")
     info = getattr(shown, "modelinfo", None) or {}
-    if info.get("general.architecture") == "baichuan" and 0 < (info.get("general.parameter_count") or 0) < 1e9:
-        # no released Baichuan is under 7B: one this small is orch build tiny's (or a test's), with random weights
-        from orchestrator.builder.catalog import TINY_IS_A_DEMO
+    from orchestrator.builder.catalog import TINY_IS_A_DEMO, is_demo
 
+    if info.get("general.architecture") == "baichuan" and is_demo(info.get("general.parameter_count")):
         write(f"({model} is a tiny Baichuan of {info['general.parameter_count'] / 1e6:.0f}M parameters, {TINY_IS_A_DEMO})\n")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     unsent = ""  # a message the server never answered, sent again on an empty line

@@ -152,13 +152,15 @@ def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
 
 
 def demo_models(builds: Path | None = None) -> list[str]:
-    """The Ollama names of orch build tiny's builds under the data directory: random weights, which the chat says."""
+    """The Ollama names of the tiny random builds under the data directory (orch build tiny's), which the chat says."""
+    from orchestrator.builder.catalog import is_demo
+
     root = builds or paths.data_home() / "builds"
     found = []
     for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
         try:
             built = json.loads(record.read_text())
-            if built["source"]["kind"] == "tiny":
+            if is_demo(built["model"]["params"]):
                 found += [a["ollama_name"] for a in built["artifacts"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
