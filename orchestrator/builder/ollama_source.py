@@ -83,6 +83,8 @@ def missing_tools(*, cuda: bool = False) -> list[str]:
         needs.append("cmake (apt-get install cmake, or pip install cmake)")
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         needs.append("a C++ compiler (apt-get install g++)")
+    if not (shutil.which("make") or shutil.which("ninja")):
+        needs.append("make (apt-get install make)")
     if cuda and not shutil.which("nvcc"):
         needs.append("the CUDA toolkit's nvcc for --cuda (https://developer.nvidia.com/cuda-downloads; add its bin/ to PATH)")
     return needs

@@ -139,32 +139,32 @@ class UpResult:
                 "health": self.health.as_dict(), "api": self.api, "revoked_again": self.revoked}
 
 
-def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
-    """(Modelfile, Ollama name) for every build under the data directory."""
+def _builds(builds: Path | None, each) -> list:
+    """`each(build directory)`'s items for every build under the data directory; one it cannot read is passed over."""
     root = builds or paths.data_home() / "builds"
     found = []
     for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
         try:
-            found += [(mf, name) for mf, name in register.names_in_build(record.parent) if mf.is_file()]
-        except (OrchError, KeyError, ValueError):
+            found += each(record.parent)
+        except (OrchError, OSError, ValueError, KeyError, TypeError):
             continue
     return found
+
+
+def built_models(builds: Path | None = None) -> list[tuple[Path, str]]:
+    """(Modelfile, Ollama name) for every build under the data directory."""
+    return _builds(builds, lambda build: [(mf, name) for mf, name in register.names_in_build(build) if mf.is_file()])
 
 
 def demo_models(builds: Path | None = None) -> list[str]:
     """The Ollama names of the tiny random builds under the data directory (orch build tiny's), which the chat says."""
     from orchestrator.builder.catalog import is_demo
 
-    root = builds or paths.data_home() / "builds"
-    found = []
-    for record in sorted(root.glob("*/build.json")) if root.is_dir() else []:
-        try:
-            built = json.loads(record.read_text())
-            if is_demo(built["model"]["params"]):
-                found += [a["ollama_name"] for a in built["artifacts"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
+    def names(build: Path) -> list[str]:
+        record = json.loads((build / "build.json").read_text())
+        return [a["ollama_name"] for a in record["artifacts"]] if is_demo(record["model"]["params"]) else []
+
+    return _builds(builds, names)
 
 
 def describe_demos(url: str, env: dict, offered: list[str], reporter: Reporter) -> None:

@@ -51,6 +51,11 @@ def keyed_chat(url: str, key: str, model: str, messages: list[dict], *, max_toke
     return str(content)
 
 
+def _grants(grants: list[dict]) -> list[dict]:
+    """Access grants as Open WebUI takes them back (it lists more fields than it accepts)."""
+    return [{k: g[k] for k in ("principal_type", "principal_id", "permission")} for g in grants]
+
+
 def served_by_ollama(model: dict) -> bool:
     """A model Ollama itself serves, as Open WebUI lists it: not a workspace preset (a user's model with its own prompt and
     knowledge), an arena, a pipe or an OpenAI connection's."""
@@ -115,27 +120,22 @@ class Admin:
         ours = {"principal_type": "group", "principal_id": group, "permission": "read"}
         if any(all(g.get(k) == v for k, v in ours.items()) for g in grants):
             return False
-        keep = [{k: g[k] for k in ("principal_type", "principal_id", "permission")} for g in grants]
+        keep = _grants(grants)
         self.call("POST", "/api/v1/models/model/access/update", {"id": model_id, "name": name, "access_grants": keep + [ours]})
         return True
 
-    def describe(self, model_id: str, description: str) -> bool:
-        """Give the model `description` in the chat's model list, unless it has one (a user's own is kept): True when
-        written. Who may read the model stays as it was (an entry made here grants no one new)."""
+    def describe(self, model_id: str, description: str) -> None:
+        """Give the model `description` in the chat's model list, unless it has one (a user's own is kept). Who may read
+        the model stays as it was (an entry made here grants no one new)."""
         entry = self.call("GET", "/api/v1/models/model", absent_ok=True, id=model_id)  # 404: no entry yet
         if entry is None:
             self.call("POST", "/api/v1/models/create", {"id": model_id, "name": model_id, "meta": {"description": description},
                                                         "params": {}, "access_grants": []})
-            return True
-        meta = entry.get("meta") or {}
-        if meta.get("description"):
-            return False
-        grants = [{k: g[k] for k in ("principal_type", "principal_id", "permission")} for g in entry.get("access_grants", [])
-                  if isinstance(g, dict)]
-        self.call("POST", "/api/v1/models/model/update", {"id": model_id, "name": entry.get("name") or model_id,
-                                                          "base_model_id": entry.get("base_model_id"), "meta": meta | {"description": description},
-                                                          "params": entry.get("params") or {}, "access_grants": grants})
-        return True
+        elif not (entry.get("meta") or {}).get("description"):
+            self.call("POST", "/api/v1/models/model/update", {
+                "id": model_id, "name": entry.get("name") or model_id, "base_model_id": entry.get("base_model_id"),
+                "meta": (entry.get("meta") or {}) | {"description": description}, "params": entry.get("params") or {},
+                "access_grants": _grants([g for g in entry.get("access_grants", []) if isinstance(g, dict)])})
 
     def members(self, group: str) -> list[Member]:
         return [Member(u["email"], u["id"], u.get("created_at")) for u in self.call("POST", f"/api/v1/groups/id/{group}/users") or []

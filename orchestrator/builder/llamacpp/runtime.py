@@ -40,7 +40,7 @@ def complete(home: Path) -> bool:
 
 
 def locate(reporter: Reporter = SILENT) -> Path:
-    """The folder to import `llama_cpp` from, its libraries compiled the first time (about 3 minutes on 2 cores)."""
+    """The folder to import `llama_cpp` from, its libraries compiled the first time (about 2 minutes on 2 cores)."""
     llama = pinned(reporter)
     home = home_for(llama)
     if complete(home):
@@ -48,7 +48,7 @@ def locate(reporter: Reporter = SILENT) -> Path:
     with compile.locked(compile.lock_for(llama, False)):
         if complete(home):  # another process compiled it meanwhile
             return home
-        reporter.note(f"compiling llama.cpp's libraries from {llama.version} (once; about 3 minutes on 2 cores)")
+        reporter.note(f"compiling llama.cpp's libraries from {llama.version} (once; about 2 minutes on 2 cores)")
         built = compile.build(llama, TARGETS, what="llama.cpp's libraries", reporter=reporter)
         if not (built / "libllama.so").is_file():
             raise OrchError(f"the llama.cpp build made no libllama.so: see {compile.log_for(llama, False)}")
