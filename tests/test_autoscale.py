@@ -23,6 +23,9 @@ from test_k8s import KUBECTL
 from test_k8s_cluster import CPU_NODE, NODE, ON_THE_GPU_NODE, get, k8s, kubectl, render, restricted_namespace
 
 ADDRESS = "10.251.0.2"  # on the namespace's loopback: the adapter's endpoint, which Kubernetes will not take as 127.0.0.1
+# the --ttft-target: idle, the tiny model's first token comes in about 10 ms, but a CI run beside the suite's other work
+# has seen 0.82 s; under the load below the queue's wait is several seconds
+TARGET = 2.0
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def test_keda_adds_a_replica_under_real_load_and_removes_it_after(scaling_cluste
     bench = None
     try:
         render(tiny_build, out, namespace, *ON_THE_GPU_NODE, "--autoscale", "--min-replicas", "1", "--max-replicas", "2",
-               "--ttft-target", "0.5", "--cooldown", "10")
+               "--ttft-target", str(TARGET), "--cooldown", "10")
         k8s(plane, "apply", "--dir", str(out), "--wait", "240")
         so = json.loads(kubectl(plane, "-n", namespace, "get", "scaledobject", "ollama", "-o", "json").stdout)
         assert so["spec"]["triggers"][0]["metadata"]["url"] == f"http://orch-health.{namespace}.svc.cluster.local:9101/metrics"
@@ -86,19 +89,22 @@ def test_keda_adds_a_replica_under_real_load_and_removes_it_after(scaling_cluste
             [{"op": "replace", "path": "/spec/triggers/0/metadata/url", "value": metrics}]))
         wait_until(lambda: signal_of_or_none(metrics) is not None, timeout=60, what="the monitor's signal", every=0.5)
         wait_until(lambda: hpa_reads(plane, namespace), timeout=90, what="KEDA's HPA reading the monitor", every=1)
-        assert signal_of(metrics) < 0.5, "idle, the first token comes within the target"
+        idle = signal_of(metrics)
+        assert idle < TARGET, f"idle, the first token comes within the target ({idle} s)"
         assert replicas(plane, namespace) == (1, ["ollama-0"])
 
-        # six users on one slot, each reply up to 48 tokens: bounded by --level-timeout, stopped once it has done its work
-        bench = subprocess.Popen([str(ORCH), "bench", TINY_NAME, "--host", ollama.url, "--users", "6", "--turns", "40",
-                                  "--max-tokens", "48", "--level-timeout", "150", "--json"],
+        # eight users on one slot, each reply 96 tokens (random weights never stop early): the last in the queue waits
+        # for seven replies, several seconds, well past the target. Bounded by --level-timeout, stopped once it has
+        # done its work.
+        bench = subprocess.Popen([str(ORCH), "bench", TINY_NAME, "--host", ollama.url, "--users", "8", "--turns", "40",
+                                  "--max-tokens", "96", "--level-timeout", "150", "--json"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         loaded = time.monotonic()
         wait_until(lambda: replicas(plane, namespace) == (2, ["ollama-0", "ollama-1"]), timeout=90, every=1,
                    what=f"a second Ollama replica, ready, under load (KEDA: {keda_said(plane)})")
         up_seconds = time.monotonic() - loaded
         under_load = signal_of(metrics)
-        assert under_load > 0.5, under_load
+        assert under_load > TARGET, under_load
         os.killpg(bench.pid, signal.SIGTERM)
         bench.wait(30)
         quiet = time.monotonic()
@@ -107,7 +113,7 @@ def test_keda_adds_a_replica_under_real_load_and_removes_it_after(scaling_cluste
         down_seconds = time.monotonic() - quiet
         (artifacts_dir / "autoscale.json").write_text(json.dumps({
             "load_step_to_second_replica_ready_s": round(up_seconds, 1), "load_end_to_one_replica_s": round(down_seconds, 1),
-            "signal_under_load_s": under_load}) + "\n")
+            "signal_idle_s": round(idle, 4), "signal_under_load_s": under_load}) + "\n")
     finally:
         if bench is not None and bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)

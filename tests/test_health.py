@@ -50,6 +50,8 @@ def test_a_healthy_server_is_ok_with_tokens_really_generated(real_served):
         "exposure": "ok"}
     gen = check(report, "generate")["data"]
     assert gen["eval_count"] > 0 and gen["text"].strip() and gen["tokens_per_s"] > 0 and gen["ttft_s"] is not None
+    # a fresh server: the first probe loads the model, and Ollama's own figure for it is kept apart from the wait
+    assert 0 < gen["load_s"] < gen["ttft_s"], gen
     assert check(report, "version")["data"]["version"] == OLLAMA_SOURCE_VERSION
 
 
@@ -425,10 +427,12 @@ def test_credentials_in_the_host_url_are_sent_but_never_shown(served, tmp_path):
     assert "s3cr3t" not in out + err
 
 
-def chat_report(host: str, at: float, chat: str, ttft: float | None = None, waited_ms: float | None = None, took: float = 0.1):
+def chat_report(host: str, at: float, chat: str, ttft: float | None = None, waited_ms: float | None = None, took: float = 0.1,
+                load: float = 0.0):
     from orchestrator.ollama.probe import Check, Report
 
-    return Report(host, MODEL, [Check("chat", chat, "", waited_ms, {"ttft_s": ttft} if ttft is not None else {})], at, took)
+    data = {"ttft_s": ttft, "load_s": load} if ttft is not None else {}
+    return Report(host, MODEL, [Check("chat", chat, "", waited_ms, data)], at, took)
 
 
 @pytest.mark.parametrize("reports, now, by_host, signal", [
@@ -442,6 +446,8 @@ def chat_report(host: str, at: float, chat: str, ttft: float | None = None, wait
     ([("a", 0, "ok", 0.1), ("b", 0, "ok", 2.1)], 1, {"a": 0.1, "b": 2.1}, 1.1),
     # a probe that took longer than the window (it queued behind the load) still counts when it ends
     ([("a", 0, "ok", 75.0, None, 80.0)], 80, {"a": 75.0}, 75.0),
+    # a new replica's first reply loads the model: the load is left out, or each replica that starts would add another
+    ([("a", 0, "ok", 6.3, None, 6.4, 6.1), ("a", 1, "ok", 0.1)], 1, {"a": 0.2}, 0.2),
     ([], 0, {}, 0.0),
 ])
 def test_the_autoscaling_signal_is_each_servers_chat_ttft_p95_over_the_window(reports, now, by_host, signal):

@@ -208,7 +208,9 @@ def _judge_stream(name: str, streamed: client.Streamed, p: Probe):
     text, final, ttft = streamed.text, streamed.final, streamed.ttft
     count, duration = final.get("eval_count") or 0, final.get("eval_duration") or 0
     tps = round(count / duration * 1e9, 2) if duration else None
-    data = {"ttft_s": round(ttft, 4) if ttft is not None else None, "tokens_per_s": tps, "eval_count": count,
+    load = final.get("load_duration")  # scheduling and loading the model, before any queue for a slot (Ollama's routes.go)
+    data = {"ttft_s": round(ttft, 4) if ttft is not None else None, "load_s": round(load / 1e9, 4) if load else 0.0,
+            "tokens_per_s": tps, "eval_count": count,
             "done_reason": final.get("done_reason"), "text": text[:200]}
     if not text.strip():
         raise ProbeError(f"{name} returned no text ({count} tokens counted, done_reason {final.get('done_reason')})")

@@ -148,7 +148,9 @@ class LoadWindow:
 
     Ollama exposes no queue, and llama-server's /slots sits on a random port inside Ollama's process. But a request that
     finds every OLLAMA_NUM_PARALLEL slot busy waits in Ollama's scheduler before its first token, so the monitor's own
-    chat probe measures the queue as users feel it. A probe that failed counts the time it waited.
+    chat probe measures the queue as users feel it. A probe that failed counts the time it waited. The time Ollama spent
+    loading the model is left out: a replica's first request pays it once, and another replica would only pay it again,
+    so counting it would scale up each time one starts.
     """
 
     def __init__(self, seconds: float = 60.0):
@@ -160,6 +162,8 @@ class LoadWindow:
         if chat is None or chat.status == SKIPPED:
             return
         waited = chat.data.get("ttft_s")
+        if waited is not None:
+            waited = max(waited - (chat.data.get("load_s") or 0.0), 0.0)
         if waited is None and chat.status == FAIL and chat.latency_ms is not None:
             waited = chat.latency_ms / 1000
         if waited is not None:  # stamped when the probe ended: one slowed by the queue must not arrive already expired
