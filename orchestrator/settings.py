@@ -25,7 +25,8 @@ OLLAMA_MODULE = "github.com/ollama/ollama"
 OLLAMA_MODULE_H1 = {"0.34.1": "h1:Lvvxjznml8NJA9aDKZVNYHaZSL+7ji0RLkV+BTL1yvk="}
 # Open WebUI 0.12.4 (read 2026-11-23) is the newest on PyPI and ghcr.io, with no advisory on record against it.
 WEBUI_VERSION = "0.12.4"
-# llama.cpp's converter, bindings and the tree orch compiles: all from this llama-cpp-python release's sdist. The sdist's sha256 and size as PyPI's simple index lists them (read 2026-12-03).
+# llama.cpp's converter, bindings and the tree orch compiles: all from this llama-cpp-python release's sdist. The
+# sdist's sha256 and size as PyPI's simple index lists them (read 2026-12-03).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 LLAMA_CPP_SDIST_BYTES = 76_589_250

@@ -5,12 +5,13 @@ e.g. https://goproxy.cn, is honoured) like any Go program. Whatever the proxy,
 GOSUMDB, GONOSUMDB or GOFLAGS say, orch copies the module out of Go's cache,
 recomputes its hash over that copy (Go's own "h1:" dirhash) and builds the copy
 only when it matches the pin in settings; the module's go.sum, inside what was
-hashed, then holds every dependency. The llama-server and
-llama-quantize it runs come from the llama.cpp tree orch already fetches from
-PyPI for the converter, from orch's one compile of it (builder.llamacpp.compile),
-with the shared libraries they load beside them as Ollama's own release lays them out. The result lands in orch's data
-directory as Ollama's own Linux layout (bin/ollama, lib/ollama/llama-server),
-one directory per version, which appears only once complete.
+hashed, then holds every dependency. The llama-server and llama-quantize it
+runs come from orch's one compile (builder.llamacpp.compile) of the llama.cpp
+tree it already fetches from PyPI for the converter, with the shared libraries
+they load beside them as Ollama's own release lays them out. The result lands
+in orch's data directory as Ollama's own Linux layout (bin/ollama,
+lib/ollama/llama-server), one directory per version, which appears only once
+complete.
 """
 
 from __future__ import annotations
@@ -79,15 +80,7 @@ def missing_tools(*, cuda: bool = False) -> list[str]:
     needs = []
     if not shutil.which("go") or go_version() < (1, 21):
         needs.append("Go 1.21 or newer, which fetches the 1.26 toolchain Ollama asks for (https://go.dev/dl, or golang.google.cn/dl)")
-    if not compile.cmake_path():
-        needs.append("cmake (apt-get install cmake, or pip install cmake)")
-    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        needs.append("a C++ compiler (apt-get install g++)")
-    if not (shutil.which("make") or shutil.which("ninja")):
-        needs.append("make (apt-get install make)")
-    if cuda and not shutil.which("nvcc"):
-        needs.append("the CUDA toolkit's nvcc for --cuda (https://developer.nvidia.com/cuda-downloads; add its bin/ to PATH)")
-    return needs
+    return needs + compile.missing(cuda=cuda)  # llama-server and llama-quantize: orch's compile of llama.cpp
 
 
 def go_version() -> tuple[int, int]:

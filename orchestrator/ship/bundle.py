@@ -107,12 +107,12 @@ def plan(out: Path, models: list[str], *, cuda: bool = False, docker: bool = Fal
 
 # --- wheels -----------------------------------------------------------------------------------------------------------
 
-def _pip(args: list[str], *, log: Path, what: str, env: dict | None = None, reporter: Reporter = SILENT) -> bool:
+def _pip(args: list[str], *, log: Path, what: str, reporter: Reporter = SILENT) -> bool:
     with reporter.task(what, None), open(log, "ab") as out:
         out.write(f"\n$ pip {' '.join(args)}\n".encode())
         out.flush()
         done = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--progress-bar", "off"],
-                              stdout=out, stderr=subprocess.STDOUT, env=settings.child_env(**(env or {})))
+                              stdout=out, stderr=subprocess.STDOUT, env=settings.child_env())
     return done.returncode == 0
 
 

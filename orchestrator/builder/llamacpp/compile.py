@@ -18,8 +18,9 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from orchestrator import paths
 from orchestrator.builder.llamacpp import cpu
@@ -42,13 +43,25 @@ def cmake_path() -> str | None:
     return shutil.which("cmake") or (str(beside) if beside.is_file() else None)
 
 
-def cmake() -> str:
-    found = cmake_path()
-    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if not found or not compiler or not (shutil.which("make") or shutil.which("ninja")):
-        raise OrchError("compiling llama.cpp needs cmake, make and a C++ compiler: apt-get install cmake make g++ "
-                        "(or pip install cmake), then run the command again")
-    return found
+def missing(*, cuda: bool = False) -> list[str]:
+    """What compiling llama.cpp needs and this machine lacks, each with how to get it."""
+    needs = []
+    if not cmake_path():
+        needs.append("cmake (apt-get install cmake, or pip install cmake)")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        needs.append("a C++ compiler (apt-get install g++)")
+    if not (shutil.which("make") or shutil.which("ninja")):
+        needs.append("make (apt-get install make)")
+    if cuda and not shutil.which("nvcc"):
+        needs.append("the CUDA toolkit's nvcc for --cuda (https://developer.nvidia.com/cuda-downloads; add its bin/ to PATH)")
+    return needs
+
+
+def cmake(*, cuda: bool = False) -> str:
+    if needs := missing(cuda=cuda):
+        raise OrchError(f"compiling llama.cpp needs {'; '.join(needs)}: install {'them' if len(needs) > 1 else 'it'}, "
+                        "then run the command again")
+    return str(cmake_path())
 
 
 def options(cuda: bool) -> list[str]:
@@ -78,18 +91,47 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def build(llama: LlamaCpp, targets: tuple[str, ...], *, cuda: bool = False, what: str, reporter: Reporter = SILENT) -> Path:
-    """Compile `targets` in this tree's build directory (objects another call compiled are reused); returns the folder
-    the libraries and programs land in. The caller holds `locked(lock_for(...))`."""
+def into(home: Path, holds: tuple[str, ...], llama: LlamaCpp, targets: tuple[str, ...], fill: Callable[[Path, Path], None], *,
+         cuda: bool = False, note: str, what: str, reporter: Reporter = SILENT) -> Path:
+    """`home`, made the first time it is asked for: `targets` compiled in the tree's build directory (objects an earlier
+    call compiled are reused), then `fill(built, staged)` lays out a staged folder that replaces `home` whole, so a
+    killed compile leaves no half-filled `home`. One process at a time; the others wait, then find it made: `home` is
+    made when it `holds` every one of those files."""
+    def made() -> bool:
+        return all((home / f).is_file() for f in holds)
+
+    if made():
+        return home
     if not (llama.root / "CMakeLists.txt").is_file():
-        raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a full llama.cpp "
-                        "checkout, or leave it out to use the pinned release")
+        raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a full "
+                        "llama.cpp checkout, or leave it out to use the pinned release")
+    tool = cmake(cuda=cuda)  # before anything is made: what is missing, named in one line
+    with locked(lock_for(llama, cuda)):
+        if made():  # another process made it meanwhile
+            return home
+        reporter.note(note)
+        built = _build(tool, llama, targets, cuda=cuda, what=what, reporter=reporter)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=home.parent, prefix=f".{home.name}-") as tmp:
+            staged = Path(tmp) / home.name
+            staged.mkdir()
+            fill(built, staged)
+            if missed := [f for f in holds if not (staged / f).is_file()]:
+                raise OrchError(f"the llama.cpp build made no {', '.join(missed)}: see {log_for(llama, cuda)}")
+            shutil.rmtree(home, ignore_errors=True)
+            os.replace(staged, home)
+    return home
+
+
+def _build(tool: str, llama: LlamaCpp, targets: tuple[str, ...], *, cuda: bool, what: str, reporter: Reporter) -> Path:
+    """Compile `targets` with cmake (`tool`) in this tree's build directory; returns the folder the libraries and programs
+    land in."""
     folder, log = build_dir(llama, cuda), log_for(llama, cuda)
-    steps = [("compile", [cmake(), "--build", str(folder), "--target", *targets, "-j", str(os.cpu_count() or 1)])]
+    steps = [("compile", [tool, "--build", str(folder), "--target", *targets, "-j", str(os.cpu_count() or 1)])]
     configured = (folder / "CMakeCache.txt").is_file() and any((folder / f).is_file() for f in ("Makefile", "build.ninja"))
     if not configured:  # never configured, or a configure cut short
         shutil.rmtree(folder, ignore_errors=True)
-        steps.insert(0, ("configure", [cmake(), "-S", str(llama.root), "-B", str(folder), *options(cuda)]))
+        steps.insert(0, ("configure", [tool, "-S", str(llama.root), "-B", str(folder), *options(cuda)]))
     for step, cmd in steps:
         run_watched(cmd, watch=None, expected_bytes=None, what=f"{step} {what}", log=log, reporter=reporter, append=True)
     return folder / "bin"
@@ -110,3 +152,10 @@ def lock_for(llama: LlamaCpp, cuda: bool) -> Path:
 def libraries(folder: Path) -> list[Path]:
     """The shared libraries in a compiled folder (libllama.so, libggml*.so, ...)."""
     return sorted(p for p in folder.glob("lib*.so") if p.is_file() and not p.is_symlink())
+
+
+def copy_libraries(built: Path, into: Path) -> None:
+    """The libraries a compile made, beside what loads them (each finds the others through $ORIGIN)."""
+    into.mkdir(parents=True, exist_ok=True)
+    for library in libraries(built):
+        shutil.copy2(library, into / library.name)

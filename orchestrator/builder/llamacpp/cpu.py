@@ -54,4 +54,3 @@ def runtime_has_amx() -> bool:
     from orchestrator.builder.llamacpp.runtime import bindings
 
     return "AMX_INT8 = 1" in bindings().llama_print_system_info().decode(errors="replace")
-

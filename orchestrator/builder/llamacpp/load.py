@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 def load(gguf: Path, *, repack: bool = False, **kwargs):
-    """A llama_cpp.Llama for `gguf` (orch's compile, runtime.py); `kwargs` go to Llama (n_ctx, logits_all, ...), threads default to every core."""
+    """A llama_cpp.Llama for `gguf` (orch's compile, runtime.py); `kwargs` go to Llama (n_ctx, logits_all, ...),
+    threads default to every core."""
     kwargs.setdefault("n_threads", os.cpu_count() or 1)
     kwargs.setdefault("verbose", False)
     from orchestrator.builder.llamacpp.runtime import bindings

@@ -10,15 +10,12 @@ the converter only; the libraries always come from the pinned release.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from orchestrator.builder.llamacpp import compile, provision
 from orchestrator.builder.llamacpp.provision import LlamaCpp
-from orchestrator.errors import OrchError
 from orchestrator.events import SILENT, Reporter
 
 PACKAGE = "llama_cpp"
@@ -35,32 +32,24 @@ def home_for(llama: LlamaCpp) -> Path:
     return compile.home(llama) / f"runtime-{compile.key(llama, False)}"
 
 
+LIBRARY = f"{PACKAGE}/lib/libllama.so"  # where the bindings look for it
+
+
 def complete(home: Path) -> bool:
-    return (home / PACKAGE / "lib" / "libllama.so").is_file()
+    return (home / LIBRARY).is_file()
 
 
 def locate(reporter: Reporter = SILENT) -> Path:
     """The folder to import `llama_cpp` from, its libraries compiled the first time (about 2 minutes on 2 cores)."""
     llama = pinned(reporter)
-    home = home_for(llama)
-    if complete(home):
-        return home
-    with compile.locked(compile.lock_for(llama, False)):
-        if complete(home):  # another process compiled it meanwhile
-            return home
-        reporter.note(f"compiling llama.cpp's libraries from {llama.version} (once; about 2 minutes on 2 cores)")
-        built = compile.build(llama, TARGETS, what="llama.cpp's libraries", reporter=reporter)
-        if not (built / "libllama.so").is_file():
-            raise OrchError(f"the llama.cpp build made no libllama.so: see {compile.log_for(llama, False)}")
-        with tempfile.TemporaryDirectory(dir=home.parent, prefix=".runtime-") as tmp:
-            staged = Path(tmp) / "runtime"
-            shutil.copytree(llama.bindings / PACKAGE, staged / PACKAGE)
-            (staged / PACKAGE / "lib").mkdir(exist_ok=True)
-            for library in compile.libraries(built):
-                shutil.copy2(library, staged / PACKAGE / "lib" / library.name)
-            shutil.rmtree(home, ignore_errors=True)
-            os.replace(staged, home)
-    return home
+
+    def fill(built: Path, staged: Path) -> None:
+        shutil.copytree(llama.bindings / PACKAGE, staged / PACKAGE)
+        compile.copy_libraries(built, staged / PACKAGE / "lib")
+
+    return compile.into(home_for(llama), (LIBRARY,), llama, TARGETS, fill, what="llama.cpp's libraries",
+                        note=f"compiling llama.cpp's libraries from {llama.version} (once; about 2 minutes on 2 cores)",
+                        reporter=reporter)
 
 
 def bindings(reporter: Reporter = SILENT):
@@ -71,4 +60,3 @@ def bindings(reporter: Reporter = SILENT):
     import llama_cpp
 
     return llama_cpp
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,28 +47,16 @@ def home_for(llama: LlamaCpp, *, cuda: bool = False) -> Path:
 
 def locate(llama: LlamaCpp, *, cuda: bool = False, reporter: Reporter = SILENT) -> Tools:
     """The programs for this llama.cpp tree, compiled the first time they are needed (`cuda`: with the CUDA backend)."""
-    home = home_for(llama, cuda=cuda)
-    tools = Tools(*(home / program for program in PROGRAMS))
-    if all((home / program).is_file() for program in PROGRAMS):
-        return tools
-    with compile.locked(compile.lock_for(llama, cuda)):
-        if all((home / program).is_file() for program in PROGRAMS):  # another process compiled them meanwhile
-            return tools
-        reporter.note(f"compiling llama.cpp's {', '.join(PROGRAMS)}{' with CUDA' if cuda else ''} from {llama.version} "
-                      "(once; what the bindings' libraries compiled is reused)")
-        built = compile.build(llama, PROGRAMS, cuda=cuda, what="llama.cpp's programs", reporter=reporter)
-        with tempfile.TemporaryDirectory(dir=home.parent, prefix=".tools-") as tmp:
-            staged = Path(tmp) / "tools"
-            staged.mkdir()
-            for program in PROGRAMS:
-                if not (built / program).is_file():
-                    raise OrchError(f"the llama.cpp build made no {program}: see {compile.log_for(llama, cuda)}")
+    def fill(built: Path, staged: Path) -> None:
+        for program in PROGRAMS:
+            if (built / program).is_file():
                 shutil.copy2(built / program, staged / program)
-            for library in compile.libraries(built):
-                shutil.copy2(library, staged / library.name)
-            shutil.rmtree(home, ignore_errors=True)
-            os.replace(staged, home)
-    return tools
+        compile.copy_libraries(built, staged)
+
+    home = compile.into(home_for(llama, cuda=cuda), PROGRAMS, llama, PROGRAMS, fill, cuda=cuda, what="llama.cpp's programs",
+                        note=f"compiling llama.cpp's {', '.join(PROGRAMS)}{' with CUDA' if cuda else ''} from {llama.version} "
+                             "(once; what the bindings' libraries compiled is reused)", reporter=reporter)
+    return Tools(*(home / program for program in PROGRAMS))
 
 
 def compute_imatrix(tools: Tools, model: Path, text: Path, tokens: int, final: Path, *, log: Path, reporter: Reporter = SILENT) -> None:
