@@ -8,6 +8,8 @@ it ($ORIGIN), so the programs, compiled later if ever, reuse every object the
 libraries compiled. One build at a time per directory (a lock), and whatever a
 killed build left is picked up by the next (CMake's own incremental build).
 Everything is compiled for this CPU with llama.cpp's AMX path off (cpu.py).
+cmake and ninja are orch's own dependencies (from PyPI, as llama-cpp-python's
+pip build had them), so a C++ compiler is all a machine must bring.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,30 +41,33 @@ CMAKE_OPTIONS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLA
                  "-DCMAKE_INSTALL_RPATH=$ORIGIN", *cpu.cmake_flags()]
 
 
-def cmake_path() -> str | None:
-    beside = Path(sys.executable).with_name("cmake")  # pip install cmake puts it beside the interpreter
-    return shutil.which("cmake") or (str(beside) if beside.is_file() else None)
+def found(program: str) -> str | None:
+    """`program` on PATH, else beside the interpreter, where pip puts the cmake and ninja orch depends on."""
+    beside = Path(sys.executable).with_name(program)
+    return shutil.which(program) or (str(beside) if beside.is_file() else None)
 
 
 def missing(*, cuda: bool = False) -> list[str]:
-    """What compiling llama.cpp needs and this machine lacks, each with how to get it."""
+    """What compiling llama.cpp needs and this machine lacks, each with how to get it: cmake and ninja come with orch,
+    so a C++ compiler is all a machine must bring (and nvcc for --cuda)."""
     needs = []
-    if not cmake_path():
-        needs.append("cmake (apt-get install cmake, or pip install cmake)")
+    if not found("cmake"):
+        needs.append("cmake (pip install cmake, or apt-get install cmake)")
+    if not found("ninja"):
+        needs.append("ninja (pip install ninja, or apt-get install ninja-build)")
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         needs.append("a C++ compiler (apt-get install g++)")
-    if not (shutil.which("make") or shutil.which("ninja")):
-        needs.append("make (apt-get install make)")
     if cuda and not shutil.which("nvcc"):
         needs.append("the CUDA toolkit's nvcc for --cuda (https://developer.nvidia.com/cuda-downloads; add its bin/ to PATH)")
     return needs
 
 
-def cmake(*, cuda: bool = False) -> str:
+def build_tools(*, cuda: bool = False) -> tuple[str, str]:
+    """cmake and ninja, or one line naming everything a compile lacks."""
     if needs := missing(cuda=cuda):
         raise OrchError(f"compiling llama.cpp needs {'; '.join(needs)}: install {'them' if len(needs) > 1 else 'it'}, "
                         "then run the command again")
-    return str(cmake_path())
+    return str(found("cmake")), str(found("ninja"))
 
 
 def options(cuda: bool) -> list[str]:
@@ -105,7 +111,7 @@ def into(home: Path, holds: tuple[str, ...], llama: LlamaCpp, targets: tuple[str
     if not (llama.root / "CMakeLists.txt").is_file():
         raise OrchError(f"{llama.root} holds only llama.cpp's converter, not its sources: point --llama-cpp at a full "
                         "llama.cpp checkout, or leave it out to use the pinned release")
-    tool = cmake(cuda=cuda)  # before anything is made: what is missing, named in one line
+    tool = build_tools(cuda=cuda)  # before anything is made: what is missing, named in one line
     with locked(lock_for(llama, cuda)):
         if made():  # another process made it meanwhile
             return home
@@ -123,18 +129,30 @@ def into(home: Path, holds: tuple[str, ...], llama: LlamaCpp, targets: tuple[str
     return home
 
 
-def _build(tool: str, llama: LlamaCpp, targets: tuple[str, ...], *, cuda: bool, what: str, reporter: Reporter) -> Path:
-    """Compile `targets` with cmake (`tool`) in this tree's build directory; returns the folder the libraries and programs
-    land in."""
-    folder, log = build_dir(llama, cuda), log_for(llama, cuda)
-    steps = [("compile", [tool, "--build", str(folder), "--target", *targets, "-j", str(os.cpu_count() or 1)])]
-    configured = (folder / "CMakeCache.txt").is_file() and any((folder / f).is_file() for f in ("Makefile", "build.ninja"))
-    if not configured:  # never configured, or a configure cut short
+def _build(tool: tuple[str, str], llama: LlamaCpp, targets: tuple[str, ...], *, cuda: bool, what: str,
+           reporter: Reporter) -> Path:
+    """Compile `targets` with (cmake, ninja) in this tree's build directory; returns the folder the libraries and
+    programs land in."""
+    (cmake, ninja), folder, log = tool, build_dir(llama, cuda), log_for(llama, cuda)
+    steps = [("compile", [cmake, "--build", str(folder), "--target", *targets, "-j", str(os.cpu_count() or 1)])]
+    # never configured, a configure cut short, its ninja gone (with the venv that had it), or made by make (orch before
+    # ninja): configured again, compiled again
+    if not configured(folder):
         shutil.rmtree(folder, ignore_errors=True)
-        steps.insert(0, ("configure", [tool, "-S", str(llama.root), "-B", str(folder), *options(cuda)]))
+        steps.insert(0, ("configure", [cmake, "-S", str(llama.root), "-B", str(folder), "-G", "Ninja",
+                                       f"-DCMAKE_MAKE_PROGRAM={ninja}", *options(cuda)]))
     for step, cmd in steps:
         run_watched(cmd, watch=None, expected_bytes=None, what=f"{step} {what}", log=log, reporter=reporter, append=True)
     return folder / "bin"
+
+
+def configured(folder: Path) -> bool:
+    """Whether `folder` is a whole ninja configure whose ninja is still there: a compile there only adds what changed."""
+    cache = folder / "CMakeCache.txt"
+    if not (cache.is_file() and (folder / "build.ninja").is_file()):
+        return False
+    program = re.search(r"^CMAKE_MAKE_PROGRAM:\w+=(.+)$", cache.read_text(errors="replace"), re.M)
+    return program is not None and Path(program.group(1).strip()).is_file()
 
 
 def build_dir(llama: LlamaCpp, cuda: bool) -> Path:

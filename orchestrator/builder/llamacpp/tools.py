@@ -53,9 +53,10 @@ def locate(llama: LlamaCpp, *, cuda: bool = False, reporter: Reporter = SILENT) 
                 shutil.copy2(built / program, staged / program)
         compile.copy_libraries(built, staged)
 
+    reused = "reusing what the libraries' compile made" if compile.build_dir(llama, cuda).is_dir() else "a few minutes"
     home = compile.into(home_for(llama, cuda=cuda), PROGRAMS, llama, PROGRAMS, fill, cuda=cuda, what="llama.cpp's programs",
                         note=f"compiling llama.cpp's {', '.join(PROGRAMS)}{' with CUDA' if cuda else ''} from {llama.version} "
-                             "(once; what the bindings' libraries compiled is reused)", reporter=reporter)
+                             f"(once; {reused})", reporter=reporter)
     return Tools(*(home / program for program in PROGRAMS))
 
 
