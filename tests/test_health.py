@@ -210,6 +210,10 @@ def test_usage_errors_exit_2():
 def test_watch_reports_an_outage_and_the_recovery_and_serves_metrics(real_served, unused_port):
     """The real Ollama, stopped and started again on its port with its store."""
     server = real_served()
+    # the model loaded first: the watch's 2 s timeout is for the outage below, and a cold load on a busy machine (CI, two
+    # workers) outlasted it, failing the first probe and leaving the availability under 1 at the first ok
+    httpx.post(f"{server.url}/api/generate", json={"model": MODEL, "prompt": "你好", "stream": False,
+                                                   "options": {"num_predict": 1}}, timeout=300).raise_for_status()
     cmd = [str(ORCH), "health", "--host", server.url, "--model", MODEL, "--watch", "--interval", "0.3", "--failures", "2",
            "--timeout", "2", "--json", "--metrics-port", str(unused_port)]
     started = time.time()
