@@ -83,9 +83,14 @@ def taken_down(cluster):
 
 
 def state_of(cluster, namespace: str) -> dict[str, str]:
-    """Every object of the stack in the namespace, by kind/name, with its resourceVersion."""
+    """Every object of the stack that orch applied in the namespace, by kind/name: its generation where the API server
+    keeps one (it moves only when the spec changes), else its resourceVersion. Left out: the backup CronJob's runs (its
+    Jobs and their pods), which its schedule makes whenever the minute comes, and which move its status, not its spec.
+    With the uid: one deleted and made again is not the same."""
     items = get(cluster, namespace, "all,pvc,networkpolicy,configmap,secret,cronjob", "-l", "app.kubernetes.io/part-of=orch")
-    return {f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in items}
+    return {f"{i['kind']}/{i['metadata']['name']}":
+            f"{i['metadata']['uid']} {i['metadata'].get('generation') or i['metadata']['resourceVersion']}"
+            for i in items if not any(o["kind"] in ("CronJob", "Job") for o in i["metadata"].get("ownerReferences", []))}
 
 
 def test_two_gpu_replicas_on_one_gpu_with_no_storage_class_fail_within_seconds_naming_both(cluster, tiny_build, tmp_path):
