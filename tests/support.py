@@ -254,9 +254,19 @@ class RealOllama:
                 self.proc.kill()
                 self.proc.wait()
 
-    def requests(self, method: str, path: str = "") -> int:
-        """How many `method path...` requests the server has answered, from its own request log."""
-        return answered(self.log, method, path)
+    def requests(self, method: str, path: str = "", *, at_least: int = 0, timeout: float = 10) -> int:
+        """How many `method path...` requests the server has answered, from its own request log.
+
+        Gin writes a request's line when its handler returns, which is after the client has read the last streamed
+        chunk: a count read just after a client finished can lag by that request. With `at_least`, the count is read
+        again until it reaches that many or `timeout` seconds pass, and then returned, so an assertion still sees
+        too few or too many."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (count := answered(self.log, method, path)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([str(real_ollama_binary()), *args], env=self.env, capture_output=True, text=True, check=check,
