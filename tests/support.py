@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -261,12 +262,9 @@ class RealOllama:
         chunk: a count read just after a client finished can lag by that request. With `at_least`, the count is read
         again until it reaches that many or `timeout` seconds pass, and then returned, so an assertion still sees
         too few or too many."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while (count := answered(self.log, method, path)) < at_least and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return count
+        with contextlib.suppress(AssertionError):  # still too few: the count says so in the caller's assertion
+            wait_until(lambda: answered(self.log, method, path) >= at_least, timeout=timeout)
+        return answered(self.log, method, path)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([str(real_ollama_binary()), *args], env=self.env, capture_output=True, text=True, check=check,

@@ -26,7 +26,7 @@ import pytest
 from orchestrator.builder.catalog import TINY_IS_A_DEMO
 from orchestrator.stack import native
 from orchestrator.stack.runtime import StackRecord
-from orchestrator.webui.client import Admin, _grants
+from orchestrator.webui.client import Admin
 from support import ORCH, answered, browser_chat, cli, free_port, orch, read_json_lines
 
 
@@ -155,14 +155,12 @@ def test_browser_chat_through_native_open_webui_and_the_real_ollama(real_ollama_
         with Admin(webui, env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"]) as admin:  # the model list says tiny is a demo
             offered = {m["id"]: m for m in admin.models()}
             assert TINY_IS_A_DEMO in offered[model]["info"]["meta"]["description"], offered[model]
-            # an entry without a description (a group may read it) is given one, and the group still may; a description
-            # already there, as one the admin wrote, is kept
+            # an entry without a description, as granting a group made one before orch described demos, is given one,
+            # and the group still may read the model; a description already there, as one the admin wrote, is kept
             readers = admin.group_id("readers", description="a group of the admin's", features={})
+            admin.call("POST", "/api/v1/models/model/delete", {"id": model})
             admin.grant_read(model, model, readers)
-            entry = admin.call("GET", "/api/v1/models/model", id=model)
-            admin.call("POST", "/api/v1/models/model/update", {
-                "id": model, "name": entry["name"], "base_model_id": entry.get("base_model_id"), "params": entry["params"],
-                "meta": entry["meta"] | {"description": ""}, "access_grants": _grants(entry["access_grants"])})
+            assert not admin.call("GET", "/api/v1/models/model", id=model)["meta"].get("description")
             admin.describe(model, "a demo")
             admin.describe(model, "not this")
             entry = admin.call("GET", "/api/v1/models/model", id=model)

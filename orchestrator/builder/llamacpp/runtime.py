@@ -19,6 +19,7 @@ from orchestrator.builder.llamacpp.provision import LlamaCpp
 from orchestrator.events import SILENT, Reporter
 
 PACKAGE = "llama_cpp"
+LIBRARY = f"{PACKAGE}/lib/libllama.so"  # where the bindings look for it
 TARGETS = ("llama",)  # libllama and the ggml libraries it links: what the bindings load
 
 
@@ -30,9 +31,6 @@ def pinned(reporter: Reporter = SILENT) -> LlamaCpp:
 
 def home_for(llama: LlamaCpp) -> Path:
     return compile.home(llama) / f"runtime-{compile.key(llama, False)}"
-
-
-LIBRARY = f"{PACKAGE}/lib/libllama.so"  # where the bindings look for it
 
 
 def complete(home: Path) -> bool:
