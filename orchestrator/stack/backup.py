@@ -129,13 +129,15 @@ def create(directory: Path | None, out: Path | None = None, *, models: list[dict
     if out is None or out.is_dir():
         out = default_path(out or directory / "backups", label)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
-        staged = Path(tmp)
-        files = _stage(directory, staged, data)
-        manifest = Manifest(signer.stack, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
-                            {name: sha256_file(staged / name) for name in files}, models or [], reason)
-        raw_manifest = manifest.as_json().encode()
-        with atomic_path(out) as part:
+    # the staging folder is removed before the archive takes its name: once the name is there, nothing else of this
+    # backup is, even for an orch killed the moment after
+    with atomic_path(out) as part:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
+            staged = Path(tmp)
+            files = _stage(directory, staged, data)
+            manifest = Manifest(signer.stack, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), open_webui,
+                                {name: sha256_file(staged / name) for name in files}, models or [], reason)
+            raw_manifest = manifest.as_json().encode()
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
                 for name, content in (("manifest.json", raw_manifest), (SIGNATURE, sign(raw_manifest, signer.key).encode() + b"\n")):
